@@ -1,0 +1,174 @@
+"""Every event that flows from collectors to storage and the live aggregator, and nothing else.
+
+Events are frozen, slotted dataclasses: cheap to make on the token path, safe to hand across
+tasks and threads. All ``t_ns`` values come from ``time.perf_counter_ns()`` (CLOCK_MONOTONIC on
+Linux, so they compare across processes on one machine); wall-clock time labels runs only.
+Request events are self-contained: ``RequestFinished`` repeats the request's start and first-token
+times so a consumer can compute its metrics without remembering earlier events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ErrorKind = Literal["connect", "timeout", "http_status", "protocol", "cancelled"]
+"""Why a request failed: cannot connect, a timeout, an HTTP error status, a response we could
+not understand (malformed line, unknown model reported in-stream), or stopped by the user."""
+
+ERROR_KINDS: tuple[str, ...] = ("connect", "timeout", "http_status", "protocol", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTimings:
+    """What the server says about a request (Ollama's final line, OpenAI's ``usage``).
+
+    Kept apart from what we measure on the wire: the difference is itself worth showing.
+    Any field the server did not send is ``None``.
+    """
+
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    load_ns: int | None = None
+    prompt_eval_ns: int | None = None
+    eval_ns: int | None = None
+    total_ns: int | None = None
+    done_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStarted:
+    """A request was written to the socket at ``t_ns`` (the t0 of every metric)."""
+
+    run_id: int
+    request_id: int
+    t_ns: int
+    step: str = ""
+    prompt_label: str = ""
+    prompt_chars: int = 0
+    concurrency: int | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    warmup: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenReceived:
+    """One stream chunk with content arrived at ``t_ns``; it may carry several tokens."""
+
+    run_id: int
+    request_id: int
+    index: int
+    """0-based index of this content chunk within its request."""
+    t_ns: int
+    n_tokens: int = 1
+    text_len: int = 0
+    """Characters of text in the chunk (the text itself is not kept)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFinished:
+    """The final chunk arrived at ``t_ns`` (tend); the request succeeded."""
+
+    run_id: int
+    request_id: int
+    t_ns: int
+    t_start_ns: int
+    t_first_ns: int | None
+    """First content chunk (t1), ``None`` when the answer was empty."""
+    t_last_ns: int | None
+    """Last content chunk (tN)."""
+    chunks: int
+    """Content chunks counted on the wire."""
+    tokens_counted: int
+    """Sum of the chunks' ``n_tokens``: the tokens we saw, whatever the server claims."""
+    server: ServerTimings = field(default_factory=ServerTimings)
+
+    @property
+    def output_tokens(self) -> int:
+        """n of the metric definitions: the server's count when it gives one, else ours."""
+        reported = self.server.output_tokens
+        return reported if reported is not None else self.tokens_counted
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed:
+    """The request ended without success at ``t_ns``; what arrived before stays recorded."""
+
+    run_id: int
+    request_id: int
+    t_ns: int
+    error_kind: ErrorKind
+    message: str
+    t_start_ns: int | None = None
+    t_first_ns: int | None = None
+    t_last_ns: int | None = None
+    chunks: int = 0
+    tokens_counted: int = 0
+    http_status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResourcesSampled:
+    """The machine (psutil) at ``t_ns``; the server process fields are ``None`` when unknown."""
+
+    run_id: int | None
+    t_ns: int
+    cpu_pct: float
+    per_core: tuple[float, ...]
+    mem_used_bytes: int
+    mem_total_bytes: int
+    server_rss_bytes: int | None = None
+    server_cpu_pct: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSampled:
+    """One GPU (NVML) at ``t_ns``; a reading the device does not support is ``None``."""
+
+    run_id: int | None
+    t_ns: int
+    gpu: int
+    name: str = ""
+    util_pct: float | None = None
+    mem_used_bytes: int | None = None
+    mem_total_bytes: int | None = None
+    power_w: float | None = None
+    temp_c: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSampled:
+    """Values read from a server at ``t_ns``: Ollama ``/api/ps`` or Prometheus ``/metrics``.
+
+    ``values`` maps a key (``vllm:num_requests_running``, ``ollama:loaded:<model>:size_vram``)
+    to a number.
+    """
+
+    run_id: int | None
+    t_ns: int
+    source: str
+    values: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceDown:
+    """A server or sampler cannot be read (no NVIDIA driver, server gone): normal, shown as data."""
+
+    run_id: int | None
+    t_ns: int
+    source: str
+    reason: str
+
+
+Event = (
+    RequestStarted
+    | TokenReceived
+    | RequestFinished
+    | RequestFailed
+    | ResourcesSampled
+    | GpuSampled
+    | ServerSampled
+    | SourceDown
+)

@@ -1,0 +1,271 @@
+"""The one place llmtop's numbers are defined (DESIGN.md, "Metric definitions").
+
+For one request: t0 = request written, t1 = first content chunk, tN = last content chunk,
+tend = final chunk, n = output tokens (the server's count when it gives one, else counted).
+
+- TTFT = t1 - t0;  E2E = tend - t0
+- ITL = gaps between consecutive content chunks; a chunk of k tokens counts as k tokens spread
+  evenly over its gap (k samples of gap/k). When the server's count differs from the chunks'
+  own counts, the server's tokens are spread evenly over the chunks. The first chunk's tokens
+  have no gap before them (TTFT covers them), so a request gives n - k(first) ITL samples.
+- TPOT = (tN - t1) / (n - 1) for n >= 2;  decode TPS = (n - 1) / (tN - t1);  overall TPS = n / (tend - t0)
+- server TPS = eval_count / eval_duration;  server TTFT share = prompt_eval_duration / total_duration
+- run level: req/s and output tok/s over the measured window (first start to last end),
+  mean and P50/P90/P95/P99 (linear interpolation between closest ranks, as numpy's default and
+  Excel's PERCENTILE.INC), error rate, goodput = share of requests that succeeded and met every SLO.
+
+Every function is pure; a value that cannot be defined (TPOT of a one-token answer) is ``None``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from llmtop.collectors.events import RequestFinished, ServerTimings
+
+NS_PER_MS = 1_000_000
+NS_PER_S = 1_000_000_000
+
+PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
+
+
+# --- one request -------------------------------------------------------------------------------
+
+
+def ttft_ms(t_start_ns: int, t_first_ns: int | None) -> float | None:
+    """Time to first token: from the request written to the first chunk with content."""
+    if t_first_ns is None:
+        return None
+    return (t_first_ns - t_start_ns) / NS_PER_MS
+
+
+def e2e_ms(t_start_ns: int, t_end_ns: int) -> float:
+    """End-to-end latency: from the request written to the final chunk."""
+    return (t_end_ns - t_start_ns) / NS_PER_MS
+
+
+def tpot_ms(t_first_ns: int | None, t_last_ns: int | None, n: int) -> float | None:
+    """Time per output token after the first: (tN - t1) / (n - 1), for n >= 2."""
+    if t_first_ns is None or t_last_ns is None or n < 2:
+        return None
+    return (t_last_ns - t_first_ns) / NS_PER_MS / (n - 1)
+
+
+def decode_tps(t_first_ns: int | None, t_last_ns: int | None, n: int) -> float | None:
+    """Client-side decode rate: (n - 1) / (tN - t1); ``None`` when all tokens came in one chunk."""
+    if t_first_ns is None or t_last_ns is None or n < 2 or t_last_ns <= t_first_ns:
+        return None
+    return (n - 1) / ((t_last_ns - t_first_ns) / NS_PER_S)
+
+
+def overall_tps(t_start_ns: int, t_end_ns: int, n: int) -> float | None:
+    """Output tokens over the whole request: n / (tend - t0)."""
+    if t_end_ns <= t_start_ns or n <= 0:
+        return None
+    return n / ((t_end_ns - t_start_ns) / NS_PER_S)
+
+
+def server_tps(eval_count: int | None, eval_ns: int | None) -> float | None:
+    """The server's own decode rate (Ollama): eval_count / (eval_duration / 1e9)."""
+    if not eval_count or not eval_ns:
+        return None
+    return eval_count / (eval_ns / NS_PER_S)
+
+
+def server_ttft_share(prompt_eval_ns: int | None, total_ns: int | None) -> float | None:
+    """Share of the server's total time spent on the prompt (prefill)."""
+    if prompt_eval_ns is None or not total_ns:
+        return None
+    return prompt_eval_ns / total_ns
+
+
+def itl_ms(
+    t_ns: Sequence[int], n_tokens: Sequence[int] | None = None, total_tokens: int | None = None
+) -> list[float]:
+    """Inter-token latencies of one request from its content chunks' arrival times.
+
+    Args:
+        t_ns: arrival time of each content chunk, in order.
+        n_tokens: tokens carried by each chunk (default 1 each).
+        total_tokens: the server's count; when it differs from ``sum(n_tokens)``, that many
+            tokens are spread evenly over the chunks instead.
+
+    Returns:
+        One value per token after the first chunk, in ms.
+    """
+    m = len(t_ns)
+    if m < 2:
+        return []
+    counts = list(n_tokens) if n_tokens is not None else [1] * m
+    if total_tokens is not None and total_tokens > 0 and total_tokens != sum(counts):
+        counts = _spread(total_tokens, m)
+    out: list[float] = []
+    for i in range(1, m):
+        k = counts[i]
+        if k <= 0:
+            continue
+        gap = (t_ns[i] - t_ns[i - 1]) / NS_PER_MS / k
+        out.extend([gap] * k)
+    return out
+
+
+def _spread(total: int, chunks: int) -> list[int]:
+    """``total`` tokens over ``chunks`` chunks as evenly as integers allow (cumulative rounding)."""
+    per = total / chunks
+    counts, prev = [], 0
+    for i in range(1, chunks + 1):
+        cum = round(per * i)
+        counts.append(cum - prev)
+        prev = cum
+    return counts
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMetrics:
+    """Every per-request number, measured on the wire and reported by the server side by side."""
+
+    output_tokens: int
+    ttft_ms: float | None
+    e2e_ms: float
+    tpot_ms: float | None
+    decode_tps: float | None
+    overall_tps: float | None
+    server_tps: float | None
+    server_ttft_ms: float | None
+    server_ttft_share: float | None
+    load_ms: float | None
+
+
+def request_metrics(ev: RequestFinished) -> RequestMetrics:
+    """All metrics of one finished request."""
+    n = ev.output_tokens
+    s: ServerTimings = ev.server
+    return RequestMetrics(
+        output_tokens=n,
+        ttft_ms=ttft_ms(ev.t_start_ns, ev.t_first_ns),
+        e2e_ms=e2e_ms(ev.t_start_ns, ev.t_ns),
+        tpot_ms=tpot_ms(ev.t_first_ns, ev.t_last_ns, n),
+        decode_tps=decode_tps(ev.t_first_ns, ev.t_last_ns, n),
+        overall_tps=overall_tps(ev.t_start_ns, ev.t_ns, n),
+        server_tps=server_tps(s.output_tokens, s.eval_ns),
+        server_ttft_ms=None if s.prompt_eval_ns is None else s.prompt_eval_ns / NS_PER_MS,
+        server_ttft_share=server_ttft_share(s.prompt_eval_ns, s.total_ns),
+        load_ms=None if s.load_ns is None else s.load_ns / NS_PER_MS,
+    )
+
+
+# --- many requests -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Distribution of one metric over a set of requests (or ITL samples)."""
+
+    n: int
+    mean: float | None
+    p50: float | None
+    p90: float | None
+    p95: float | None
+    p99: float | None
+    min: float | None
+    max: float | None
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {
+            "n": self.n,
+            "mean": self.mean,
+            "p50": self.p50,
+            "p90": self.p90,
+            "p95": self.p95,
+            "p99": self.p99,
+            "min": self.min,
+            "max": self.max,
+        }
+
+
+EMPTY_STATS = Stats(0, None, None, None, None, None, None, None)
+
+
+def percentile(values: Sequence[float], q: int) -> float | None:
+    """The q-th percentile (integer 1..99), linear between closest ranks; ``None`` for no values."""
+    if not 1 <= q <= 99:
+        raise ValueError(f"percentile must be 1..99, got {q}")
+    if not values:
+        return None
+    if len(values) == 1:
+        return float(values[0])
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def summarize(values: Iterable[float | None]) -> Stats:
+    """Mean, P50/P90/P95/P99, min and max of the values that are not ``None``."""
+    data = [float(v) for v in values if v is not None]
+    if not data:
+        return EMPTY_STATS
+    if len(data) == 1:
+        v = data[0]
+        return Stats(1, v, v, v, v, v, v, v)
+    cuts = statistics.quantiles(data, n=100, method="inclusive")
+    return Stats(
+        n=len(data),
+        mean=statistics.fmean(data),
+        p50=cuts[49],
+        p90=cuts[89],
+        p95=cuts[94],
+        p99=cuts[98],
+        min=min(data),
+        max=max(data),
+    )
+
+
+def rate_per_s(count: float, t_from_ns: int | None, t_to_ns: int | None) -> float | None:
+    """``count`` per second over a window; ``None`` for an empty or zero-length window."""
+    if t_from_ns is None or t_to_ns is None or t_to_ns <= t_from_ns:
+        return None
+    return count / ((t_to_ns - t_from_ns) / NS_PER_S)
+
+
+@dataclass(frozen=True, slots=True)
+class Slo:
+    """Service-level objectives a request must meet to count as good; ``None`` means no limit."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2e_ms: float | None = None
+
+    @property
+    def is_set(self) -> bool:
+        return any(v is not None for v in (self.ttft_ms, self.tpot_ms, self.e2e_ms))
+
+
+def meets_slo(
+    slo: Slo, ok: bool, ttft: float | None, tpot: float | None, e2e: float | None
+) -> bool:
+    """Whether one request counts toward goodput.
+
+    A failed request never does. A request without a TTFT (empty answer) fails a TTFT objective;
+    one without a TPOT (a one-token answer has no decode to judge) passes a TPOT objective.
+    """
+    if not ok:
+        return False
+    if slo.ttft_ms is not None and (ttft is None or ttft > slo.ttft_ms):
+        return False
+    if slo.tpot_ms is not None and tpot is not None and tpot > slo.tpot_ms:
+        return False
+    return not (slo.e2e_ms is not None and (e2e is None or e2e > slo.e2e_ms))
+
+
+def goodput(
+    slo: Slo, requests: Iterable[tuple[bool, float | None, float | None, float | None]]
+) -> float | None:
+    """Share (0..1) of requests ``(ok, ttft_ms, tpot_ms, e2e_ms)`` that succeeded and met the SLOs.
+
+    ``None`` when there are no requests. Without objectives, goodput is the success rate.
+    """
+    total = good = 0
+    for ok, ttft, tpot, e2e in requests:
+        total += 1
+        good += meets_slo(slo, ok, ttft, tpot, e2e)
+    return good / total if total else None

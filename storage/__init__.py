@@ -1,0 +1,1 @@
+"""Storage: the SQLite schema, the batched writer, read-only queries and export."""

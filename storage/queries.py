@@ -1,0 +1,443 @@
+"""Read-only questions asked of the database, answered as frozen dataclasses.
+
+The statistics themselves come from collectors/metrics.py: these functions only select the rows
+(measured requests, excluding warm-up) and hand the values over.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlite_utils import Database
+
+from llmtop.collectors import metrics
+from llmtop.collectors.metrics import EMPTY_STATS, Slo, Stats
+
+REQUEST_METRICS: tuple[str, ...] = (
+    "ttft_ms", "e2e_ms", "tpot_ms", "decode_tps", "overall_tps", "server_tps", "server_ttft_ms",
+)  # fmt: skip
+SAMPLE_METRICS: tuple[str, ...] = ("cpu_pct", "mem_used", "server_rss", "server_cpu_pct")
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """One run as listed in history."""
+
+    id: int
+    name: str
+    started_at: str
+    ended_at: str | None
+    status: str
+    scenario: str
+    backend: str
+    base_url: str
+    model: str
+    params: dict[str, Any]
+    host: dict[str, Any]
+    llmtop_version: str
+    t0_ns: int | None
+    error: str | None
+    n_requests: int = 0
+    n_errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StepSummary:
+    """Statistics of one step of a run (or of the whole run, as ``step=''``), warm-up excluded."""
+
+    step: str
+    n: int
+    ok: int
+    errors: int
+    cancelled: int
+    warmup: int
+    ttft_ms: Stats
+    e2e_ms: Stats
+    tpot_ms: Stats
+    itl_ms: Stats
+    decode_tps: Stats
+    server_tps: Stats
+    output_tokens: int
+    prompt_tokens_mean: float | None
+    req_per_s: float | None
+    out_tok_per_s: float | None
+    error_rate: float | None
+    goodput: float | None
+    duration_s: float | None
+    concurrency: int | None
+    temperature: float | None
+    cpu_pct_mean: float | None
+    mem_used_peak: int | None
+    server_rss_peak: int | None
+    server_cpu_pct_mean: float | None
+    gpu_util_mean: float | None
+    gpu_mem_peak: int | None
+    error_kinds: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__slots__:  # type: ignore[attr-defined]
+            value = getattr(self, name)
+            out[name] = value.as_dict() if isinstance(value, Stats) else value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    run: RunRow
+    overall: StepSummary
+    steps: tuple[StepSummary, ...]
+    slo: Slo
+
+    def as_dict(self) -> dict[str, Any]:
+        r = self.run
+        return {
+            "run": {
+                "id": r.id,
+                "name": r.name,
+                "started_at": r.started_at,
+                "ended_at": r.ended_at,
+                "status": r.status,
+                "scenario": r.scenario,
+                "backend": r.backend,
+                "base_url": r.base_url,
+                "model": r.model,
+                "error": r.error,
+            },
+            "slo": {
+                "ttft_ms": self.slo.ttft_ms,
+                "tpot_ms": self.slo.tpot_ms,
+                "e2e_ms": self.slo.e2e_ms,
+            },
+            "overall": self.overall.as_dict(),
+            "steps": [s.as_dict() for s in self.steps],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """Counts of values in bins; ``edges`` has one more entry than ``counts``."""
+
+    metric: str
+    edges: tuple[float, ...]
+    counts: tuple[int, ...]
+    n: int
+
+
+# --- runs --------------------------------------------------------------------------------------
+
+
+def _run_row(row: dict[str, Any]) -> RunRow:
+    return RunRow(
+        id=row["id"],
+        name=row["name"] or "",
+        started_at=row["started_at"] or "",
+        ended_at=row["ended_at"],
+        status=row["status"],
+        scenario=row["scenario"] or "",
+        backend=row["backend"] or "",
+        base_url=row["base_url"] or "",
+        model=row["model"] or "",
+        params=json.loads(row["params_json"] or "{}"),
+        host=json.loads(row["host_json"] or "{}"),
+        llmtop_version=row["llmtop_version"] or "",
+        t0_ns=row["t0_ns"],
+        error=row["error"],
+        n_requests=row.get("n_requests") or 0,
+        n_errors=row.get("n_errors") or 0,
+    )
+
+
+_RUNS_SQL = """
+select runs.*,
+  (select count(*) from requests r where r.run_id = runs.id and r.warmup = 0) as n_requests,
+  (select count(*) from requests r where r.run_id = runs.id and r.warmup = 0
+     and r.status = 'error') as n_errors
+from runs
+"""
+
+
+def list_runs(
+    db: Database,
+    *,
+    model: str | None = None,
+    backend: str | None = None,
+    scenario: str | None = None,
+    since: str | None = None,
+    limit: int | None = None,
+) -> list[RunRow]:
+    """Runs, newest first, filtered by exact model/backend/scenario and ISO start time."""
+    where, args = [], []
+    for col, value in (("model", model), ("backend", backend), ("scenario", scenario)):
+        if value is not None:
+            where.append(f"{col} = ?")
+            args.append(value)
+    if since is not None:
+        where.append("started_at >= ?")
+        args.append(since)
+    sql = _RUNS_SQL + (" where " + " and ".join(where) if where else "") + " order by id desc"
+    if limit is not None:
+        sql += " limit ?"
+        args.append(limit)
+    return [_run_row(r) for r in db.query(sql, args)]
+
+
+def get_run(db: Database, run_id: int) -> RunRow | None:
+    rows = list(db.query(_RUNS_SQL + " where runs.id = ?", [run_id]))
+    return _run_row(rows[0]) if rows else None
+
+
+def last_run_id(db: Database) -> int | None:
+    rows = list(db.query("select max(id) as id from runs"))
+    return rows[0]["id"] if rows else None
+
+
+def run_slo(run: RunRow) -> Slo:
+    """The SLOs a run was recorded with (``params.slo``), or none."""
+    slo = run.params.get("slo") or {}
+    return Slo(ttft_ms=slo.get("ttft_ms"), tpot_ms=slo.get("tpot_ms"), e2e_ms=slo.get("e2e_ms"))
+
+
+# --- summaries ---------------------------------------------------------------------------------
+
+
+def _requests(db: Database, run_id: int) -> list[dict[str, Any]]:
+    return list(db.query("select * from requests where run_id = ? order by id", [run_id]))
+
+
+def itl_by_request(
+    db: Database, run_id: int, request_ids: Iterable[int] | None = None
+) -> dict[int, list[float]]:
+    """ITL samples (ms) of each request, with the server's token count spread over its chunks."""
+    totals = {
+        r["id"]: r["output_tokens"]
+        for r in db.query("select id, output_tokens from requests where run_id = ?", [run_id])
+    }
+    wanted = None if request_ids is None else set(request_ids)
+    times: dict[int, list[int]] = defaultdict(list)
+    counts: dict[int, list[int]] = defaultdict(list)
+    for req_id, t_ns, n in db.execute(
+        "select request_id, t_ns, n_tokens from tokens where run_id = ? order by request_id, idx",
+        [run_id],
+    ).fetchall():
+        if wanted is None or req_id in wanted:
+            times[req_id].append(t_ns)
+            counts[req_id].append(n)
+    return {
+        req_id: metrics.itl_ms(times[req_id], counts[req_id], totals.get(req_id))
+        for req_id in times
+    }
+
+
+_RESOURCE_FIELDS = (
+    "cpu_pct_mean", "mem_used_peak", "server_rss_peak", "server_cpu_pct_mean", "gpu_util_mean",
+    "gpu_mem_peak",
+)  # fmt: skip
+
+
+def _window_resources(
+    db: Database, run_id: int, t_from: int | None, t_to: int | None
+) -> dict[str, Any]:
+    if t_from is None or t_to is None:
+        return dict.fromkeys(_RESOURCE_FIELDS)
+    s = next(
+        db.query(
+            "select avg(cpu_pct) cpu, max(mem_used) mem, max(server_rss) rss, "
+            "avg(server_cpu_pct) scpu from samples where run_id = ? and t_ns between ? and ?",
+            [run_id, t_from, t_to],
+        )
+    )
+    g = next(
+        db.query(
+            "select avg(util_pct) util, max(mem_used) mem from gpu_samples "
+            "where run_id = ? and t_ns between ? and ?",
+            [run_id, t_from, t_to],
+        )
+    )
+    return {
+        "cpu_pct_mean": s["cpu"],
+        "mem_used_peak": s["mem"],
+        "server_rss_peak": s["rss"],
+        "server_cpu_pct_mean": s["scpu"],
+        "gpu_util_mean": g["util"],
+        "gpu_mem_peak": g["mem"],
+    }
+
+
+def summarize_requests(
+    db: Database,
+    run_id: int,
+    step: str,
+    rows: Sequence[dict[str, Any]],
+    slo: Slo,
+    itl: dict[int, list[float]],
+) -> StepSummary:
+    """The statistics of a set of request rows (one step, or all of a run)."""
+    measured = [r for r in rows if not r["warmup"]]
+    ok = [r for r in measured if r["status"] == "ok"]
+    errors = [r for r in measured if r["status"] == "error"]
+    cancelled = [r for r in measured if r["status"] == "cancelled"]
+    finished = [r for r in measured if r["status"] != "running"]
+    starts = [r["t_start_ns"] for r in finished if r["t_start_ns"] is not None]
+    ends = [r["t_end_ns"] for r in finished if r["t_end_ns"] is not None]
+    t_from = min(starts) if starts else None
+    t_to = max(ends) if ends else None
+    out_tokens = sum(r["output_tokens"] or 0 for r in ok)
+    kinds: dict[str, int] = defaultdict(int)
+    for r in errors:
+        kinds[r["error_kind"] or "unknown"] += 1
+    prompt_tokens = [r["prompt_tokens"] for r in ok if r["prompt_tokens"] is not None]
+    concurrencies = {r["concurrency"] for r in measured if r["concurrency"] is not None}
+    temps = {r["temperature"] for r in measured if r["temperature"] is not None}
+    judged = [r for r in measured if r["status"] in ("ok", "error")]
+    duration = None if t_from is None or t_to is None else (t_to - t_from) / metrics.NS_PER_S
+    return StepSummary(
+        step=step,
+        n=len(measured),
+        ok=len(ok),
+        errors=len(errors),
+        cancelled=len(cancelled),
+        warmup=len(rows) - len(measured),
+        ttft_ms=metrics.summarize(r["ttft_ms"] for r in ok),
+        e2e_ms=metrics.summarize(r["e2e_ms"] for r in ok),
+        tpot_ms=metrics.summarize(r["tpot_ms"] for r in ok),
+        itl_ms=metrics.summarize(v for r in ok for v in itl.get(r["id"], ()))
+        if itl
+        else EMPTY_STATS,
+        decode_tps=metrics.summarize(r["decode_tps"] for r in ok),
+        server_tps=metrics.summarize(r["server_tps"] for r in ok),
+        output_tokens=out_tokens,
+        prompt_tokens_mean=sum(prompt_tokens) / len(prompt_tokens) if prompt_tokens else None,
+        req_per_s=metrics.rate_per_s(len(ok), t_from, t_to),
+        out_tok_per_s=metrics.rate_per_s(out_tokens, t_from, t_to),
+        error_rate=len(errors) / len(judged) if judged else None,
+        goodput=metrics.goodput(
+            slo, ((r["status"] == "ok", r["ttft_ms"], r["tpot_ms"], r["e2e_ms"]) for r in judged)
+        ),
+        duration_s=duration,
+        concurrency=concurrencies.pop() if len(concurrencies) == 1 else None,
+        temperature=temps.pop() if len(temps) == 1 else None,
+        error_kinds=dict(kinds),
+        **_window_resources(db, run_id, t_from, t_to),
+    )
+
+
+def run_summary(
+    db: Database, run_id: int, *, slo: Slo | None = None, with_itl: bool = True
+) -> RunSummary | None:
+    """Per-step and overall statistics of one run; ``None`` when the run does not exist."""
+    run = get_run(db, run_id)
+    if run is None:
+        return None
+    slo = slo if slo is not None else run_slo(run)
+    rows = _requests(db, run_id)
+    itl = itl_by_request(db, run_id) if with_itl else {}
+    steps: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        steps.setdefault(r["step"] or "", []).append(r)
+    return RunSummary(
+        run=run,
+        overall=summarize_requests(db, run_id, "", rows, slo, itl),
+        steps=tuple(
+            summarize_requests(db, run_id, name, rs, slo, itl) for name, rs in steps.items()
+        ),
+        slo=slo,
+    )
+
+
+# --- charts ------------------------------------------------------------------------------------
+
+
+def metric_values(
+    db: Database, run_id: int, metric: str, *, step: str | None = None
+) -> list[float]:
+    """Values of one per-request metric (or ``itl_ms``) over the run's measured, successful requests."""
+    if metric == "itl_ms":
+        ids = [
+            r["id"]
+            for r in db.query(
+                "select id from requests where run_id = ? and warmup = 0 and status = 'ok'"
+                + (" and step = ?" if step is not None else ""),
+                [run_id, step] if step is not None else [run_id],
+            )
+        ]
+        return [v for vs in itl_by_request(db, run_id, ids).values() for v in vs]
+    if metric not in REQUEST_METRICS:
+        raise ValueError(f"unknown metric {metric!r}")
+    sql = f"select {metric} v from requests where run_id = ? and warmup = 0 and status = 'ok' and {metric} is not null"
+    args: list[Any] = [run_id]
+    if step is not None:
+        sql += " and step = ?"
+        args.append(step)
+    return [r["v"] for r in db.query(sql, args)]
+
+
+def histogram(
+    db: Database,
+    run_id: int,
+    metric: str,
+    *,
+    bins: int | Sequence[float] = 20,
+    step: str | None = None,
+) -> Histogram:
+    """A histogram of one metric: ``bins`` equal-width bins over its range, or the given edges.
+
+    Values outside explicit edges are counted in the first or last bin, so nothing disappears.
+    """
+    values = metric_values(db, run_id, metric, step=step)
+    return make_histogram(metric, values, bins)
+
+
+def make_histogram(metric: str, values: Sequence[float], bins: int | Sequence[float]) -> Histogram:
+    if isinstance(bins, int):
+        if bins < 1:
+            raise ValueError("bins must be >= 1")
+        lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+        if hi == lo:
+            hi = lo + 1.0
+        width = (hi - lo) / bins
+        edges = (*(lo + i * width for i in range(bins)), hi)
+    else:
+        edges = tuple(float(e) for e in bins)
+        if len(edges) < 2 or any(b <= a for a, b in itertools.pairwise(edges)):
+            raise ValueError("bin edges must be increasing, at least two")
+    counts = [0] * (len(edges) - 1)
+    last = len(counts) - 1
+    for v in values:
+        i = bisect.bisect_right(edges, v) - 1
+        counts[min(max(i, 0), last)] += 1
+    return Histogram(metric=metric, edges=edges, counts=tuple(counts), n=len(values))
+
+
+def time_series(
+    db: Database, run_id: int, metric: str, *, since_ns: int | None = None
+) -> list[tuple[float, float]]:
+    """``(seconds since the run's start, value)`` pairs of one metric, in time order.
+
+    Request metrics are placed at each request's end; resource metrics at each sample.
+    """
+    run = get_run(db, run_id)
+    t0 = run.t0_ns if run is not None and run.t0_ns is not None else 0
+    args: list[Any] = [run_id]
+    if metric in REQUEST_METRICS:
+        sql = (
+            f"select t_end_ns t, {metric} v from requests where run_id = ? and warmup = 0 "
+            f"and status = 'ok' and {metric} is not null"
+        )
+        tcol = "t_end_ns"
+    elif metric in SAMPLE_METRICS:
+        sql = f"select t_ns t, {metric} v from samples where run_id = ? and {metric} is not null"
+        tcol = "t_ns"
+    else:
+        raise ValueError(f"unknown metric {metric!r}")
+    if since_ns is not None:
+        sql += f" and {tcol} > ?"
+        args.append(since_ns)
+    sql += " order by t"
+    return [((r["t"] - t0) / metrics.NS_PER_S, r["v"]) for r in db.query(sql, args)]

@@ -1,0 +1,1 @@
+"""The Textual stylesheet and the theme files."""
