@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.llmtop-installed
 # a multi-GB CUDA build from the index. Override with `make TORCH=torch==X.Y.Z`.
 TORCH  ?= torch==2.13.0
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench bench-engine clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,21 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/storage_ingest.py
+	$(BIN)/python bench/collector.py
+	$(BIN)/python bench/report.py
+	$(BIN)/python bench/tui.py
+	$(BIN)/python bench/serve.py
+
+# llama.cpp, the engine's yardstick, in a venv of its own (never a dependency of llmtop);
+# pip builds llama-cpp-python from source with the machine's gcc and cmake: minutes, once.
+LLAMACPP := bench/.venv-llamacpp
+$(LLAMACPP)/.installed:
+	@test -x $(LLAMACPP)/bin/python || $(PYTHON) -m venv $(LLAMACPP)
+	$(LLAMACPP)/bin/python -m pip install -q --disable-pip-version-check llama-cpp-python
+	@touch $@
+
+bench-engine: $(STAMP) $(LLAMACPP)/.installed
+	$(BIN)/python bench/engine.py --llamacpp-python $(LLAMACPP)/bin/python
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,151 @@
+"""Preallocated key/value caches: one slot per running sequence, written in place at its positions.
+
+One ``KVCache`` holds ``n_slots`` sequences of up to ``max_len`` tokens for every layer; a
+``SequenceCache`` is one sequence's slot and its filled length. A batched forward step reads the
+slots of all its rows at once (a plain view when the slots are consecutive), so sequences of
+different lengths decode together; positions past a row's own length are masked out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from llmtop.engine.errors import RequestError
+
+
+def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Zeros whose pages the OS hands out on first touch (calloc), so an unused cache costs no RSS.
+
+    Zeros rather than ``empty``: a masked position still multiplies its value by a zero weight,
+    and 0 * NaN from uninitialised memory would poison the row.
+    """
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    raw = np.zeros((*shape[:-1], shape[-1] * itemsize), dtype=np.uint8)
+    return torch.from_numpy(raw).view(dtype)
+
+
+class KVCache:
+    """Keys and values for ``n_slots`` sequences: k, v are [layers, slots, kv_heads, max_len, head_dim]."""
+
+    def __init__(
+        self,
+        n_layers: int,
+        n_kv_heads: int,
+        head_dim: int,
+        max_len: int,
+        n_slots: int = 1,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        device = torch.device(device)
+        shape = (n_layers, n_slots, n_kv_heads, max_len, head_dim)
+        self.k = _lazy_zeros(shape, dtype, device)
+        self.v = _lazy_zeros(shape, dtype, device)
+        self.n_slots, self.max_len = n_slots, max_len
+        self._free = list(range(n_slots - 1, -1, -1))
+
+    @property
+    def bytes_per_sequence(self) -> int:
+        """2 x layers x kv_heads x max_len x head_dim x dtype bytes."""
+        return 2 * self.k[:, 0].numel() * self.k.element_size()
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    def acquire(self) -> SequenceCache:
+        """Claim a free slot for a new sequence.
+
+        Raises:
+            RequestError: every slot is taken.
+        """
+        if not self._free:
+            raise RequestError(f"all {self.n_slots} KV-cache slots are in use")
+        return SequenceCache(self, self._free.pop())
+
+    def release(self, seq: SequenceCache) -> None:
+        """Give a slot back; its stale keys stay until overwritten (they are masked until then)."""
+        assert seq.cache is self and seq.slot not in self._free
+        self._free.append(seq.slot)
+        seq.length = 0
+
+    def layer(self, i: int) -> tuple[Tensor, Tensor]:
+        """Layer ``i``'s keys and values: [slots, kv_heads, max_len, head_dim] views."""
+        return self.k[i], self.v[i]
+
+
+@dataclass(eq=False)
+class SequenceCache:
+    """One sequence's slot in a KVCache and how many of its positions are filled."""
+
+    cache: KVCache
+    slot: int
+    length: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes reserved for this sequence (its whole slot)."""
+        return self.cache.bytes_per_sequence
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes holding this sequence's filled positions."""
+        return self.cache.bytes_per_sequence * self.length // self.cache.max_len
+
+    @property
+    def room(self) -> int:
+        return self.cache.max_len - self.length
+
+    def reserve(self, n: int) -> None:
+        """Check that ``n`` more tokens fit.
+
+        Raises:
+            RequestError: the sequence would outgrow its slot.
+        """
+        if self.length + n > self.cache.max_len:
+            raise RequestError(
+                f"sequence of {self.length + n} tokens does not fit the KV cache "
+                f"({self.cache.max_len} tokens per sequence)"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSlots:
+    """Which cache rows a batched step reads and writes, and how far.
+
+    ``index`` is [B] (slot per batch row); ``span`` is (first, stop) when the slots are
+    consecutive, so reads are views instead of gathers; ``kv_len`` is the number of positions
+    attention looks at (the largest filled length after this step).
+    """
+
+    index: Tensor
+    span: tuple[int, int] | None
+    kv_len: int
+
+    @classmethod
+    def of(cls, slots: list[int], kv_len: int, device: torch.device | str = "cpu") -> CacheSlots:
+        first = slots[0]
+        consecutive = slots == list(range(first, first + len(slots)))
+        index = torch.tensor(slots, dtype=torch.long, device=device)
+        return cls(index, (first, first + len(slots)) if consecutive else None, kv_len)
+
+    def write(self, cache: Tensor, pos: Tensor, new: Tensor) -> None:
+        """cache [S, H, T, D] at rows ``index`` and positions ``pos`` [B, t] <- new [B, t, H, D]."""
+        cache[self.index[:, None], :, pos] = new
+
+    def read(self, cache: Tensor) -> Tensor:
+        """The batch's rows of cache [S, H, T, D], cut to kv_len: [B, H, kv_len, D]."""
+        assert self.kv_len <= cache.shape[2], (self.kv_len, cache.shape)
+        if self.span is not None:
+            return cache[self.span[0] : self.span[1], :, : self.kv_len]
+        return cache[:, :, : self.kv_len].index_select(0, self.index)
