@@ -1,0 +1,144 @@
+"""The engine's HTTP server: Ollama's and OpenAI's APIs and /metrics on starlette + uvicorn.
+
+``serve()`` binds the socket first (a taken port fails before the model loads), loads the model,
+starts the scheduler thread, then prints one ready line, the signal launchers wait for:
+
+    llmtop serve: listening on http://127.0.0.1:PORT (model smollm2)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from llmtop.engine.api_ollama import OllamaApi
+from llmtop.engine.api_openai import OpenAIApi
+from llmtop.engine.metrics import CONTENT_TYPE, EngineMetrics
+from llmtop.engine.service import ModelService
+
+READY_PREFIX = "llmtop serve: listening on "
+"""Launchers (collectors/engine.py) wait for a stdout line starting with this; keep it stable."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """``llmtop serve``'s options."""
+
+    host: str = "127.0.0.1"
+    port: int = 11435
+    model: str = "smollm2"
+    """``smollm2`` (the bundled model) or a path to a Llama-architecture GGUF file."""
+    max_batch: int = 8
+    context_length: int | None = None
+    """Tokens per sequence; ``None``: ``DEFAULT_CONTEXT`` or the model's own if shorter."""
+    threads: int | None = None
+    """torch CPU threads for the engine; ``None``: torch's default (one per core)."""
+
+
+def create_app(service: ModelService, metrics: EngineMetrics) -> Starlette:
+    """The ASGI app: both APIs, /metrics, /health and a plain / like Ollama's."""
+
+    async def root(request: Request) -> Response:
+        return PlainTextResponse("llmtop serve is running (Ollama and OpenAI APIs)")
+
+    async def health(request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, 500)
+
+    routes = [
+        Route("/", root, methods=["GET", "HEAD"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+        *OllamaApi(service).routes(),
+        *OpenAIApi(service).routes(),
+    ]
+    return Starlette(routes=routes, exception_handlers={Exception: server_error})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: a free one). Raises OSError."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn with two hooks: say when it accepts requests, and end the streams at shutdown
+    (uvicorn would otherwise wait for every open stream to finish before exiting)."""
+
+    def __init__(
+        self, config: uvicorn.Config, on_ready: Callable[[], None], on_stop: Callable[[], None]
+    ) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+        self._on_stop = on_stop
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self._on_ready()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._on_stop()
+        await super().shutdown(sockets)
+
+
+def run(
+    sock: socket.socket,
+    service: ModelService,
+    metrics: EngineMetrics,
+    *,
+    on_ready: Callable[[str], None],
+    on_stop: Callable[[], None],
+) -> None:
+    """Serve on ``sock`` until SIGINT/SIGTERM; ``on_ready(url)`` once requests are accepted."""
+    config = uvicorn.Config(
+        create_app(service, metrics),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=30,
+    )
+    url = url_of(sock)
+    _Server(config, lambda: on_ready(url), on_stop).run(sockets=[sock])
