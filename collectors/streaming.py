@@ -1,0 +1,425 @@
+"""One streamed request, from the POST to its last event: per-request state, the watchdog, the
+read loop. Shared by the Ollama (NDJSON) and OpenAI (SSE) backends, which bring a parser.
+
+How chunks are timestamped: one ``perf_counter_ns()`` per socket read; every line in that read
+arrived together and shares it. A read is decoded once (incremental UTF-8, so a character split
+across reads is fine) and split into lines; per line there is only the JSON parse and the event.
+
+Timeouts: a watchdog timer per request, re-armed only when it fires, checks the time of the last
+read that completed a line; so the per-chunk cost of a sliding timeout is one attribute store.
+Phase one (until the first content chunk) allows ``first_token_s``, then ``between_chunks_s`` of
+silence, and ``total_s`` overall. A timeout cancels the read; it is reported as
+``RequestFailed(timeout)`` and told apart from a cancellation by the caller, which is reported as
+``RequestFailed(cancelled)`` and re-raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from llmtop.collectors.base import Emit, GenerationRequest, Timeouts
+from llmtop.collectors.events import (
+    ErrorKind,
+    RequestFailed,
+    RequestFinished,
+    RequestStarted,
+    ServerTimings,
+)
+from llmtop.collectors.http import HttpClient, SendTrace, connect_reason, error_from_body, one_line
+
+DRAIN_S = 2.0
+"""After the final chunk, how long to wait for the end of the body so the connection can be reused."""
+MAX_ERROR_BODY = 8192
+
+
+class StreamError(Exception):
+    """A request-level failure found while streaming; becomes exactly one ``RequestFailed``."""
+
+    def __init__(self, kind: ErrorKind, message: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
+        self.message = message
+        self.http_status = http_status
+
+
+# --- per-request state ----------------------------------------------------------------------
+
+
+class RequestState:
+    """One request's counters and clock readings; emits its start, finish or failure once each."""
+
+    __slots__ = (
+        "chunks", "done", "emit", "last_ns", "params", "req", "request_id", "run_id",
+        "started", "t0_ns", "t_begin_ns", "t_first_ns", "t_last_ns", "tokens",
+    )  # fmt: skip
+
+    def __init__(self, req: GenerationRequest, emit: Emit, params: dict[str, Any]) -> None:
+        self.req = req
+        self.emit = emit
+        self.params = params
+        self.run_id = req.run_id
+        self.request_id = req.request_id
+        self.t_begin_ns = time.perf_counter_ns()
+        self.t0_ns: int | None = None
+        self.t_first_ns: int | None = None
+        self.t_last_ns: int | None = None
+        self.last_ns = self.t_begin_ns
+        self.chunks = 0
+        self.tokens = 0
+        self.started = False
+        self.done = False
+
+    def written(self, t_ns: int) -> None:
+        """The request went onto the socket at ``t_ns`` (every attempt; the event only once)."""
+        self.t0_ns = t_ns
+        if not self.started:
+            self.started = True
+            r = self.req
+            self.emit(
+                RequestStarted(
+                    r.run_id, r.request_id, t_ns, step=r.step, prompt_label=r.prompt_label,
+                    prompt_chars=len(r.prompt) + len(r.system or ""), concurrency=r.concurrency,
+                    temperature=r.temperature, max_tokens=r.max_tokens, warmup=r.warmup,
+                    params=self.params,
+                )
+            )  # fmt: skip
+
+    def finish(self, t_ns: int, server: ServerTimings) -> None:
+        """The final chunk arrived at ``t_ns``: emit ``RequestFinished``."""
+        if self.done:
+            return
+        self.done = True
+        t0 = self.t0_ns if self.t0_ns is not None else self.t_begin_ns
+        self.emit(
+            RequestFinished(
+                self.run_id, self.request_id, t_ns, t0, self.t_first_ns, self.t_last_ns,
+                self.chunks, self.tokens, server,
+            )
+        )  # fmt: skip
+
+    def fail(self, kind: ErrorKind, message: str, http_status: int | None = None) -> None:
+        """Emit ``RequestFailed`` with what arrived so far (and ``RequestStarted`` if it never went
+        out, dated when the attempt began, so every request has both events)."""
+        if self.done:
+            return
+        self.done = True
+        if not self.started:
+            self.written(self.t_begin_ns)
+        self.emit(
+            RequestFailed(
+                self.run_id, self.request_id, time.perf_counter_ns(), kind, one_line(message, 400),
+                t_start_ns=self.t0_ns, t_first_ns=self.t_first_ns, t_last_ns=self.t_last_ns,
+                chunks=self.chunks, tokens_counted=self.tokens, http_status=http_status,
+            )
+        )  # fmt: skip
+
+
+class StreamParser:
+    """Turns a response body into ``TokenReceived`` events and one finish. Subclasses: NDJSON, SSE.
+
+    ``feed`` gets the complete lines of one socket read and their arrival time; it emits one event
+    per content chunk and calls ``state.finish`` at the final chunk. Problems raise ``StreamError``.
+    """
+
+    expected = "a stream"
+
+    def __init__(self, state: RequestState) -> None:
+        self.st = state
+
+    def accepts(self, content_type: str) -> str | None:
+        """``"stream"``, ``"document"`` (one JSON answer) or ``None`` (refuse) for a Content-Type."""
+        raise NotImplementedError
+
+    def feed(self, lines: list[str], t_ns: int) -> None:
+        raise NotImplementedError
+
+    def feed_document(self, text: str, t_ns: int) -> None:
+        raise StreamError("protocol", f"expected {self.expected}, got one JSON document")
+
+    def feed_eof(self, t_ns: int) -> None:
+        """The body ended without the final chunk."""
+        raise StreamError(
+            "protocol",
+            f"stream ended after {self.st.chunks} chunks without the final chunk (cut short)",
+        )
+
+
+# --- the watchdog -------------------------------------------------------------------------------
+
+
+class Watchdog:
+    """Enforces ``Timeouts`` on one request by cancelling its task; re-armed only when it fires."""
+
+    __slots__ = (
+        "_between", "_first", "_handle", "_loop", "_st", "_task", "_tm", "_total", "drain_until",
+        "expired",
+    )  # fmt: skip
+
+    def __init__(self, st: RequestState, timeouts: Timeouts) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._st = st
+        self._tm = timeouts
+        self._first = int(timeouts.first_token_s * 1e9)
+        self._between = int(timeouts.between_chunks_s * 1e9)
+        self._total = None if timeouts.total_s is None else int(timeouts.total_s * 1e9)
+        self.drain_until: int | None = None
+        self.expired: str | None = None
+        """Why it fired; ``"drain"`` when only the wait for the end of a finished body ran out."""
+        self._handle = self._arm(self._deadline())
+
+    def _deadline(self) -> int:
+        st = self._st
+        if self.drain_until is not None:
+            return self.drain_until
+        d = st.t_begin_ns + self._first if st.t_first_ns is None else st.last_ns + self._between
+        return d if self._total is None else min(d, st.t_begin_ns + self._total)
+
+    def _arm(self, deadline_ns: int) -> asyncio.TimerHandle:
+        delay = max(0.0, (deadline_ns - time.perf_counter_ns()) / 1e9)
+        return self._loop.call_later(delay, self._check)
+
+    def _check(self) -> None:
+        deadline = self._deadline()
+        now = time.perf_counter_ns()
+        if now < deadline:
+            self._handle = self._arm(deadline)
+            return
+        st, tm = self._st, self._tm
+        if self.drain_until is not None:
+            self.expired = "drain"
+        elif self._total is not None and now >= st.t_begin_ns + self._total:
+            self.expired = f"request took longer than its total limit of {tm.total_s:g} s"
+        elif st.t_first_ns is None:
+            self.expired = f"no first token within {tm.first_token_s:g} s"
+        else:
+            self.expired = f"no data for {tm.between_chunks_s:g} s after {st.chunks} chunks"
+        self._task.cancel()
+
+    def drain(self) -> None:
+        """The final chunk is in: allow ``DRAIN_S`` more for the end of the body."""
+        self.drain_until = time.perf_counter_ns() + int(DRAIN_S * 1e9)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+# --- one streamed request ------------------------------------------------------------------------
+
+_RETRY = object()
+
+
+async def stream_request(
+    client: HttpClient,
+    url: URL,
+    make_body: Callable[[], bytes],
+    state: RequestState,
+    make_parser: Callable[[RequestState], StreamParser],
+    *,
+    retry_on_status: Callable[[int, str], bool] | None = None,
+) -> None:
+    """POST one request and stream its answer into events; see base.py for the rules.
+
+    Retries (same request, the first ``RequestStarted`` kept, t0 taken again) happen only when a
+    reused keep-alive connection turns out closed before any answer, or when ``retry_on_status``
+    says a 4xx was caused by an optional field it has now dropped.
+    """
+    wd = Watchdog(state, client.timeouts)
+    task = asyncio.current_task()
+    assert task is not None
+    try:
+        for _ in range(3):
+            if (
+                await _attempt(client, url, make_body(), state, make_parser, wd, retry_on_status)
+                is not _RETRY
+            ):
+                break
+        else:
+            state.fail("protocol", "gave up after 3 attempts")
+    except StreamError as e:
+        state.fail(e.kind, e.message, e.http_status)
+    except TimeoutError as e:  # an OSError; from the socket layer, not our watchdog
+        state.fail("timeout", one_line(e) or "timed out")
+    except (aiohttp.ClientError, OSError) as e:
+        state.fail("protocol", f"{type(e).__name__}: {one_line(e)}")
+    except asyncio.CancelledError:
+        if wd.expired is not None and task.uncancel() == 0:
+            if wd.expired != "drain":  # a finished request whose body end never came: no event
+                state.fail("timeout", wd.expired)
+            return
+        state.fail("cancelled", f"cancelled after {state.chunks} chunks")
+        raise
+    finally:
+        wd.stop()
+
+
+async def _attempt(
+    client: HttpClient,
+    url: URL,
+    body: bytes,
+    st: RequestState,
+    make_parser: Callable[[RequestState], StreamParser],
+    wd: Watchdog,
+    retry_on_status: Callable[[int, str], bool] | None,
+) -> object:
+    sent = SendTrace(st.written)
+    path = url.path
+    try:
+        resp = await client.session.post(url, data=body, trace_request_ctx=sent)
+    except aiohttp.ClientConnectorError as e:
+        raise StreamError(
+            "connect", f"cannot connect to {e.host}:{e.port}: {connect_reason(e)}"
+        ) from None
+    except aiohttp.ConnectionTimeoutError:
+        raise StreamError(
+            "timeout", f"connect timed out after {client.timeouts.connect_s:g} s"
+        ) from None
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+        if sent.reused and st.chunks == 0:
+            return _RETRY  # the server closed an idle kept-alive connection as we reused it
+        raise StreamError(
+            "protocol", f"the server closed the connection before answering ({one_line(e)})"
+        ) from None
+    except aiohttp.ClientResponseError as e:
+        raise StreamError(
+            "protocol", f"invalid HTTP response from POST {path}: {one_line(e.message)}"
+        ) from None
+    if st.t0_ns is None:  # no trace fired (cannot happen with aiohttp 3.9-3.14): the best we know
+        st.written(st.t_begin_ns)
+    clean = False
+    try:
+        if resp.status >= 400:
+            raw = await _read_some(resp)
+            msg = error_from_body(raw)
+            if retry_on_status is not None and retry_on_status(resp.status, msg):
+                return _RETRY
+            extra = (
+                f" (Retry-After: {resp.headers['Retry-After']})"
+                if "Retry-After" in resp.headers
+                else ""
+            )
+            raise StreamError(
+                "http_status", f"HTTP {resp.status}{_reason(resp)} from POST {path}: {msg}{extra}",
+                resp.status,
+            )  # fmt: skip
+        parser = make_parser(st)
+        ctype = resp.headers.get("Content-Type", "").lower()
+        mode = parser.accepts(ctype)
+        if mode is None:
+            raise StreamError(
+                "protocol",
+                f"unexpected Content-Type {ctype!r} from POST {path} (expected {parser.expected})",
+            )
+        if mode == "document":
+            raw = await resp.read()
+            parser.feed_document(raw.decode("utf-8", "replace"), time.perf_counter_ns())
+        else:
+            await _read_stream(resp, parser, st)
+        if not st.done:
+            raise StreamError(
+                "protocol", f"the answer ended without its final chunk after {st.chunks} chunks"
+            )
+        wd.drain()
+        while await resp.content.readany():  # read to the end so the connection can be reused
+            pass
+        clean = True
+    except aiohttp.ClientPayloadError:
+        if st.done:
+            return None  # finished; only the body's end was lost
+        raise StreamError(
+            "protocol",
+            f"stream cut after {st.chunks} chunks: the connection closed before the final chunk",
+        ) from None
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as e:
+        if st.done:
+            return None
+        raise StreamError(
+            "protocol", f"connection lost after {st.chunks} chunks: {one_line(e)}"
+        ) from None
+    finally:
+        if clean:
+            resp.release()
+        else:
+            resp.close()  # never hand a half-read connection back to the pool
+    return None
+
+
+def _reason(resp: aiohttp.ClientResponse) -> str:
+    return f" {resp.reason}" if resp.reason else ""
+
+
+async def _read_some(resp: aiohttp.ClientResponse) -> bytes:
+    """Up to ``MAX_ERROR_BODY`` bytes of an error body."""
+    out = b""
+    try:
+        while len(out) < MAX_ERROR_BODY:
+            data = await resp.content.readany()
+            if not data:
+                break
+            out += data
+    except aiohttp.ClientError:
+        pass
+    return out[:MAX_ERROR_BODY]
+
+
+def _lines(text: str) -> tuple[list[str], str]:
+    """Complete lines of ``text`` (LF, CRLF or CR ends) and the unfinished rest.
+
+    A CR at the very end is held back with the rest: the LF that may follow it in the next read
+    belongs to the same line end.
+    """
+    if "\r" in text:
+        held = "\r" if text[-1] == "\r" else ""
+        lines = (text[:-1] if held else text).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        return lines, lines.pop() + held
+    lines = text.split("\n")
+    return lines, lines.pop()
+
+
+async def _read_stream(
+    resp: aiohttp.ClientResponse, parser: StreamParser, st: RequestState
+) -> None:
+    """The hot loop: one timestamp and one decode per socket read, the parser per line."""
+    readany = resp.content.readany
+    decode = codecs.getincrementaldecoder("utf-8")().decode
+    feed = parser.feed
+    perf = time.perf_counter_ns
+    buf = ""
+    try:
+        while True:
+            data = await readany()
+            t = perf()
+            if not data:
+                break
+            text = decode(data)
+            if buf:
+                text = buf + text
+            if "\r" in text:
+                lines, buf = _lines(text)
+            else:  # the common case, inline
+                lines = text.split("\n")
+                buf = lines.pop()
+            if lines:
+                st.last_ns = t
+                feed(lines, t)
+                if st.done:
+                    return
+        tail = decode(b"", True) + buf
+    except UnicodeDecodeError as e:
+        raise StreamError(
+            "protocol", f"the stream is not valid UTF-8 after {st.chunks} chunks: {e.reason}"
+        ) from None
+    if tail:
+        lines, _ = _lines(tail + "\n")
+        feed(lines, t)
+    if not st.done:
+        parser.feed_eof(t)
