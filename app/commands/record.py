@@ -1,0 +1,130 @@
+"""``llmtop record``: run a scenario against a server headless, store it, print the summary.
+
+Exit codes: 0 the run finished; 1 the backend was unreachable or lacked the model, every
+request failed, or the database failed; 2 bad arguments or a bad scenario file; 130 stopped
+with Ctrl-C (the run is marked cancelled, what arrived is kept). A second Ctrl-C quits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+
+from llmtop.app.commands.common import db_option, db_path_of
+from llmtop.app.commands.record_view import ProgressView, print_summary, summary_json
+from llmtop.app.commands.run_options import OneLineErrors, backend_options, plan_from, run_options
+from llmtop.errors import LlmtopError, SourceError, StorageError, UsageError
+from llmtop.scenarios.recording import Recording, RecordResult
+from llmtop.storage import queries
+from llmtop.storage.db import open_readonly
+from llmtop.storage.queries import RunSummary
+
+
+class Interrupted(LlmtopError):
+    """The user stopped the run; it is recorded as cancelled."""
+
+    exit_code = 130
+
+
+@click.command(cls=OneLineErrors)
+@backend_options
+@run_options
+@db_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress and no summary table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.pass_context
+def record(ctx: click.Context, db_path: str | None, quiet: bool, as_json: bool, **kw: Any) -> None:
+    """Run a scenario against a server headless, and print a summary.
+
+    \b
+    Examples:
+      llmtop record --model llama3.2:1b                      # 10 x "What is AI?", sequential
+      llmtop record --scenario basic --requests 100
+      llmtop record --scenario rate-sweep --backend openai --url http://127.0.0.1:8000/v1
+      llmtop record --prompt "Write a haiku" --concurrency 8 --duration 60 --json
+    """
+    plan = plan_from(**kw)
+    path = db_path_of(ctx, db_path)
+    recording = Recording(plan, path)
+    show_progress = not quiet and sys.stderr.isatty()
+    result = asyncio.run(_record(recording, show_progress))
+    summary, examples = _summary(result)
+    if as_json:
+        click.echo(json.dumps(summary_json(summary, result), indent=2, default=str))
+    elif summary is not None and not quiet and summary.overall.n + summary.overall.warmup > 0:
+        print_summary(Console(), summary, result, examples)
+    _exit_for(result)
+
+
+async def _record(recording: Recording, show_progress: bool) -> RecordResult:
+    loop = asyncio.get_running_loop()
+    err = Console(stderr=True)
+
+    def on_signal() -> None:
+        if recording.stop_requested:
+            # Second Ctrl-C: stop waiting. The run row stays 'running' and is marked
+            # 'interrupted' the next time the database is opened.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            signal.raise_signal(signal.SIGINT)
+            return
+        if show_progress:
+            err.print("[yellow]stopping: requests in flight are cancelled; Ctrl-C again to quit")
+        recording.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal)
+    view = asyncio.create_task(ProgressView(recording, err).run()) if show_progress else None
+    try:
+        return await recording.run()
+    finally:
+        if view is not None:
+            view.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await view
+
+
+def _summary(result: RecordResult) -> tuple[RunSummary | None, dict[str, str]]:
+    """The run's statistics from the database, and one error message per error kind."""
+    if result.run_id is None:
+        return None, {}
+    try:
+        db = open_readonly(result.db_path)
+        try:
+            examples = {
+                r["error_kind"]: r["error"]
+                for r in db.query(
+                    "select error_kind, min(error) as error from requests where run_id = ? "
+                    "and status = 'error' and warmup = 0 group by error_kind",
+                    [result.run_id],
+                )
+            }
+            return queries.run_summary(db, result.run_id), examples
+        finally:
+            db.close()
+    except StorageError:
+        return None, {}
+
+
+def _exit_for(result: RecordResult) -> None:
+    if result.status == "finished":
+        return
+    run = f"run {result.run_id}" if result.run_id is not None else "no run"
+    if result.status == "cancelled":
+        raise Interrupted(f"interrupted: {run} marked cancelled; everything received is kept")
+    message = result.error or "the run failed"
+    if result.failure == "usage":
+        raise UsageError(message)
+    if result.failure == "storage":
+        raise StorageError(message)
+    if result.failure == "requests":
+        raise SourceError(f"{message} ({run} marked failed)")
+    raise SourceError(message)

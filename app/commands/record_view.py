@@ -1,0 +1,248 @@
+"""What ``llmtop record`` shows: a live progress bar per step on stderr, the summary at the end.
+
+The progress bar reads the recording's live tally four times a second from the same event
+loop (a few attribute reads; rich draws from its own thread). The summary is built from the
+database (storage.queries.run_summary), so it shows exactly what was stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from llmtop.app.commands.common import fmt_num
+from llmtop.collectors.metrics import NS_PER_S, rate_per_s
+from llmtop.scenarios.recording import Recording, RecordResult
+from llmtop.storage.queries import RunSummary, StepSummary
+
+GIB = 1 << 30
+REFRESH_S = 0.25
+RATE_WINDOW_S = 5.0
+
+
+class ProgressView:
+    """One bar per step: requests (or seconds) done, ok/errors, tok/s now, elapsed, ETA."""
+
+    def __init__(self, recording: Recording, console: Console) -> None:
+        self.rec = recording
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(bar_width=30),
+            TextColumn("{task.fields[amount]}"),
+            TextColumn("{task.fields[counts]}"),
+            TextColumn("{task.fields[tps]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            refresh_per_second=4,
+            transient=False,
+        )
+        self._tasks: dict[int, TaskID] = {}
+        self._warm: TaskID | None = None
+        self._seen: deque[tuple[int, int]] = deque()  # (perf_counter_ns, tokens so far)
+
+    def _tokens_per_s(self) -> float | None:
+        """Tokens per second over the last few seconds: what the server does now."""
+        now, tokens = time.perf_counter_ns(), self.rec.tally.tokens
+        seen = self._seen
+        seen.append((now, tokens))
+        while len(seen) > 2 and now - seen[0][0] > RATE_WINDOW_S * NS_PER_S:
+            seen.popleft()
+        t0, n0 = seen[0]
+        return rate_per_s(tokens - n0, t0, now)
+
+    async def run(self) -> None:
+        """Update the bars until cancelled."""
+        with self.progress:
+            try:
+                while True:
+                    self.update()
+                    await asyncio.sleep(REFRESH_S)
+            finally:
+                self.update()
+
+    def _step_task(self, i: int) -> TaskID:
+        if i not in self._tasks:
+            count = self.rec.tally.steps[i]
+            n = len(self.rec.tally.steps)
+            total = count.planned_requests if count.planned_requests else count.planned_s
+            self._tasks[i] = self.progress.add_task(
+                f"{count.name} ({i + 1}/{n})", total=total, amount="", counts="", tps=""
+            )
+        return self._tasks[i]
+
+    def update(self) -> None:
+        t = self.rec.tally
+        tps = self._tokens_per_s()
+        tps_text = f"{tps:,.0f} tok/s" if tps is not None and t.tokens else ""
+        if t.current < 0:
+            if t.warmup and self._warm is None:
+                self._warm = self.progress.add_task(
+                    "warm-up", total=None, amount="", counts="", tps=""
+                )
+            if self._warm is not None:
+                self.progress.update(self._warm, amount=f"{t.warmup} request(s)", tps=tps_text)
+            return
+        if self._warm is not None:
+            self.progress.update(self._warm, total=1, completed=1)
+        for i in range(t.current + 1):
+            s = t.steps[i]
+            task = self._step_task(i)
+            finished = i < t.current
+            counts = f"ok {s.ok}" + (f" [red]err {s.errors}[/]" if s.errors else " err 0")
+            if s.planned_requests:
+                done = s.planned_requests if finished else s.done
+                amount = f"{s.done}/{s.planned_requests} req"
+            else:
+                elapsed = 0.0 if s.started_at is None else _since(s.started_at)
+                done = s.planned_s if finished else min(elapsed, s.planned_s or 0.0)
+                amount = f"{s.done} req"
+            self.progress.update(task, completed=done, amount=amount, counts=counts,
+                                 tps=tps_text if i == t.current else "")  # fmt: skip
+
+
+def _since(t: float) -> float:
+    return time.monotonic() - t
+
+
+# --- the summary ----------------------------------------------------------------------------
+
+
+def _gib(v: int | None) -> str:
+    return "—" if v is None else f"{v / GIB:,.2f}"
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v * 100:.0f}%"
+
+
+def _rows(summary: RunSummary) -> list[tuple[str, Any]]:
+    """(label, cell function of a step) for each row shown; rows with no data are dropped."""
+    has = lambda f: any(f(s) is not None for s in (summary.overall, *summary.steps))  # noqa: E731
+    rows: list[tuple[str, Any]] = [
+        ("requests", lambda s: str(s.n)),
+        (
+            "errors",
+            lambda s: str(s.errors) + (f" (+{s.cancelled} cancelled)" if s.cancelled else ""),
+        ),
+        ("TTFT mean ms", lambda s: fmt_num(s.ttft_ms.mean)),
+        ("TTFT p50 ms", lambda s: fmt_num(s.ttft_ms.p50)),
+        ("TTFT p95 ms", lambda s: fmt_num(s.ttft_ms.p95)),
+        ("TTFT p99 ms", lambda s: fmt_num(s.ttft_ms.p99)),
+        ("TPOT mean ms", lambda s: fmt_num(s.tpot_ms.mean, 2)),
+        ("ITL p50 ms", lambda s: fmt_num(s.itl_ms.p50, 2)),
+        ("decode tok/s", lambda s: fmt_num(s.decode_tps.mean)),
+        ("E2E mean ms", lambda s: fmt_num(s.e2e_ms.mean)),
+        ("E2E p95 ms", lambda s: fmt_num(s.e2e_ms.p95)),
+        ("req/s", lambda s: fmt_num(s.req_per_s, 2)),
+        ("output tok/s", lambda s: fmt_num(s.out_tok_per_s)),
+    ]
+    optional: list[tuple[str, Any, Any]] = [
+        ("server decode tok/s", lambda s: fmt_num(s.server_tps.mean), lambda s: s.server_tps.mean),
+        (
+            "goodput",
+            lambda s: _pct(s.goodput),
+            lambda s: s.goodput if summary.slo.is_set else None,
+        ),
+        ("CPU avg %", lambda s: fmt_num(s.cpu_pct_mean), lambda s: s.cpu_pct_mean),
+        ("memory peak GiB", lambda s: _gib(s.mem_used_peak), lambda s: s.mem_used_peak),
+        ("server RSS peak GiB", lambda s: _gib(s.server_rss_peak), lambda s: s.server_rss_peak),
+        (
+            "server CPU avg %",
+            lambda s: fmt_num(s.server_cpu_pct_mean),
+            lambda s: s.server_cpu_pct_mean,
+        ),
+        ("GPU util avg %", lambda s: fmt_num(s.gpu_util_mean), lambda s: s.gpu_util_mean),
+        ("GPU memory peak GiB", lambda s: _gib(s.gpu_mem_peak), lambda s: s.gpu_mem_peak),
+    ]
+    rows += [(label, cell) for label, cell, value in optional if has(value)]
+    return rows
+
+
+def summary_table(summary: RunSummary) -> Table:
+    """Metrics down, steps across (and ``all`` when there are several steps)."""
+    columns: list[StepSummary] = list(summary.steps)
+    if len(columns) != 1:
+        columns.append(summary.overall)
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("")
+    for s in columns:
+        table.add_column(s.step or "all", justify="right")
+    for label, cell in _rows(summary):
+        table.add_row(label, *(cell(s) for s in columns))
+    return table
+
+
+def summary_title(summary: RunSummary, result: RecordResult) -> Text:
+    r = summary.run
+    duration = summary.overall.duration_s
+    parts = [
+        f"run {r.id}",
+        r.scenario or "custom",
+        f"{r.backend} {r.base_url}",
+        r.model,
+        r.status + (f" in {duration:.1f} s" if duration else ""),
+    ]
+    return Text(" · ".join(p for p in parts if p), style="bold")
+
+
+def notes(
+    summary: RunSummary, result: RecordResult, examples: dict[str, str] | None = None
+) -> list[str]:
+    """Lines under the table: warm-up, SLOs, early stop, error kinds with an example each."""
+    out = []
+    o = summary.overall
+    if o.warmup:
+        out.append(f"warm-up: {o.warmup} request(s) recorded and left out of the statistics")
+    slo = summary.slo
+    if slo.is_set:
+        parts = [
+            f"{name} <= {v:g} ms"
+            for name, v in (("TTFT", slo.ttft_ms), ("TPOT", slo.tpot_ms), ("E2E", slo.e2e_ms))
+            if v is not None
+        ]
+        out.append(f"SLOs: {' and '.join(parts)}; goodput = share of requests meeting them")
+    if result.stopped_early:
+        out.append(result.stopped_early)
+    for kind, n in sorted(o.error_kinds.items()):
+        example = (examples or {}).get(kind)
+        out.append(f"errors: {n} {kind}" + (f", e.g. {example}" if example else ""))
+    return out
+
+
+def print_summary(
+    console: Console, summary: RunSummary, result: RecordResult, examples: dict[str, str]
+) -> None:
+    console.print(summary_title(summary, result))
+    console.print(summary_table(summary))
+    for line in notes(summary, result, examples):
+        console.print(Text(line, style="dim"))
+
+
+def summary_json(summary: RunSummary | None, result: RecordResult) -> dict[str, Any]:
+    """What ``record --json`` prints: how the run ended, then every step's statistics."""
+    out: dict[str, Any] = {
+        "run_id": result.run_id,
+        "status": result.status,
+        "error": result.error,
+        "stopped_early": result.stopped_early,
+        "db": str(result.db_path),
+    }
+    if summary is not None:
+        out.update(summary.as_dict())
+    return out

@@ -1,0 +1,271 @@
+"""The backend and run flags of ``llmtop record`` (and of the dashboard), and the plan they make.
+
+One place for the flags of DESIGN.md's CLI section, so ``record`` and ``llmtop`` (which starts
+a run in the dashboard) spell them the same: decorate a command with :func:`backend_options`
+and :func:`run_options`, then turn its keyword arguments into a plan with :func:`plan_from`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from llmtop.collectors.base import Timeouts
+from llmtop.errors import UsageError
+from llmtop.scenarios.loader import load_scenario
+from llmtop.scenarios.model import Overrides, apply_overrides, single_step
+from llmtop.scenarios.recording import RecordPlan
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+BACKENDS = ("auto", "ollama", "openai", "engine")
+
+BACKEND_KEYS = ("backend", "url", "model", "api_key_env", "server_pid")
+RUN_KEYS = (
+    "scenario", "requests", "concurrency", "duration", "rate", "arrival", "max_tokens",
+    "temperature", "seed", "name", "prompt", "warmup", "unique_prompts", "api", "no_tokens",
+    "sample_hz", "timeout",
+)  # fmt: skip
+
+
+class OneLineErrors(click.Command):
+    """A click command whose bad arguments are one ``llmtop:`` line (exit 2), not a usage box."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            hint = f" (see 'llmtop {self.name} --help')"
+            raise UsageError(e.format_message() + hint) from None
+
+
+def _apply(f: F, options: list[Callable[[F], F]]) -> F:
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def backend_options(f: F) -> F:
+    """``--backend --url --model --api-key-env --server-pid``."""
+    return _apply(
+        f,
+        [
+            click.option(
+                "--backend",
+                type=click.Choice(BACKENDS),
+                default="auto",
+                show_default=True,
+                help="Server API: auto = Ollama at OLLAMA_HOST if it answers, else the "
+                "in-repo engine (started as a child 'llmtop serve').",
+            ),
+            click.option(
+                "--url",
+                default=None,
+                metavar="URL",
+                help="Server base URL (openai: http://host:port/v1; "
+                "default: OLLAMA_HOST or http://127.0.0.1:11434).",
+            ),
+            click.option(
+                "--model",
+                default=None,
+                metavar="NAME",
+                help="Model to ask for (default: the server's only model).",
+            ),
+            click.option(
+                "--api-key-env",
+                default=None,
+                metavar="NAME",
+                help="Environment variable holding the OpenAI API key "
+                "(default OPENAI_API_KEY); the key is never stored.",
+            ),
+            click.option(
+                "--server-pid",
+                type=click.IntRange(min=1),
+                default=None,
+                metavar="PID",
+                help="The server's process, when it cannot be found by its port.",
+            ),
+        ],
+    )
+
+
+def run_options(f: F) -> F:
+    """``--scenario`` and the flags that override every step of it."""
+    return _apply(
+        f,
+        [
+            click.option(
+                "--scenario",
+                default=None,
+                metavar="NAME|FILE.toml",
+                help="A built-in scenario (see 'llmtop scenarios') or a TOML file. "
+                "Without it: one step of --prompt.",
+            ),
+            click.option(
+                "--requests",
+                type=click.IntRange(min=1),
+                default=None,
+                metavar="N",
+                help="Requests per step (default 10 without a scenario).",
+            ),
+            click.option(
+                "--concurrency",
+                type=click.IntRange(1, 4096),
+                default=None,
+                metavar="N",
+                help="Concurrent workers (with --rate: the most requests in flight).",
+            ),
+            click.option(
+                "--duration",
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                metavar="SECONDS",
+                help="Run each step this long instead of N requests.",
+            ),
+            click.option(
+                "--rate",
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                metavar="REQ_PER_S",
+                help="Open-loop arrivals at this rate (Poisson unless --arrival constant).",
+            ),
+            click.option(
+                "--arrival",
+                type=click.Choice(["closed", "constant", "poisson"]),
+                default=None,
+                help="How requests arrive (closed = workers).",
+            ),
+            click.option(
+                "--max-tokens",
+                type=click.IntRange(min=1),
+                default=None,
+                metavar="N",
+                help="Most tokens per answer (default 128 without a scenario).",
+            ),
+            click.option(
+                "--temperature",
+                type=click.FloatRange(0, 2),
+                default=None,
+                metavar="T",
+                help="Sampling temperature.",
+            ),
+            click.option(
+                "--seed",
+                type=click.IntRange(min=0),
+                default=None,
+                metavar="N",
+                help="Seed for Poisson arrivals and the server's sampler (seed + request).",
+            ),
+            click.option(
+                "--prompt",
+                default=None,
+                metavar="TEXT",
+                help='The prompt of every request (default "What is AI?").',
+            ),
+            click.option(
+                "--warmup",
+                type=click.IntRange(min=0),
+                default=None,
+                metavar="N",
+                help="Warm-up requests before the first step (left out of statistics).",
+            ),
+            click.option(
+                "--unique-prompts",
+                is_flag=True,
+                default=None,
+                help="Start each prompt with its request number (defeats prefix caches).",
+            ),
+            click.option(
+                "--api",
+                type=click.Choice(["chat", "generate"]),
+                default=None,
+                help="Chat (messages) or generate (raw prompt) endpoint.",
+            ),
+            click.option("--name", default="", metavar="LABEL", help="A label for the run."),
+            click.option(
+                "--no-tokens",
+                is_flag=True,
+                help="Do not store per-chunk arrival times (no ITL afterwards).",
+            ),
+            click.option(
+                "--sample-hz",
+                type=click.FloatRange(0, 100, min_open=True),
+                default=None,
+                metavar="HZ",
+                help="CPU/memory/GPU samples per second (default 2).",
+            ),
+            click.option(
+                "--timeout",
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                metavar="SECONDS",
+                help="Give up on a request silent this long (default 300 s before the "
+                "first token, 60 s between chunks).",
+            ),
+        ],
+    )
+
+
+def _given_flags(kw: dict[str, Any]) -> dict[str, Any]:
+    """The flags given, for ``params_json`` (defaults and empty values left out)."""
+    out = {}
+    for k in (*BACKEND_KEYS, *RUN_KEYS):
+        v = kw.get(k)
+        if v not in (None, "", False) and not (k == "backend" and v == "auto"):
+            out[k] = v
+    return out
+
+
+def plan_from(**kw: Any) -> RecordPlan:
+    """The run that the backend and run flags describe.
+
+    Raises:
+        UsageError: an unknown scenario, a bad scenario file, or flags that cannot combine.
+    """
+    ov = Overrides(
+        requests=kw.get("requests"),
+        duration_s=kw.get("duration"),
+        concurrency=kw.get("concurrency"),
+        rate=kw.get("rate"),
+        arrival=kw.get("arrival"),
+        max_tokens=kw.get("max_tokens"),
+        temperature=kw.get("temperature"),
+        seed=kw.get("seed"),
+        api=kw.get("api"),
+        prompt=kw.get("prompt"),
+        warmup=kw.get("warmup"),
+        unique_prompts=kw.get("unique_prompts"),
+    )
+    if ov.arrival in ("constant", "poisson") and ov.rate is None and not kw.get("scenario"):
+        raise UsageError(f"--arrival {ov.arrival} needs --rate REQ_PER_S")
+    if ov.arrival == "closed" and ov.rate is not None:
+        raise UsageError("--rate needs --arrival constant or poisson, not closed")
+    if ov.prompt is not None and not ov.prompt.strip():
+        raise UsageError("--prompt must not be empty")
+    try:
+        if kw.get("scenario"):
+            scenario = apply_overrides(load_scenario(kw["scenario"]), ov)
+        else:
+            scenario = single_step(ov)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    timeouts = Timeouts()
+    if kw.get("timeout"):
+        t = kw["timeout"]
+        timeouts = dataclasses.replace(timeouts, first_token_s=t, between_chunks_s=t)
+    return RecordPlan(
+        scenario=scenario,
+        backend=kw.get("backend") or "auto",
+        url=kw.get("url"),
+        model=kw.get("model"),
+        api_key_env=kw.get("api_key_env"),
+        name=kw.get("name") or "",
+        store_tokens=not kw.get("no_tokens"),
+        sample_hz=kw.get("sample_hz"),
+        timeouts=timeouts,
+        server_pid=kw.get("server_pid"),
+        flags=_given_flags(kw),
+    )

@@ -1,0 +1,419 @@
+"""One whole run: backend, database run row, samplers, the scenario's steps, the final status.
+
+Two ways in, same code: ``await Recording(plan, db).run()`` on the caller's event loop
+(``llmtop record``), and :class:`RecordingThread` for the dashboard, which runs it on an event
+loop of its own in a thread, so drawing never delays measuring. Either way every event goes
+to the database writer, the live tally, and the optional ``on_event`` callback (called on the
+recording's thread, for every event: keep it cheap and thread-safe).
+
+The run ends ``finished``; ``cancelled`` when stopped (Ctrl-C, ``stop()``), with everything
+received kept and requests in flight marked cancelled; or ``failed``: the backend cannot be
+reached or lacks the model, every request failed, or the disk filled. Expected failures do not
+raise: they are in :class:`RecordResult` for the caller to report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llmtop.collectors.base import Backend
+from llmtop.collectors.events import Event
+from llmtop.collectors.gpu import GpuSampler, Nvml, inventory
+from llmtop.collectors.server_metrics import ServerMetricsSampler
+from llmtop.collectors.system import SystemSampler, host_info, local_port
+from llmtop.errors import SourceError, StorageError, UsageError
+from llmtop.scenarios.plan import FailureKind, RecordPlan, RecordResult, default_backend_factory
+from llmtop.scenarios.runner import Runner
+from llmtop.scenarios.tally import LiveTally
+from llmtop.storage.db import resolve_db_path
+from llmtop.storage.writer import EventWriter, RunInfo
+
+OnEvent = Callable[[Event], None]
+SETUP_TIMEOUT_S = 10.0
+
+__all__ = [
+    "FailureKind", "OnEvent", "RecordPlan", "RecordResult", "Recording", "RecordingThread",
+    "default_backend_factory", "record",
+]  # fmt: skip
+
+
+class _Stopped(Exception):
+    """Raised inside the run when it must end early for a reason other than the user."""
+
+
+class Recording:
+    """One run of a plan on the current event loop; see the module docstring."""
+
+    def __init__(
+        self,
+        plan: RecordPlan,
+        db_path: str | Path | None = None,
+        *,
+        on_event: OnEvent | None = None,
+        backend_factory: Callable[[RecordPlan], Backend] = default_backend_factory,
+        nvml: Nvml | None = None,
+    ) -> None:
+        self.plan = plan
+        self.db_path = resolve_db_path(db_path)
+        self.tally = LiveTally.for_steps(plan.scenario.steps, plan.scenario.slo)
+        self.run_id: int | None = None
+        self.run_created = threading.Event()
+        """Set once the run row exists (``run_id`` is known), or the run failed before it."""
+        self.on_event_errors = 0
+        """Exceptions raised by ``on_event`` (swallowed: a display must not stop a measurement)."""
+        self._on_event = on_event
+        self._backend_factory = backend_factory
+        self._nvml = nvml
+        self._writer: EventWriter | None = None
+        self._body: asyncio.Task[None] | None = None
+        self._stop_requested = False
+        self._failure: tuple[FailureKind, str] | None = None
+        self._steps_run: list[str] = []
+        self._stopped_early: str | None = None
+        self.backend_name = plan.backend
+        self.base_url = plan.url or ""
+        self.model = plan.model or ""
+
+    # --- control ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop the run: no new requests, those in flight cancelled, the run marked cancelled.
+
+        Call it on the recording's event loop (``RecordingThread.stop`` does that for you).
+        """
+        self._stop_requested = True
+        if self._body is not None and not self._body.done():
+            self._body.cancel()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
+    # --- events ----------------------------------------------------------------------------
+
+    def _emit(self, ev: Event) -> None:
+        self._writer.put_nowait(ev)  # type: ignore[union-attr]
+        self.tally.add(ev)
+        cb = self._on_event
+        if cb is not None:
+            try:
+                cb(ev)
+            except Exception:
+                self.on_event_errors += 1
+
+    async def _before_request(self) -> None:
+        w = self._writer
+        assert w is not None
+        if w.error is not None:
+            self._failure = ("storage", str(w.error))
+            raise _Stopped
+        if w.backlog > w.max_pending_rows:
+            await w.wait_for_room()
+
+    # --- the run ---------------------------------------------------------------------------
+
+    def _result(self, status: str, **kw: Any) -> RecordResult:
+        t = self.tally
+        failure = self._failure
+        return RecordResult(
+            run_id=self.run_id,
+            status=status,
+            db_path=self.db_path,
+            error=kw.get("error", failure[1] if failure else None),
+            failure=kw.get("failure", failure[0] if failure else None),
+            backend=self.backend_name,
+            base_url=self.base_url,
+            model=self.model,
+            steps_run=tuple(self._steps_run),
+            stopped_early=self._stopped_early,
+            sent=t.sent,
+            ok=t.ok,
+            errors=t.errors,
+            cancelled=t.cancelled,
+        )
+
+    def _info(self) -> RunInfo:
+        params = self.plan.scenario.params()
+        params["flags"] = {
+            **self.plan.flags,
+            "sample_hz": self.plan.hz,
+            "store_tokens": self.plan.store_tokens,
+            "timeouts": dataclasses.asdict(self.plan.timeouts),
+        }
+        host = host_info()
+        if self.plan.sample_gpu:
+            gpus, driver, why = inventory(self._nvml)
+            host["gpus"] = [
+                {"index": g.index, "name": g.name, "mem_total_bytes": g.mem_total_bytes}
+                for g in gpus
+            ]
+            host["gpu_driver"] = driver
+            host["gpu_absent_reason"] = why
+        return RunInfo(
+            name=self.plan.name,
+            scenario=self.plan.scenario.name,
+            backend=self.backend_name,
+            base_url=self.base_url,
+            model=self.model,
+            params=params,
+            host=host,
+        )
+
+    async def run(self) -> RecordResult:
+        """Record the whole run; returns how it ended (never raises for expected failures)."""
+        writer = EventWriter(self.db_path, store_tokens=self.plan.store_tokens)
+        self._writer = writer
+        try:
+            try:
+                await writer.start()
+            except StorageError as e:
+                self.run_created.set()
+                return self._result("failed", error=str(e), failure="storage")
+            return await self._with_writer(writer)
+        finally:
+            self.run_created.set()
+            with contextlib.suppress(StorageError):
+                await writer.close()
+
+    async def _fail_before_start(self, writer: EventWriter, e: Exception) -> RecordResult:
+        """A failure before any request: keep a failed run, so the attempt is on record."""
+        self.run_id, _ = await writer.create_run(self._info())
+        self.run_created.set()
+        await writer.finish_run(self.run_id, "failed", str(e))
+        return self._result("failed", error=str(e), failure="source")
+
+    async def _with_writer(self, writer: EventWriter) -> RecordResult:
+        try:
+            backend = self._backend_factory(self.plan)
+        except UsageError as e:  # a bad URL, an API key variable that is not set
+            return self._result("failed", error=str(e), failure="usage")
+        try:
+            await backend.__aenter__()
+        except SourceError as e:
+            return await self._fail_before_start(writer, e)
+        try:
+            self.backend_name = backend.name
+            self.base_url = backend.base_url
+            try:
+                self.model = self.plan.model or await self._only_model(backend)
+            except UsageError as e:
+                return self._result("failed", error=str(e), failure="usage")
+            except SourceError as e:
+                return await self._fail_before_start(writer, e)
+            self.run_id, _ = await writer.create_run(self._info())
+            self.run_created.set()
+            try:
+                status = await self._run_body(backend)
+            except Exception as e:  # a bug: close the run as failed so it does not stay running
+                with contextlib.suppress(StorageError):
+                    await writer.finish_run(self.run_id, "failed", f"internal error: {e!r}")
+                raise
+            try:
+                await writer.finish_run(self.run_id, status, self._failure[1] if self._failure else None)  # fmt: skip
+            except StorageError as e:
+                self._failure = ("storage", str(e))
+                status = "failed"
+            return self._result(status)
+        finally:
+            await backend.__aexit__(None, None, None)
+
+    async def _only_model(self, backend: Backend) -> str:
+        models = await backend.list_models()
+        if len(models) == 1:
+            return models[0]
+        if not models:
+            raise SourceError(f"the server at {backend.base_url} has no models; pull or load one")
+        shown = ", ".join(models[:8]) + (", ..." if len(models) > 8 else "")
+        raise UsageError(f"choose a model with --model; the server at {backend.base_url} has {shown}")  # fmt: skip
+
+    async def _run_body(self, backend: Backend) -> str:
+        """Run the cancellable part; return the run's status."""
+        self._body = asyncio.create_task(self._steps(backend), name="llmtop-run")
+        if self._stop_requested:
+            self._body.cancel()
+        try:
+            await self._body
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling() and not self._stop_requested:
+                # Cancelled from outside (not through stop()): close the run, then go on unwinding.
+                self._stop_requested = True
+                await self._writer.finish_run(self.run_id, "cancelled")  # type: ignore[union-attr, arg-type]
+                raise
+            return "failed" if self._failure else "cancelled"
+        except _Stopped:
+            return "failed"
+        except SourceError as e:
+            self._failure = ("source", str(e))
+            return "failed"
+        w = self._writer
+        assert w is not None
+        if w.error is not None:
+            self._failure = ("storage", str(w.error))
+            return "failed"
+        t = self.tally
+        if t.sent == 0:
+            self._failure = ("requests", "no request was sent (a step too short?)")
+            return "failed"
+        if t.ok == 0 and t.errors > 0:
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(t.error_kinds.items()))
+            self._failure = (
+                "requests",
+                f"every request failed ({kinds}), e.g.: {t.first_error}",
+            )
+            return "failed"
+        return "finished"
+
+    async def _steps(self, backend: Backend) -> None:
+        scenario = self.plan.scenario
+        assert self.run_id is not None
+        await backend.check(self.model)
+        samplers = self._samplers(backend)
+        tasks = [asyncio.create_task(s.run(self._emit), name=f"sampler-{s.source}") for s in samplers]  # fmt: skip
+        try:
+            # Their setup (finding the server process, NVML, an HTTP client) holds the
+            # interpreter for tens of ms: let it finish before the first request is timed.
+            waits = [asyncio.create_task(s.ready.wait()) for s in samplers]
+            await asyncio.wait(waits, timeout=SETUP_TIMEOUT_S)
+            for w in waits:
+                w.cancel()
+            runner = Runner(
+                backend, run_id=self.run_id, model=self.model, emit=self._emit,
+                before_request=self._before_request,
+            )  # fmt: skip
+            try:
+                await runner.warmup(scenario)
+                for i, step in enumerate(scenario.steps):
+                    self.tally.begin_step(i)
+                    self._steps_run.append(step.name)
+                    await runner.run_step(step, i)
+                    if self._slo_broke(i):
+                        break
+            except* _Stopped:
+                raise _Stopped from None
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+
+    def _slo_broke(self, i: int) -> bool:
+        scenario = self.plan.scenario
+        threshold = scenario.stop_below_goodput
+        if threshold is None or i == len(scenario.steps) - 1:
+            return False
+        step = self.tally.steps[i]
+        good = step.goodput
+        if good is None or good >= threshold:
+            return False
+        self._stopped_early = (
+            f"the SLOs broke at step {step.name!r}: goodput {good:.0%} < {threshold:.0%}; "
+            f"{len(scenario.steps) - i - 1} later step(s) skipped"
+        )
+        return True
+
+    def _samplers(self, backend: Backend) -> list[Any]:
+        hz = self.plan.hz
+        pid = self.plan.server_pid or getattr(backend, "server_pid", None)
+        port = None if pid is not None else local_port(backend.base_url)
+        out: list[Any] = [
+            SystemSampler(self.run_id, hz=hz, server_pid=pid, server_port=port),
+        ]
+        if self.plan.sample_gpu:
+            out.append(GpuSampler(self.run_id, hz=hz, nvml=self._nvml))
+        if self.plan.sample_server:
+            out.append(ServerMetricsSampler(self.run_id, backend.base_url, backend.name))
+        return out
+
+
+async def record(
+    plan: RecordPlan, db_path: str | Path | None = None, *, on_event: OnEvent | None = None
+) -> RecordResult:
+    """Record ``plan`` on the running event loop; see :class:`Recording`."""
+    return await Recording(plan, db_path, on_event=on_event).run()
+
+
+class RecordingThread:
+    """A recording on its own thread and event loop, for the dashboard.
+
+    ``start()`` it, read ``tally`` and ``run_id`` from any thread while it runs, ``stop()`` it
+    from any thread, ``join()``, then read ``result`` (or ``error``, for a bug). ``on_event`` is
+    called on the recording thread with every event; ``on_done`` with the result at the end.
+    """
+
+    def __init__(
+        self,
+        plan: RecordPlan,
+        db_path: str | Path | None = None,
+        on_event: OnEvent | None = None,
+        *,
+        on_done: Callable[[RecordResult], None] | None = None,
+        backend_factory: Callable[[RecordPlan], Backend] = default_backend_factory,
+        nvml: Nvml | None = None,
+    ) -> None:
+        self.recording = Recording(
+            plan, db_path, on_event=on_event, backend_factory=backend_factory, nvml=nvml
+        )
+        self.result: RecordResult | None = None
+        self.error: BaseException | None = None
+        """An unexpected exception (a bug) that ended the thread; expected failures are in
+        ``result``."""
+        self._on_done = on_done
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._main, name="llmtop-recording", daemon=True)
+
+    @property
+    def run_id(self) -> int | None:
+        return self.recording.run_id
+
+    @property
+    def tally(self) -> LiveTally:
+        return self.recording.tally
+
+    @property
+    def run_created(self) -> threading.Event:
+        return self.recording.run_created
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the run to stop (thread-safe, idempotent); ``join()`` to wait for the end."""
+        with self._lock:
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                self.recording._stop_requested = True
+                return
+            with contextlib.suppress(RuntimeError):  # the loop closed in between
+                loop.call_soon_threadsafe(self.recording.stop)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the run to end; ``True`` when it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        with self._lock:
+            self._loop = loop
+        try:
+            self.result = loop.run_until_complete(self.recording.run())
+        except BaseException as e:
+            self.error = e
+        finally:
+            with self._lock:
+                loop.close()
+            self.recording.run_created.set()
+        if self._on_done is not None and self.result is not None:
+            self._on_done(self.result)
