@@ -19,6 +19,8 @@ Every function is pure; a value that cannot be defined (TPOT of a one-token answ
 
 from __future__ import annotations
 
+import math
+import random
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -269,3 +271,188 @@ def goodput(
         total += 1
         good += meets_slo(slo, ok, ttft, tpot, e2e)
     return good / total if total else None
+
+
+# --- derived and comparative (reports, compare) ----------------------------------------------
+
+
+def prefill_share(ttft_ms_mean: float | None, e2e_ms_mean: float | None) -> float | None:
+    """Share (0..1) of the mean end-to-end latency spent before the first token (prefill).
+
+    The learner's question "how much of my latency is prefill?" answered from run statistics:
+    mean TTFT over mean E2E of the same requests.
+    """
+    if ttft_ms_mean is None or not e2e_ms_mean or e2e_ms_mean <= 0:
+        return None
+    return ttft_ms_mean / e2e_ms_mean
+
+
+def sustainable_rate(
+    points: Iterable[tuple[float, float | None]], target: float = 0.9
+) -> float | None:
+    """The highest offered rate (req/s) at which goodput still met ``target``, walking up.
+
+    ``points`` are ``(offered rate, goodput 0..1)`` of a rate sweep. The walk stops at the first
+    rate that misses the target, so a lucky higher step after the SLOs broke does not count.
+    ``None`` when even the lowest rate missed it or no rate had a goodput.
+    """
+    best = None
+    for rate, good in sorted((r, g) for r, g in points if g is not None):
+        if good < target:
+            break
+        best = rate
+    return best
+
+
+BOOTSTRAP_ITERATIONS = 2000
+BOOTSTRAP_SEED = 20240601
+_EXACT_MEAN_LIMIT = 300
+"""Above this many values, a bootstrap mean is drawn from its normal limit (see below)."""
+
+
+def _percentile_replicate(data: Sequence[float], q: int, rng: random.Random) -> float:
+    """One bootstrap replicate of the q-th percentile of sorted ``data``, in O(1).
+
+    Resampling n values from the data and taking the percentile (linear between ranks j and j+1)
+    only needs those two order statistics of the resample. The k-th smallest of n uniforms is
+    Beta(k, n + 1 - k); the next one lies above it like the smallest of the n - k remaining
+    uniforms; mapping uniforms through the empirical quantile function (``data[floor(u * n)]``)
+    turns them into the resample's order statistics. Same distribution as resampling, at a cost
+    that does not grow with n (a soak run has tens of thousands of requests).
+    """
+    n = len(data)
+    h = (n - 1) * q / 100
+    j = int(h)
+    frac = h - j
+    k = j + 1
+    u1 = rng.betavariate(k, n + 1 - k)
+    low = data[min(int(u1 * n), n - 1)]
+    if frac == 0 or k >= n:
+        return low
+    u2 = u1 + (1 - u1) * rng.betavariate(1, n - k)
+    high = data[min(int(u2 * n), n - 1)]
+    return low + (high - low) * frac
+
+
+def _mean_replicate(data: Sequence[float], rng: random.Random, mean: float, se: float) -> float:
+    """One bootstrap replicate of the mean: a true resample for small sets, else its normal limit.
+
+    The bootstrap mean of n resampled values has the data's mean and standard error
+    pstdev / sqrt(n), and beyond a few hundred values it is close to normal (central limit);
+    drawing from that normal keeps a comparison of soak runs instant instead of O(n) per draw.
+    """
+    if len(data) <= _EXACT_MEAN_LIMIT:
+        return statistics.fmean(rng.choices(data, k=len(data)))
+    return rng.gauss(mean, se)
+
+
+def bootstrap_replicates(
+    values: Sequence[float],
+    statistic: str | int,
+    *,
+    iterations: int = BOOTSTRAP_ITERATIONS,
+    rng: random.Random | None = None,
+) -> list[float]:
+    """Bootstrap replicates of a statistic (``"mean"`` or a percentile 1..99) of ``values``.
+
+    Raises:
+        ValueError: an unknown statistic, or no values.
+    """
+    data = sorted(float(v) for v in values)
+    if not data:
+        raise ValueError("bootstrap needs at least one value")
+    rng = rng if rng is not None else random.Random(BOOTSTRAP_SEED)
+    if statistic == "mean":
+        mean = statistics.fmean(data)
+        se = statistics.pstdev(data) / math.sqrt(len(data))
+        return [_mean_replicate(data, rng, mean, se) for _ in range(iterations)]
+    if isinstance(statistic, int) and 1 <= statistic <= 99:
+        return [_percentile_replicate(data, statistic, rng) for _ in range(iterations)]
+    raise ValueError(f"unknown statistic {statistic!r}: 'mean' or a percentile 1..99")
+
+
+def bootstrap_ci(
+    values: Sequence[float],
+    statistic: str | int,
+    *,
+    confidence: float = 0.95,
+    iterations: int = BOOTSTRAP_ITERATIONS,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float] | None:
+    """Percentile-bootstrap confidence interval of one statistic; ``None`` without values.
+
+    Seeded, so the same values always give the same interval.
+    """
+    if not values:
+        return None
+    reps = bootstrap_replicates(values, statistic, iterations=iterations, rng=random.Random(seed))
+    return _interval(reps, confidence)
+
+
+def bootstrap_diff_ci(
+    baseline: Sequence[float],
+    candidate: Sequence[float],
+    statistic: str | int,
+    *,
+    confidence: float = 0.95,
+    iterations: int = BOOTSTRAP_ITERATIONS,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float] | None:
+    """Confidence interval of ``statistic(candidate) - statistic(baseline)`` (two independent runs).
+
+    Each run is resampled on its own (its requests are its sample), and the interval is taken
+    over the differences of paired replicates. When it contains 0, the runs differ by no more
+    than their own request-to-request spread explains: the change is within noise.
+    ``None`` when either run has no values.
+    """
+    if not baseline or not candidate:
+        return None
+    rng = random.Random(seed)
+    a = bootstrap_replicates(baseline, statistic, iterations=iterations, rng=rng)
+    b = bootstrap_replicates(candidate, statistic, iterations=iterations, rng=rng)
+    return _interval([y - x for x, y in zip(a, b, strict=True)], confidence)
+
+
+def _interval(replicates: Sequence[float], confidence: float) -> tuple[float, float]:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    tail = (1 - confidence) / 2
+    cuts = statistics.quantiles(replicates, n=1000, method="inclusive")
+    lo_i = max(0, min(998, round(tail * 1000) - 1))
+    hi_i = max(0, min(998, round((1 - tail) * 1000) - 1))
+    return cuts[lo_i], cuts[hi_i]
+
+
+def relative_change(baseline: float | None, candidate: float | None) -> float | None:
+    """(candidate - baseline) / baseline, as a fraction; ``None`` when undefined (baseline 0)."""
+    if baseline is None or candidate is None or baseline == 0:
+        return None
+    return (candidate - baseline) / abs(baseline)
+
+
+# --- server-side histograms (Prometheus /metrics) ----------------------------------------------
+
+
+def histogram_quantile(buckets: Sequence[tuple[float, float]], q: float) -> float | None:
+    """The q-quantile (0..1) of a Prometheus histogram, as Prometheus' ``histogram_quantile``.
+
+    ``buckets`` are ``(upper bound le, cumulative count)`` in increasing ``le``, the last one
+    ``+Inf``. The rank ``q * total`` is found in its bucket and interpolated linearly between
+    the bucket's bounds (the first bucket starts at 0); a rank in the ``+Inf`` bucket gives the
+    highest finite bound. ``None`` for an empty histogram.
+    """
+    if not 0 <= q <= 1:
+        raise ValueError(f"quantile must be 0..1, got {q}")
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    total = buckets[-1][1]
+    rank = q * total
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank and count > prev_count:
+            if le == float("inf"):
+                return prev_le
+            lower = prev_le if prev_le < le else 0.0
+            return lower + (le - lower) * (rank - prev_count) / (count - prev_count)
+        prev_le, prev_count = le, count
+    return prev_le if prev_le != float("inf") else None

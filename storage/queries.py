@@ -441,3 +441,67 @@ def time_series(
         args.append(since_ns)
     sql += " order by t"
     return [((r["t"] - t0) / metrics.NS_PER_S, r["v"]) for r in db.query(sql, args)]
+
+
+# --- breakdowns (reports: latency by prompt, temperature, concurrency) -------------------------
+
+GROUP_COLUMNS: tuple[str, ...] = ("step", "prompt_label", "concurrency", "temperature")
+"""Request columns a run can be broken down by."""
+
+
+def distinct_values(db: Database, run_id: int, column: str) -> list[Any]:
+    """The distinct values of one request column among measured requests, first seen first."""
+    if column not in GROUP_COLUMNS:
+        raise ValueError(f"cannot group by {column!r}; choose one of {', '.join(GROUP_COLUMNS)}")
+    sql = (
+        f"select {column} v, min(id) first from requests where run_id = ? and warmup = 0 "
+        f"and {column} is not null group by {column} order by first"
+    )
+    return [r["v"] for r in db.query(sql, [run_id])]
+
+
+def group_summaries(
+    db: Database, run_id: int, column: str, *, slo: Slo | None = None, with_itl: bool = True
+) -> list[tuple[Any, StepSummary]]:
+    """Statistics of a run's requests grouped by one column, groups in order of first request.
+
+    Warm-up requests and rows without a value in ``column`` are left out. ``StepSummary.step``
+    holds the group's value as text.
+    """
+    if column not in GROUP_COLUMNS:
+        raise ValueError(f"cannot group by {column!r}; choose one of {', '.join(GROUP_COLUMNS)}")
+    run = get_run(db, run_id)
+    if run is None:
+        return []
+    slo = slo if slo is not None else run_slo(run)
+    itl = itl_by_request(db, run_id) if with_itl else {}
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for r in _requests(db, run_id):
+        if r[column] is not None and not r["warmup"]:
+            groups.setdefault(r[column], []).append(r)
+    return [
+        (key, summarize_requests(db, run_id, str(key), rows, slo, itl))
+        for key, rows in groups.items()
+    ]
+
+
+def request_outcomes(
+    db: Database, run_id: int, *, step: str | None = None
+) -> list[tuple[bool, float | None, float | None, float | None]]:
+    """``(ok, ttft_ms, tpot_ms, e2e_ms)`` of each measured request that succeeded or failed.
+
+    The per-request inputs of error rate and goodput (cancelled requests are judged by neither),
+    for interval estimates of those shares.
+    """
+    sql = (
+        "select status, ttft_ms, tpot_ms, e2e_ms from requests where run_id = ? and warmup = 0 "
+        "and status in ('ok', 'error')"
+    )
+    args: list[Any] = [run_id]
+    if step is not None:
+        sql += " and step = ?"
+        args.append(step)
+    return [
+        (r["status"] == "ok", r["ttft_ms"], r["tpot_ms"], r["e2e_ms"])
+        for r in db.query(sql + " order by id", args)
+    ]

@@ -1,0 +1,81 @@
+"""``llmtop report [RUN]``: one run's summary table and charts, in the terminal or as a file."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+
+from llmtop.app.commands.common import db_option, db_path_of
+from llmtop.errors import UsageError
+from llmtop.storage.db import open_readonly
+
+
+@click.command()
+@click.argument("run", type=int, required=False)
+@db_option
+@click.option("--svg", "svg_path", type=click.Path(dir_okay=False), help="Write the report as SVG.")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False),
+    help="Write the report as a self-contained HTML page.",
+)
+@click.option(
+    "--markdown", "as_markdown", is_flag=True, help="Print a Markdown table for a README."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report's numbers as JSON.")
+@click.option(
+    "--width",
+    type=click.IntRange(min=40, max=400),
+    default=None,
+    help="Columns to lay out for (default: the terminal's; 140 for --svg and --html).",
+)
+@click.pass_context
+def report(
+    ctx: click.Context,
+    run: int | None,
+    db_path: str | None,
+    svg_path: str | None,
+    html_path: str | None,
+    as_markdown: bool,
+    as_json: bool,
+    width: int | None,
+) -> None:
+    """Summary table per step and charts of one run (default: the last run).
+
+    The charts fit the scenario: latency by prompt length or temperature, requests/s and
+    latency by concurrency, goodput by offered rate, resources over time for a soak; every
+    report also has the E2E latency histogram and TTFT and decode tok/s over time.
+    Piped or redirected, the report is plain text.
+
+    \b
+    Examples:
+      llmtop report                      # the last run, in the terminal
+      llmtop report 12 --svg run12.svg   # the same report as an SVG file
+      llmtop report --markdown >> README.md
+    """
+    if as_markdown and as_json:
+        raise UsageError("choose one of --markdown and --json")
+    # Imported here: plotting pulls in textual, which other commands should not pay for.
+    from llmtop.app.report.data import load_report, resolve_run
+    from llmtop.app.report.document import print_report, render_file, write_file
+    from llmtop.app.report.text_formats import report_json, report_markdown
+
+    db = open_readonly(db_path_of(ctx, db_path))
+    try:
+        data = load_report(db, resolve_run(db, run))
+    finally:
+        db.close()
+    title = f"llmtop report: run {data.summary.run.id}"
+    for path, kind in ((svg_path, "svg"), (html_path, "html")):
+        if path:
+            write_file(path, render_file(data, kind, width=width, title=title))  # type: ignore[arg-type]
+            click.echo(f"wrote the report of run {data.summary.run.id} to {path}", err=True)
+    if as_json:
+        click.echo(json.dumps(report_json(data), indent=2, default=str))
+    elif as_markdown:
+        click.echo(report_markdown(data), nl=False)
+    elif not (svg_path or html_path):
+        print_report(Console(width=width), data)

@@ -1,0 +1,323 @@
+"""Runs side by side: each metric's change against the first run, judged better, worse or noise.
+
+A change counts only when it is both real and large enough to matter:
+- real: the bootstrap interval of the difference (from each run's stored per-request values,
+  seeded, so the verdict is stable) excludes zero; a difference the requests' own spread explains
+  is "within noise";
+- large enough: at least ``threshold`` (5 % by default) of the baseline, because two runs on a
+  shared machine drift by a few percent for reasons no resampling of one run can see.
+Rows without per-request values (req/s, tok/s, resources) are judged by the threshold alone.
+Shares (error rate, goodput) change in percentage points, with the same interval test on each
+request's 0/1 outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlite_utils import Database
+
+from llmtop.app.report import fmt
+from llmtop.collectors import metrics
+from llmtop.collectors.metrics import Slo
+from llmtop.errors import UsageError
+from llmtop.storage import queries
+from llmtop.storage.queries import RunRow, StepSummary
+
+Better = Literal["lower", "higher"] | None
+Verdict = Literal["better", "worse", "noise", "changed", "n/a"]
+
+DEFAULT_THRESHOLD = 0.05
+SHARE_THRESHOLD = 0.01
+"""Shares (error rate, goodput) within one percentage point are the same."""
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """One compared metric: where it comes from, how to show it, which way is better."""
+
+    key: str
+    group: str
+    label: str
+    get: Callable[[StepSummary], float | int | None]
+    better: Better
+    source: str | None = None
+    """Per-request metric whose values give the interval (``ttft_ms``, ``itl_ms``, ...)."""
+    statistic: str | int = "mean"
+    share: str | None = None
+    """For shares: ``"error"`` or ``"goodput"``, judged on each request's 0/1 outcome."""
+    show: Callable[[float | int | None], str] = fmt.num
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec("ttft_ms.mean", "TTFT ms", "mean", lambda s: s.ttft_ms.mean, "lower", "ttft_ms", "mean"),
+    Spec("ttft_ms.p50", "TTFT ms", "p50", lambda s: s.ttft_ms.p50, "lower", "ttft_ms", 50),
+    Spec("ttft_ms.p95", "TTFT ms", "p95", lambda s: s.ttft_ms.p95, "lower", "ttft_ms", 95),
+    Spec("tpot_ms.mean", "TPOT ms", "mean", lambda s: s.tpot_ms.mean, "lower", "tpot_ms", "mean"),
+    Spec("tpot_ms.p50", "TPOT ms", "p50", lambda s: s.tpot_ms.p50, "lower", "tpot_ms", 50),
+    Spec("tpot_ms.p95", "TPOT ms", "p95", lambda s: s.tpot_ms.p95, "lower", "tpot_ms", 95),
+    Spec("itl_ms.p50", "ITL ms", "p50", lambda s: s.itl_ms.p50, "lower", "itl_ms", 50),
+    Spec("itl_ms.p95", "ITL ms", "p95", lambda s: s.itl_ms.p95, "lower", "itl_ms", 95),
+    Spec("e2e_ms.mean", "E2E ms", "mean", lambda s: s.e2e_ms.mean, "lower", "e2e_ms", "mean"),
+    Spec("e2e_ms.p50", "E2E ms", "p50", lambda s: s.e2e_ms.p50, "lower", "e2e_ms", 50),
+    Spec("e2e_ms.p95", "E2E ms", "p95", lambda s: s.e2e_ms.p95, "lower", "e2e_ms", 95),
+    Spec("e2e_ms.p99", "E2E ms", "p99", lambda s: s.e2e_ms.p99, "lower", "e2e_ms", 99),
+    Spec(
+        "decode_tps.mean",
+        "Throughput",
+        "decode tok/s (mean)",
+        lambda s: s.decode_tps.mean,
+        "higher",
+        "decode_tps",
+        "mean",
+    ),
+    Spec(
+        "decode_tps.p50",
+        "Throughput",
+        "decode tok/s (p50)",
+        lambda s: s.decode_tps.p50,
+        "higher",
+        "decode_tps",
+        50,
+    ),
+    Spec("req_per_s", "Throughput", "requests/s", lambda s: s.req_per_s, "higher"),
+    Spec("out_tok_per_s", "Throughput", "output tok/s", lambda s: s.out_tok_per_s, "higher"),
+    Spec(
+        "error_rate",
+        "Throughput",
+        "error rate",
+        lambda s: s.error_rate,
+        "lower",
+        share="error",
+        show=fmt.pct,
+    ),
+    Spec(
+        "goodput",
+        "Throughput",
+        "goodput",
+        lambda s: s.goodput,
+        "higher",
+        share="goodput",
+        show=fmt.pct,
+    ),
+    Spec("cpu_pct_mean", "Resources", "CPU % (mean)", lambda s: s.cpu_pct_mean, None),
+    Spec(
+        "mem_used_peak",
+        "Resources",
+        "memory (peak)",
+        lambda s: s.mem_used_peak,
+        None,
+        show=fmt.size,
+    ),
+    Spec(
+        "server_rss_peak",
+        "Resources",
+        "server RSS (peak)",
+        lambda s: s.server_rss_peak,
+        None,
+        show=fmt.size,
+    ),
+    Spec("gpu_util_mean", "Resources", "GPU util % (mean)", lambda s: s.gpu_util_mean, None),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One run's value against the baseline's."""
+
+    delta: float | None
+    relative: float | None
+    """(candidate - baseline) / baseline; for shares, ``None`` (``delta`` is in points)."""
+    interval: tuple[float, float] | None
+    """Bootstrap interval of the difference, in the metric's unit."""
+    verdict: Verdict
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    spec: Spec
+    values: tuple[float | int | None, ...]
+    changes: tuple[Change | None, ...]
+    """One per run; ``None`` for the baseline."""
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    runs: tuple[RunRow, ...]
+    step: str | None
+    """The step compared, or ``None`` for whole runs."""
+    rows: tuple[Row, ...]
+    threshold: float
+    confidence: float
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RunSample:
+    """What one run contributes: its statistics and the per-request values behind them."""
+
+    run: RunRow
+    summary: StepSummary
+    values: dict[str, list[float]]
+    outcomes: list[tuple[bool, float | None, float | None, float | None]]
+    slo: Slo
+
+
+def _share_values(sample: RunSample, kind: str) -> list[float]:
+    if kind == "error":
+        return [0.0 if ok else 1.0 for ok, *_ in sample.outcomes]
+    return [float(metrics.meets_slo(sample.slo, *o)) for o in sample.outcomes]
+
+
+def judge(
+    spec: Spec,
+    base: RunSample,
+    cand: RunSample,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    confidence: float = CONFIDENCE,
+) -> Change:
+    """The change of one metric from ``base`` to ``cand`` and whether it matters."""
+    a, b = spec.get(base.summary), spec.get(cand.summary)
+    if a is None or b is None:
+        return Change(None, None, None, "n/a", "not measured in both runs")
+    delta = float(b) - float(a)
+    interval = None
+    if spec.share is not None:
+        va, vb = _share_values(base, spec.share), _share_values(cand, spec.share)
+        interval = metrics.bootstrap_diff_ci(va, vb, "mean", confidence=confidence)
+        relative = None
+        small = abs(delta) < SHARE_THRESHOLD
+    else:
+        if spec.source is not None:
+            interval = metrics.bootstrap_diff_ci(
+                base.values.get(spec.source, []),
+                cand.values.get(spec.source, []),
+                spec.statistic,
+                confidence=confidence,
+            )
+        relative = metrics.relative_change(float(a), float(b))
+        small = abs(relative) < threshold if relative is not None else delta == 0
+    if interval is not None and interval[0] <= 0 <= interval[1]:
+        return Change(delta, relative, interval, "noise", "interval contains zero")
+    if small:
+        return Change(delta, relative, interval, "noise", "below threshold")
+    if spec.better is None:
+        return Change(delta, relative, interval, "changed", "no better direction")
+    improved = delta < 0 if spec.better == "lower" else delta > 0
+    return Change(delta, relative, interval, "better" if improved else "worse", "significant")
+
+
+def compare_samples(
+    samples: Sequence[RunSample],
+    *,
+    step: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    confidence: float = CONFIDENCE,
+) -> Comparison:
+    """Every metric of every run against the first run (pure: no database)."""
+    base = samples[0]
+    rows = []
+    for spec in SPECS:
+        values = tuple(spec.get(s.summary) for s in samples)
+        if all(v is None for v in values):
+            continue
+        if spec.key == "goodput" and not any(s.slo.is_set for s in samples):
+            continue
+        later = [
+            judge(spec, base, s, threshold=threshold, confidence=confidence) for s in samples[1:]
+        ]
+        changes: tuple[Change | None, ...] = (None, *later)
+        rows.append(Row(spec, values, changes))
+    return Comparison(
+        runs=tuple(s.run for s in samples),
+        step=step,
+        rows=tuple(rows),
+        threshold=threshold,
+        confidence=confidence,
+        notes=tuple(differences(samples)),
+    )
+
+
+def differences(samples: Sequence[RunSample]) -> list[str]:
+    """What differs between the runs besides the numbers: worth knowing before reading them."""
+    notes = []
+    for attr, what in (
+        ("scenario", "scenario"),
+        ("model", "model"),
+        ("backend", "backend"),
+        ("base_url", "server"),
+    ):
+        seen = [getattr(s.run, attr) or "—" for s in samples]
+        if len(set(seen)) > 1:
+            notes.append(f"the runs differ in {what}: " + " vs ".join(seen))
+    bad = [s.run for s in samples if s.run.status != "finished"]
+    for r in bad:
+        notes.append(f"run {r.id} is {r.status}: its numbers cover what it recorded")
+    slos = {(s.slo.ttft_ms, s.slo.tpot_ms, s.slo.e2e_ms) for s in samples}
+    if len(slos) > 1:
+        notes.append("the runs have different SLOs: goodput is judged against each run's own")
+    return notes
+
+
+VALUE_SOURCES: tuple[str, ...] = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "decode_tps")
+
+
+def load_sample(db: Database, run_id: int, step: str | None) -> RunSample:
+    """One run's statistics and per-request values (of one step, or of the whole run).
+
+    Raises:
+        UsageError: no such run, or the run has no such step.
+    """
+    summary = queries.run_summary(db, run_id)
+    if summary is None:
+        raise UsageError(f"no run with id {run_id} in this database (see 'llmtop runs')")
+    if step is None:
+        chosen = summary.overall
+    else:
+        found = [s for s in summary.steps if s.step == step]
+        if not found:
+            names = ", ".join(s.step for s in summary.steps if s.step) or "none"
+            raise UsageError(f"run {run_id} has no step {step!r} (its steps: {names})")
+        chosen = found[0]
+    values = {m: queries.metric_values(db, run_id, m, step=step) for m in VALUE_SOURCES}
+    outcomes = queries.request_outcomes(db, run_id, step=step)
+    return RunSample(summary.run, chosen, values, outcomes, summary.slo)
+
+
+def shared_steps(db: Database, run_ids: Sequence[int]) -> list[str]:
+    """Steps (by name) present in every run, in the first run's order.
+
+    Raises:
+        UsageError: a run does not exist.
+    """
+    per_run = []
+    for rid in run_ids:
+        s = queries.run_summary(db, rid, with_itl=False)
+        if s is None:
+            raise UsageError(f"no run with id {rid} in this database (see 'llmtop runs')")
+        per_run.append([st.step for st in s.steps])
+    first = per_run[0] if per_run else []
+    return [name for name in first if name and all(name in other for other in per_run[1:])]
+
+
+def load_comparison(
+    db: Database,
+    run_ids: Sequence[int],
+    *,
+    step: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> Comparison:
+    """Read the runs and compare them against the first.
+
+    Raises:
+        UsageError: fewer than two runs, a missing run or step.
+    """
+    if len(run_ids) < 2:
+        raise UsageError("compare needs at least two runs: llmtop compare A B [C...]")
+    samples = [load_sample(db, rid, step) for rid in run_ids]
+    return compare_samples(samples, step=step, threshold=threshold)
