@@ -12,7 +12,18 @@ from typing import Any
 import click
 
 from llmtop import __version__
-from llmtop.app.commands import export, runs, stubs
+from llmtop.app.commands import (
+    compare,
+    doctor,
+    export,
+    record,
+    report,
+    run_options,
+    runs,
+    scenarios,
+    serve,
+    stubs,
+)
 from llmtop.errors import LlmtopError
 
 
@@ -24,6 +35,15 @@ def fail(message: str, code: int = 1) -> None:
 
 class LlmtopGroup(click.Group):
     """Turns LlmtopError into one line on stderr, and Ctrl-C into a quiet exit."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """A bad dashboard flag (``llmtop --requests 0``) is one line too, exit 2."""
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if isinstance(e, click.NoSuchOption | click.BadParameter | click.MissingParameter):
+                fail(f"{e.format_message()} (see 'llmtop --help')", 2)
+            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -51,19 +71,32 @@ class LlmtopGroup(click.Group):
     envvar="LLMTOP_DB",
     help="SQLite file (default: llmtop.db in the user data dir; env LLMTOP_DB).",
 )
+@click.option("--theme", default=None, metavar="NAME",
+              help="Dashboard theme: llmtop-dark, llmtop-light, llmtop-high-contrast, yours.")  # fmt: skip
+@run_options.backend_options
+@run_options.run_options
 @click.pass_context
-def main(ctx: click.Context, db_path: str | None) -> None:
+def main(ctx: click.Context, db_path: str | None, theme: str | None, **flags: Any) -> None:
     """htop for LLM inference: live TTFT, TPS, latency and resources of any model server.
 
-    With no command, opens the dashboard.
+    With no command, opens the dashboard; with --scenario it starts that run at once (the
+    backend and run flags are those of 'llmtop record').
     """
     ctx.ensure_object(dict)
     ctx.obj["db_path"] = db_path
     if ctx.invoked_subcommand is None:
-        stubs.not_yet("the dashboard", issue=6)
+        from llmtop.app.app import open_dashboard
+
+        open_dashboard(db_path, theme, flags)
 
 
 main.add_command(runs.runs)
 main.add_command(export.export)
+main.add_command(serve.serve)
+main.add_command(report.report)
+main.add_command(compare.compare)
+main.add_command(record.record)
+main.add_command(scenarios.scenarios)
+main.add_command(doctor.doctor)
 for command in stubs.COMMANDS:
     main.add_command(command)

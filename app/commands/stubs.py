@@ -23,11 +23,4 @@ def _stub(name: str, help_text: str, issue: int) -> click.Command:
     return command
 
 
-COMMANDS: list[click.Command] = [
-    _stub("record", "Run a scenario against a server headless, and print a summary.", 5),
-    _stub("report", "Summary table and terminal charts of one run.", 7),
-    _stub("compare", "Runs side by side, with the change in each metric.", 7),
-    _stub("scenarios", "The built-in scenarios and what they do.", 5),
-    _stub("doctor", "What llmtop finds: servers, GPUs, torch, the model file, the database.", 5),
-    _stub("serve", "Serve the in-repo engine behind Ollama- and OpenAI-compatible APIs.", 4),
-]
+COMMANDS: list[click.Command] = []

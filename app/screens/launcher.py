@@ -1,0 +1,247 @@
+"""The launcher: a modal form for a run (backend, URL, model, scenario and the run flags).
+
+Bad values are shown on their field (it turns red) with one line saying what is wrong; the
+form never closes on a value that ``llmtop record`` would refuse, because it builds the same
+plan (``LaunchSettings.plan``) before it answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Grid, Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.validation import Function, Integer, Number, Validator
+from textual.widgets import Button, Input, Label, Select, Static
+from textual.worker import Worker, WorkerState
+
+from llmtop.app.launch import BACKENDS, LaunchSettings
+from llmtop.errors import LlmtopError
+from llmtop.scenarios.loader import builtin_names, load_scenario
+
+FILE = "__file__"
+"""The scenario choice meaning: the TOML file named in the next field."""
+
+# field id -> (flag, label, input type, validators)
+NUMBER_FIELDS: dict[str, tuple[str, str, str, list[Validator]]] = {
+    "requests": ("requests", "requests", "integer", [Integer(minimum=1)]),
+    "concurrency": ("concurrency", "concurrency", "integer", [Integer(minimum=1, maximum=4096)]),
+    "rate": ("rate", "rate req/s", "number", [Number(minimum=0.001)]),
+    "duration": ("duration", "duration s", "number", [Number(minimum=0.001)]),
+    "max-tokens": ("max_tokens", "max tokens", "integer", [Integer(minimum=1)]),
+    "temperature": ("temperature", "temperature", "number", [Number(minimum=0, maximum=2)]),
+}
+
+
+def _url_ok(value: str) -> bool:
+    return value == "" or value.startswith(("http://", "https://"))
+
+
+class LauncherScreen(ModalScreen[LaunchSettings | None]):
+    """Start a run; answers the settings, or ``None`` when cancelled."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+s", "start", "Start", show=True),
+    ]
+
+    def __init__(self, settings: LaunchSettings, *, running: bool = False) -> None:
+        super().__init__()
+        self.settings = settings
+        self.running = running
+
+    # --- layout ------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        s = self.settings
+        scenario = s.scenario or "basic"
+        builtins = builtin_names()
+        choice = scenario if scenario in builtins else FILE
+        with Vertical(id="launcher", classes="panel"):
+            with Grid(id="launch-server", classes="form"):
+                yield Label("backend")
+                yield Select([(b, b) for b in BACKENDS], value=s.backend, allow_blank=False,
+                             id="backend", compact=True)  # fmt: skip
+                yield Label("URL")
+                yield Input(s.url or "", placeholder="OLLAMA_HOST or http://127.0.0.1:11434",
+                            id="url", compact=True,
+                            validators=[Function(_url_ok, "starts with http:// or https://")])  # fmt: skip
+                yield Label("model")
+                yield Input(s.model or "", placeholder="the server's only model", id="model",
+                            compact=True)  # fmt: skip
+                yield Label("server has")
+                yield Select([], prompt="(asking…)", id="models", compact=True)
+                yield Label("scenario")
+                yield Select([*((n, n) for n in builtins), ("a TOML file…", FILE)], value=choice,
+                             allow_blank=False, id="scenario", compact=True)  # fmt: skip
+                yield Label("file")
+                yield Input(scenario if choice == FILE else "", placeholder="path/to/scenario.toml",
+                            id="scenario-file", compact=True, disabled=choice != FILE)  # fmt: skip
+            yield Static("", id="scenario-about")
+            with Grid(id="launch-flags", classes="form"):
+                for field_id, (flag, label, kind, validators) in NUMBER_FIELDS.items():
+                    value = s.get(flag)
+                    yield Label(label)
+                    yield Input("" if value is None else f"{value:g}", placeholder="default",
+                                type=kind, id=field_id, compact=True, validators=validators,
+                                valid_empty=True)  # type: ignore[arg-type]  # fmt: skip
+            with Horizontal(id="launch-name"):
+                yield Label("name")
+                yield Input(s.get("name", ""), placeholder="a label for this run", id="name",
+                            compact=True)  # fmt: skip
+            yield Static("", id="launch-error")
+            with Horizontal(id="launch-buttons"):
+                if self.running:
+                    yield Button("Stop the current run", id="stop", variant="warning", compact=True)
+                yield Button("Cancel", id="cancel", compact=True)
+                yield Button("Start ▶", id="start", variant="primary", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#launcher").border_title = "launch a run"
+        self.query_one("#launcher").border_subtitle = "ctrl+s start · esc cancel"
+        self._describe()
+        self.fetch_models()
+
+    # --- the scenario ------------------------------------------------------------------------
+
+    @on(Select.Changed, "#scenario")
+    def _scenario_changed(self, event: Select.Changed) -> None:
+        file_input = self.query_one("#scenario-file", Input)
+        file_input.disabled = event.value != FILE
+        if event.value == FILE:
+            file_input.focus()
+        self._describe()
+
+    @on(Input.Changed, "#scenario-file")
+    def _file_changed(self) -> None:
+        self._describe()
+
+    def _scenario_ref(self) -> str:
+        choice = self.query_one("#scenario", Select).value
+        if choice == FILE:
+            return self.query_one("#scenario-file", Input).value.strip()
+        return str(choice)
+
+    def _describe(self) -> None:
+        about = self.query_one("#scenario-about", Static)
+        ref = self._scenario_ref()
+        if not ref:
+            about.update("[dim]name a scenario file[/]")
+            return
+        try:
+            sc = load_scenario(ref)
+        except LlmtopError as e:
+            about.update(f"[dim]{e}[/]" if ref.endswith(".toml") else "")
+            return
+        steps = ", ".join(st.name for st in sc.steps)
+        about.update(f"{sc.description or sc.name} [dim]· steps: {steps}[/]")
+
+    # --- the server's models -----------------------------------------------------------------
+
+    @on(Select.Changed, "#backend")
+    @on(Input.Submitted, "#url")
+    def _server_changed(self) -> None:
+        self.fetch_models()
+
+    @work(exclusive=True, group="models", exit_on_error=False)
+    async def fetch_models(self) -> list[str]:
+        from llmtop.app.live import watch_target
+        from llmtop.collectors.backends import make_backend
+
+        backend = str(self.query_one("#backend", Select).value)
+        url = self.query_one("#url", Input).value.strip() or None
+        if backend in ("auto", "engine"):
+            if backend == "engine":
+                return []
+            url, _ = watch_target("ollama", url)  # auto: ask Ollama, the first it tries
+            backend = "ollama"
+        async with make_backend(backend, url) as b:
+            return await b.list_models()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "models":
+            return
+        select = self.query_one("#models", Select)
+        if event.state is WorkerState.SUCCESS:
+            models: list[str] = event.worker.result or []
+            select.set_options((m, m) for m in models)
+            select.prompt = "pick one" if models else "(no models listed)"
+            model_input = self.query_one("#model", Input)
+            if not model_input.value and len(models) == 1:
+                model_input.value = models[0]
+        elif event.state is WorkerState.ERROR:
+            select.set_options([])
+            select.prompt = "(not reachable)"
+
+    @on(Select.Changed, "#models")
+    def _model_picked(self, event: Select.Changed) -> None:
+        if event.value is not Select.BLANK and event.value is not Select.NULL:
+            self.query_one("#model", Input).value = str(event.value)
+
+    # --- answers -----------------------------------------------------------------------------
+
+    def _error(self, message: str, field_id: str | None = None) -> None:
+        self.query_one("#launch-error", Static).update(f"[b]{message}[/]" if message else "")
+        if field_id is not None:
+            widget = self.query_one(f"#{field_id}")
+            widget.add_class("-invalid")
+            widget.focus()
+
+    def collect(self) -> LaunchSettings | None:
+        """The settings in the form, or ``None`` after showing what is wrong."""
+        for widget in self.query(".-invalid"):
+            widget.remove_class("-invalid")
+        flags: dict[str, Any] = {
+            "backend": str(self.query_one("#backend", Select).value),
+            "url": self.query_one("#url", Input).value.strip() or None,
+            "model": self.query_one("#model", Input).value.strip() or None,
+            "scenario": self._scenario_ref() or None,
+            "name": self.query_one("#name", Input).value.strip() or None,
+        }
+        url_check = self.query_one("#url", Input).validate(flags["url"] or "")
+        if url_check is not None and not url_check.is_valid:
+            self._error("URL: must start with http:// or https://", "url")
+            return None
+        if flags["scenario"] is None:
+            self._error("scenario: name a TOML file", "scenario-file")
+            return None
+        for field_id, (flag, label, kind, _) in NUMBER_FIELDS.items():
+            widget = self.query_one(f"#{field_id}", Input)
+            text = widget.value.strip()
+            result = widget.validate(text)
+            if result is not None and not result.is_valid:
+                self._error(f"{label}: {'; '.join(result.failure_descriptions)}", field_id)
+                return None
+            flags[flag] = (int(text) if kind == "integer" else float(text)) if text else None
+        settings = self.settings.replace(**flags)  # a field left empty drops its flag
+        try:
+            settings.plan()
+        except LlmtopError as e:
+            text = str(e)
+            field_id = (
+                "scenario-file"
+                if "scenario" in text and self._scenario_ref().endswith(".toml")
+                else ("rate" if "--rate" in text or "--arrival" in text else None)
+            )
+            self._error(text, field_id)
+            return None
+        self._error("")
+        return settings
+
+    @on(Button.Pressed, "#start")
+    def action_start(self) -> None:
+        settings = self.collect()
+        if settings is not None:
+            self.dismiss(settings)
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#stop")
+    async def _stop(self) -> None:
+        await self.app.run_action("app.stop_run")
+        self.dismiss(None)

@@ -1,0 +1,153 @@
+"""What the live aggregator hands the UI: an immutable ``Snapshot`` of frozen dataclasses and
+tuples, so assigning a new one to a reactive always means "changed" and nothing is mutated in
+place. Built by collectors/aggregate.py; read by the dashboard's widgets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmtop.collectors.metrics import EMPTY_STATS, Slo, Stats
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRequest:
+    """One request as the requests panel shows it, in flight or finished."""
+
+    request_id: int
+    step: str
+    prompt_label: str
+    prompt_chars: int
+    warmup: bool
+    status: str
+    """``running``, ``ok``, ``error`` or ``cancelled``."""
+    t_start_ns: int
+    tokens: int
+    """Output tokens so far (the server's count once finished, when it gives one)."""
+    ttft_ms: float | None
+    e2e_ms: float | None
+    """``None`` while running."""
+    decode_tps: float | None
+    """So far, while running."""
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunTable:
+    """The percentile table of the current run: measured requests only, as in storage/queries."""
+
+    ttft_ms: Stats = EMPTY_STATS
+    tpot_ms: Stats = EMPTY_STATS
+    e2e_ms: Stats = EMPTY_STATS
+    decode_tps: Stats = EMPTY_STATS
+    ok: int = 0
+    errors: int = 0
+    cancelled: int = 0
+    warmup: int = 0
+    output_tokens: int = 0
+    req_per_s: float | None = None
+    out_tok_per_s: float | None = None
+    error_rate: float | None = None
+    goodput: float | None = None
+    slo: Slo = field(default_factory=Slo)
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """The machine and the server process at the newest sample, with their recent series."""
+
+    t_ns: int
+    cpu_pct: float
+    per_core: tuple[float, ...]
+    mem_used_bytes: int
+    mem_total_bytes: int
+    server_rss_bytes: int | None
+    server_cpu_pct: float | None
+    cpu_series: tuple[float, ...]
+    mem_series: tuple[float, ...]
+    """Memory used, bytes."""
+    server_rss_series: tuple[float, ...]
+    server_cpu_series: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Gpu:
+    """One GPU at its newest sample; a reading the device does not give is ``None``."""
+
+    gpu: int
+    name: str
+    util_pct: float | None
+    mem_used_bytes: int | None
+    mem_total_bytes: int | None
+    power_w: float | None
+    temp_c: float | None
+    util_series: tuple[float, ...]
+    mem_series: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A model the server holds in memory (Ollama ``/api/ps``)."""
+
+    name: str
+    size_bytes: float | None
+    vram_bytes: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerView:
+    """What one server source says about itself, watched even when nobody here drives it."""
+
+    source: str
+    t_ns: int
+    models: tuple[LoadedModel, ...]
+    running: float | None
+    """Requests the server is running (Prometheus ``num_requests_running``)."""
+    waiting: float | None
+    kv_cache_pct: float | None
+    """KV-cache use, 0..100."""
+    ttft_ms_p50: float | None
+    """The server's own TTFT median over its last scrape interval (vLLM, SGLang histograms)."""
+    tpot_ms_p50: float | None
+    running_series: tuple[float, ...]
+    waiting_series: tuple[float, ...]
+    kv_cache_series: tuple[float, ...]
+    values: tuple[tuple[str, float], ...]
+    """Every value of the newest sample, sorted by key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the dashboard draws, at one instant; replaced, never changed."""
+
+    version: int = 0
+    """Counts the folds: a new number means new data."""
+    events: int = 0
+    run_id: int | None = None
+    step: str = ""
+    """Step of the newest request started."""
+    t_ns: int | None = None
+    """The newest event's time."""
+    ttft_series: tuple[float, ...] = ()
+    """TTFT (ms) of each request that finished in the window, oldest first."""
+    tps_series: tuple[float, ...] = ()
+    """Decode tokens/s of each request that finished in the window, oldest first."""
+    ttft_window: Stats = EMPTY_STATS
+    tps_window: Stats = EMPTY_STATS
+    e2e_values: tuple[float, ...] = ()
+    """E2E latencies (ms) of the run's newest measured requests, for the histogram."""
+    itl_values: tuple[float, ...] = ()
+    """ITL samples (ms) of the run's newest measured requests, for the histogram."""
+    itl_window: Stats = EMPTY_STATS
+    table: RunTable = field(default_factory=RunTable)
+    resources: Resources | None = None
+    gpus: tuple[Gpu, ...] = ()
+    servers: tuple[ServerView, ...] = ()
+    down: tuple[tuple[str, str], ...] = ()
+    """``(source, reason)`` of every source that cannot be read right now."""
+    in_flight: tuple[LiveRequest, ...] = ()
+    """Oldest first."""
+    finished: tuple[LiveRequest, ...] = ()
+    """Newest first."""
+
+
+EMPTY_SNAPSHOT = Snapshot()

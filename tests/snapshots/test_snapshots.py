@@ -1,0 +1,78 @@
+"""Golden screens (pytest-textual-snapshot): the dashboard at rest and mid-run with fixed data,
+the launcher and the runs screen, each in the dark and the light theme, and the dashboard at
+80 x 24. Update with ``pytest tests/snapshots --snapshot-update`` after looking at the diff."""
+
+from __future__ import annotations
+
+import pytest
+from demo import DemoApp
+from support.runs import FakeRequest, write_run
+
+from llmtop.storage.db import open_database
+from llmtop.storage.writer import RunInfo
+
+THEMES = ["llmtop-dark", "llmtop-light"]
+
+
+@pytest.fixture()
+def history_db(tmp_path):
+    """Three runs with fixed timings and fixed start times (the list shows them)."""
+    path = tmp_path / "runs.db"
+    for k, (itl, name, scenario) in enumerate(
+        [(20, "baseline", "basic"), (20, "again", "basic"), (40, "4 workers", "concurrency")]
+    ):
+        reqs = [FakeRequest(900 * i, [900 * i + 180 + 10 * (i % 4) + itl * j for j in range(24)],
+                            step=("short", "medium", "long")[i % 3]) for i in range(12)]  # fmt: skip
+        if k == 2:
+            reqs.append(FakeRequest(12000, [], end_ms=12005, fail="http_status", message="500"))
+        write_run(path, reqs, info=RunInfo(name=name, scenario=scenario, backend="ollama",
+                                           base_url="http://127.0.0.1:11434", model="llama3.2:1b"))  # fmt: skip
+    db = open_database(path)
+    for run_id in (1, 2, 3):
+        db.execute("update runs set started_at = ? where id = ?",
+                   [f"2026-05-0{run_id}T09:1{run_id}:00.000+00:00", run_id])  # fmt: skip
+    db.conn.commit()
+    db.close()
+    return path
+
+
+async def settle(pilot) -> None:
+    """Wait for every worker (model list, storage queries) and the refresh after it."""
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("theme", THEMES)
+def test_dashboard_mid_run(snap_compare, theme, tmp_path):
+    app = DemoApp(mid_run=True, theme=theme, config_dir=tmp_path)
+    assert snap_compare(app, terminal_size=(140, 42), run_before=settle)
+
+
+@pytest.mark.parametrize("theme", THEMES)
+def test_dashboard_at_rest(snap_compare, theme, tmp_path):
+    app = DemoApp(mid_run=False, theme=theme, config_dir=tmp_path)
+    assert snap_compare(app, terminal_size=(120, 36), run_before=settle)
+
+
+def test_dashboard_at_80x24(snap_compare, tmp_path):
+    app = DemoApp(mid_run=True, config_dir=tmp_path)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=settle)
+
+
+@pytest.mark.parametrize("theme", THEMES)
+def test_launcher(snap_compare, theme, tmp_path):
+    app = DemoApp(mid_run=True, theme=theme, config_dir=tmp_path)
+    assert snap_compare(app, terminal_size=(100, 30), press=["l"], run_before=settle)
+
+
+@pytest.mark.parametrize("theme", THEMES)
+def test_runs_screen(snap_compare, theme, tmp_path, history_db):
+    app = DemoApp(mid_run=False, theme=theme, config_dir=tmp_path, db_path=history_db)
+
+    async def open_runs(pilot) -> None:
+        await pilot.press("r")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=(120, 30), run_before=open_runs)
