@@ -14,7 +14,14 @@ from typing import Any
 from llmtop.collectors.base import Emit, GenerationRequest, Timeouts
 from llmtop.collectors.events import ServerTimings, TokenReceived
 from llmtop.collectors.http import HttpClient, base_url, one_line
-from llmtop.collectors.streaming import RequestState, StreamError, StreamParser, stream_request
+from llmtop.collectors.streaming import (
+    RequestState,
+    StreamError,
+    StreamParser,
+    reported_count,
+    reported_ns,
+    stream_request,
+)
 from llmtop.errors import SourceError
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
@@ -31,20 +38,16 @@ def ollama_base_url(url: str | None = None) -> str:
     return base_url(raw, default_port=11434)
 
 
-def _int(v: object) -> int | None:
-    return v if type(v) is int else None
-
-
 def ollama_timings(obj: dict[str, Any]) -> ServerTimings:
     """Ollama's final line as ``ServerTimings`` (durations in ns, as Ollama sends them)."""
     reason = obj.get("done_reason")
     return ServerTimings(
-        prompt_tokens=_int(obj.get("prompt_eval_count")),
-        output_tokens=_int(obj.get("eval_count")),
-        load_ns=_int(obj.get("load_duration")),
-        prompt_eval_ns=_int(obj.get("prompt_eval_duration")),
-        eval_ns=_int(obj.get("eval_duration")),
-        total_ns=_int(obj.get("total_duration")),
+        prompt_tokens=reported_count(obj.get("prompt_eval_count")),
+        output_tokens=reported_count(obj.get("eval_count")),
+        load_ns=reported_ns(obj.get("load_duration")),
+        prompt_eval_ns=reported_ns(obj.get("prompt_eval_duration")),
+        eval_ns=reported_ns(obj.get("eval_duration")),
+        total_ns=reported_ns(obj.get("total_duration")),
         done_reason=reason if isinstance(reason, str) else None,
     )
 
@@ -73,7 +76,7 @@ class NdjsonParser(StreamParser):
         for line in lines:
             try:
                 obj = loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
                 if not line.strip():
                     continue
                 raise StreamError(

@@ -25,7 +25,15 @@ from typing import Any
 from llmtop.collectors.base import Emit, GenerationRequest, Timeouts
 from llmtop.collectors.events import ServerTimings, TokenReceived
 from llmtop.collectors.http import HttpClient, api_key_from_env, base_url, one_line
-from llmtop.collectors.streaming import RequestState, StreamError, StreamParser, stream_request
+from llmtop.collectors.streaming import (
+    MAX_LINE_CHARS,
+    RequestState,
+    StreamError,
+    StreamParser,
+    reported_count,
+    reported_ms_as_ns,
+    stream_request,
+)
 from llmtop.errors import SourceError
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
@@ -38,10 +46,6 @@ def openai_base_url(url: str | None = None) -> str:
     return base_url(raw, default_path="/v1")
 
 
-def _int(v: object) -> int | None:
-    return v if type(v) is int else None
-
-
 class SseParser(StreamParser):
     """Server-sent events whose data is an OpenAI chunk, ending with ``data: [DONE]``."""
 
@@ -51,6 +55,8 @@ class SseParser(StreamParser):
         super().__init__(state)
         self.chat = chat
         self.data: list[str] = []
+        self.data_chars = 0
+        """Characters in ``data`` once it holds more than one line."""
         self.event = ""
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
@@ -67,6 +73,8 @@ class SseParser(StreamParser):
             if line:
                 if line[:5] == "data:":
                     data.append(line[6:] if line[5:6] == " " else line[5:])
+                    if len(data) > 1:  # rare: an event of several data lines
+                        self._grew(data)
                 elif line[0] != ":":  # ":" starts a comment (keep-alive pings)
                     name, _, value = line.partition(":")
                     value = value[1:] if value[:1] == " " else value
@@ -74,15 +82,29 @@ class SseParser(StreamParser):
                         self.event = value
                     elif name == "data":  # a bare "data" line: an empty data field
                         data.append(value)
+                        if len(data) > 1:
+                            self._grew(data)
                 continue
             if data:  # a blank line ends the event (none is dispatched when its data is empty)
                 payload = data[0] if len(data) == 1 else "\n".join(data)
                 data.clear()
+                self.data_chars = 0
                 event, self.event = self.event, ""
                 if payload and self._event(event, payload, t_ns):
                     return
             else:
                 self.event = ""
+
+    def _grew(self, data: list[str]) -> None:
+        """Bound an event's size: data lines with no blank line after them would otherwise pile
+        up without end (each line resets the chunk timeout)."""
+        self.data_chars += len(data[-1]) + (len(data[0]) if len(data) == 2 else 0)
+        if self.data_chars > MAX_LINE_CHARS:
+            raise StreamError(
+                "protocol",
+                f"an event longer than {MAX_LINE_CHARS:,} characters after {self.st.chunks} "
+                "chunks: not a token stream",
+            )
 
     def _event(self, event: str, payload: str, t_ns: int) -> bool:
         st = self.st
@@ -91,7 +113,7 @@ class SseParser(StreamParser):
             return True
         try:
             obj = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             raise StreamError(
                 "protocol",
                 f"malformed event after {st.chunks} chunks (not JSON): {one_line(payload, 80)}",
@@ -133,7 +155,7 @@ class SseParser(StreamParser):
             if usage:
                 self.usage = usage
                 self.timings = obj.get("timings") or self.timings
-        except (AttributeError, TypeError, IndexError):
+        except (AttributeError, TypeError, IndexError, KeyError):
             raise StreamError(
                 "protocol", f"unexpected event after {st.chunks} chunks: {one_line(payload, 80)}"
             ) from None
@@ -142,15 +164,14 @@ class SseParser(StreamParser):
     def _finish(self, t_ns: int) -> None:
         u = self.usage if isinstance(self.usage, dict) else {}
         tm = self.timings if isinstance(self.timings, dict) else {}
-        prompt_ms, predicted_ms = tm.get("prompt_ms"), tm.get("predicted_ms")
         self.st.finish(
             t_ns,
             ServerTimings(
-                prompt_tokens=_int(u.get("prompt_tokens")),
-                output_tokens=_int(u.get("completion_tokens")),
-                prompt_eval_ns=int(prompt_ms * 1e6) if isinstance(prompt_ms, int | float) else None,
-                eval_ns=int(predicted_ms * 1e6) if isinstance(predicted_ms, int | float) else None,
-                done_reason=self.finish_reason,
+                prompt_tokens=reported_count(u.get("prompt_tokens")),
+                output_tokens=reported_count(u.get("completion_tokens")),
+                prompt_eval_ns=reported_ms_as_ns(tm.get("prompt_ms")),
+                eval_ns=reported_ms_as_ns(tm.get("predicted_ms")),
+                done_reason=self.finish_reason if isinstance(self.finish_reason, str) else None,
             ),
         )
 
@@ -170,7 +191,7 @@ class SseParser(StreamParser):
             content = c["message"].get("content") if self.chat else c.get("text")
             self.usage = obj.get("usage")
             self.finish_reason = c.get("finish_reason")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
             raise StreamError("protocol", f"unexpected JSON answer: {one_line(text, 80)}") from None
         st = self.st
         if content:

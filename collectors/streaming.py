@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,10 @@ from llmtop.collectors.http import HttpClient, SendTrace, connect_reason, error_
 DRAIN_S = 2.0
 """After the final chunk, how long to wait for the end of the body so the connection can be reused."""
 MAX_ERROR_BODY = 8192
+MAX_LINE_CHARS = 1 << 20
+"""The longest line a stream may send (1 Mi characters; a token's line is ~100-300). A longer one
+fails the request as a protocol error instead of growing a buffer without bound: a server that
+sends no line end at all would otherwise fill memory at the speed of the network."""
 
 
 class StreamError(Exception):
@@ -47,6 +52,33 @@ class StreamError(Exception):
         self.kind: ErrorKind = kind
         self.message = message
         self.http_status = http_status
+
+
+# --- what a server reports -----------------------------------------------------------------
+
+MAX_REPORTED_TOKENS = 1 << 24
+"""A token count a server reports is believed up to this (16.7 M, beyond any model's context);
+a larger one would make ITL samples of absurd size downstream, so it counts as not reported."""
+MAX_REPORTED_NS = 1 << 62
+"""Durations a server reports are believed up to ~146 years (SQLite integers stop at 2**63)."""
+
+
+def reported_count(v: object) -> int | None:
+    """A token count from the server: a non-negative int within reason, else ``None``."""
+    return v if type(v) is int and 0 <= v <= MAX_REPORTED_TOKENS else None
+
+
+def reported_ns(v: object) -> int | None:
+    """A duration in ns from the server: a non-negative int within reason, else ``None``."""
+    return v if type(v) is int and 0 <= v <= MAX_REPORTED_NS else None
+
+
+def reported_ms_as_ns(v: object) -> int | None:
+    """A duration in ms (a JSON number, finite) as ns, within reason, else ``None``."""
+    if type(v) not in (int, float):
+        return None
+    ns = v * 1e6  # type: ignore[operator]
+    return int(ns) if math.isfinite(ns) and 0 <= ns <= MAX_REPORTED_NS else None
 
 
 # --- per-request state ----------------------------------------------------------------------
@@ -385,6 +417,20 @@ def _lines(text: str) -> tuple[list[str], str]:
     return lines, lines.pop()
 
 
+def _undecodable(
+    e: UnicodeDecodeError, buf: str, parser: StreamParser, st: RequestState, t_ns: int
+) -> None:
+    """Bytes that are not UTF-8: feed the lines complete before them (their tokens arrived),
+    then fail, unless the final chunk was among them."""
+    lines, _ = _lines(buf + e.object[: e.start].decode("utf-8"))
+    if lines:
+        parser.feed(lines, t_ns)
+    if not st.done:
+        raise StreamError(
+            "protocol", f"the stream is not valid UTF-8 after {st.chunks} chunks: {e.reason}"
+        )
+
+
 async def _read_stream(
     resp: aiohttp.ClientResponse, parser: StreamParser, st: RequestState
 ) -> None:
@@ -400,7 +446,11 @@ async def _read_stream(
             t = perf()
             if not data:
                 break
-            text = decode(data)
+            try:
+                text = decode(data)
+            except UnicodeDecodeError as e:
+                _undecodable(e, buf, parser, st, t)
+                return
             if buf:
                 text = buf + text
             if "\r" in text:
@@ -408,11 +458,22 @@ async def _read_stream(
             else:  # the common case, inline
                 lines = text.split("\n")
                 buf = lines.pop()
+            too_long = len(buf) > MAX_LINE_CHARS
+            if len(text) > MAX_LINE_CHARS:  # rare: a big read; is one of its lines too long?
+                long = next((i for i, s in enumerate(lines) if len(s) > MAX_LINE_CHARS), None)
+                if long is not None:
+                    lines, too_long = lines[:long], True
             if lines:
                 st.last_ns = t
                 feed(lines, t)
                 if st.done:
                     return
+            if too_long:
+                raise StreamError(
+                    "protocol",
+                    f"a line longer than {MAX_LINE_CHARS:,} characters after {st.chunks} chunks: "
+                    "not a token stream",
+                )
         tail = decode(b"", True) + buf
     except UnicodeDecodeError as e:
         raise StreamError(

@@ -19,6 +19,8 @@ except ImportError:  # run as a script (servers.py): the folder is on sys.path
     from fake_wire import Wire, prompt_chars, request_limit  # type: ignore[no-redef]
 
 _NS = 1_000_000
+HUGE_LINE_BYTES = 10 * 1024 * 1024
+"""The size of the one line the ``huge_line`` fault sends."""
 
 
 @dataclass(frozen=True)
@@ -264,6 +266,31 @@ class Malformed(Fault):
         return False
 
 
+class HugeLine(Fault):
+    """A 10 MB line (one chunk of well-formed JSON whose text is 10 MB), then the rest."""
+
+    async def before_chunk(self, ctx: Ctx, index: int) -> bool:
+        if index == ctx.beh.fault_after:
+            await self.send(ctx, ctx.wire.chunk("x" * HUGE_LINE_BYTES))
+        return False
+
+
+class InvalidUtf8(Fault):
+    """``fault_after`` chunks, then bytes that are not UTF-8 (and a line end), then the rest."""
+
+    async def before_chunk(self, ctx: Ctx, index: int) -> bool:
+        if index == ctx.beh.fault_after:
+            await self.send(ctx, b"\xff\xfe\xfd\n\n")
+        return False
+
+
+class UnknownModel(Fault):
+    """404 as the real server words an unknown model (a model deleted or unloaded mid-run)."""
+
+    async def before_headers(self, ctx: Ctx) -> Response | None:
+        return Response.json(ctx.wire.not_found_body(ctx.wire.model), 404)
+
+
 class ErrorLine(Fault):
     async def before_chunk(self, ctx: Ctx, index: int) -> bool:
         if index != ctx.beh.fault_after:
@@ -325,6 +352,9 @@ FAULTS: dict[str, type[Fault]] = {
     "cut": Cut,
     "malformed": Malformed,
     "error_line": ErrorLine,
+    "huge_line": HugeLine,
+    "invalid_utf8": InvalidUtf8,
+    "unknown_model": UnknownModel,
     "split": Split,
     "trickle": Trickle,
     "wrong_content_type": WrongContentType,

@@ -97,6 +97,9 @@ class Wire:
     def error_body(self, status: int) -> dict[str, Any]:
         return {"error": f"fake server error {status}"}
 
+    def not_found_body(self, model: str) -> dict[str, Any]:
+        return {"error": f'model "{model}" not found, try pulling it first'}
+
 
 class OpenAIWire(Wire):
     content_type = "text/event-stream"
@@ -163,6 +166,11 @@ class OpenAIWire(Wire):
     def error_body(self, status: int) -> dict[str, Any]:
         return {"error": {"message": f"fake server error {status}", "type": "server_error",
                           "param": None, "code": status}}  # fmt: skip
+
+    def not_found_body(self, model: str) -> dict[str, Any]:
+        return {"error": {"message": f"The model `{model}` does not exist.",
+                          "type": "invalid_request_error", "param": "model",
+                          "code": "model_not_found"}}  # fmt: skip
 
 
 def wire_for(api: str, kind: str, body: dict[str, Any], seq: int) -> Wire:

@@ -42,6 +42,9 @@ Faults (``Behavior.fault``; ``fault_after`` = content chunks sent before a mid-s
 ``cut``                ``fault_after`` chunks, then closes the connection mid-body
 ``malformed``          ``fault_after`` chunks, then a line that is not JSON, then the rest
 ``error_line``         ``fault_after`` chunks, then an in-stream error object
+``huge_line``          ``fault_after`` chunks, then one 10 MB line (valid JSON), then the rest
+``invalid_utf8``       ``fault_after`` chunks, then bytes that are not UTF-8, then the rest
+``unknown_model``      404 worded as the real server words an unknown model
 ``split``              every chunk written in two parts ``trickle_ms`` apart, cut inside a
                        multi-byte character when the text has one (the stream is valid)
 ``trickle``            every chunk written one byte at a time, ``trickle_ms`` apart
