@@ -18,7 +18,8 @@ from pathlib import Path
 
 from llmtop.collectors.events import TokenReceived
 from llmtop.storage.db import open_database
-from llmtop.storage.writer import _INSERT_TOKEN, EventWriter, RunInfo
+from llmtop.storage.rows import INSERT_TOKEN
+from llmtop.storage.writer import EventWriter, RunInfo
 
 
 def make_events(run_id: int, n: int, per_request: int = 256) -> list[TokenReceived]:
@@ -60,7 +61,7 @@ def plain_executemany(path: Path, n: int) -> float:
     ]
     t = time.perf_counter()
     with db.conn:
-        db.conn.executemany(_INSERT_TOKEN, rows)
+        db.conn.executemany(INSERT_TOKEN, rows)
     elapsed = time.perf_counter() - t
     db.close()
     return elapsed

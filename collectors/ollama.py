@@ -20,6 +20,7 @@ from llmtop.collectors.streaming import (
     StreamParser,
     reported_count,
     reported_ns,
+    request_params,
     stream_request,
 )
 from llmtop.errors import SourceError
@@ -180,17 +181,7 @@ class OllamaBackend:
     async def stream(self, req: GenerationRequest, emit: Emit) -> None:
         """Send ``req`` and emit its events (never raises for a failed request; see base.py)."""
         body = json.dumps(self.body(req)).encode()
-        params: dict[str, Any] = {"api": req.api, "backend": self.name}
-        params.update(
-            {
-                k: v
-                for k, v in (("top_p", req.top_p), ("top_k", req.top_k), ("seed", req.seed))
-                if v is not None
-            }
-        )
-        if req.extra:
-            params["extra"] = dict(req.extra)
-        state = RequestState(req, emit, params)
+        state = RequestState(req, emit, request_params(req, self.name))
         chat = req.api == "chat"
         await stream_request(
             self._http, self._chat if chat else self._generate, lambda: body, state,

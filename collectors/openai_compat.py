@@ -32,6 +32,7 @@ from llmtop.collectors.streaming import (
     StreamParser,
     reported_count,
     reported_ms_as_ns,
+    request_params,
     stream_request,
 )
 from llmtop.errors import SourceError
@@ -277,17 +278,7 @@ class OpenAIBackend:
                 cache[self.include_usage] = json.dumps(self.body(req)).encode()
             return cache[self.include_usage]
 
-        params: dict[str, Any] = {"api": req.api, "backend": self.name}
-        params.update(
-            {
-                k: v
-                for k, v in (("top_p", req.top_p), ("top_k", req.top_k), ("seed", req.seed))
-                if v is not None
-            }
-        )
-        if req.extra:
-            params["extra"] = dict(req.extra)
-        state = RequestState(req, emit, params)
+        state = RequestState(req, emit, request_params(req, self.name))
         chat = req.api == "chat"
         await stream_request(
             self._http, self._chat if chat else self._completions, make_body, state,

@@ -84,6 +84,18 @@ def reported_ms_as_ns(v: object) -> int | None:
 # --- per-request state ----------------------------------------------------------------------
 
 
+def request_params(req: GenerationRequest, backend: str) -> dict[str, Any]:
+    """What a request's ``params`` column keeps beyond its own columns: the API, the backend,
+    and the sampling settings that were set (an unset one is the server's default, not stored)."""
+    params: dict[str, Any] = {"api": req.api, "backend": backend}
+    for key, value in (("top_p", req.top_p), ("top_k", req.top_k), ("seed", req.seed)):
+        if value is not None:
+            params[key] = value
+    if req.extra:
+        params["extra"] = dict(req.extra)
+    return params
+
+
 class RequestState:
     """One request's counters and clock readings; emits its start, finish or failure once each."""
 

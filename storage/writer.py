@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, assert_never
+from typing import Any, TypeVar
 
 import psutil
 from sqlite_utils import Database
@@ -40,18 +40,10 @@ from sqlite_utils import Database
 from llmtop import __version__
 from llmtop.collectors.events import (
     Event,
-    GpuSampled,
-    RequestFailed,
-    RequestFinished,
-    RequestStarted,
-    ResourcesSampled,
-    ServerSampled,
-    SourceDown,
-    TokenReceived,
 )
-from llmtop.collectors.metrics import e2e_ms, request_metrics, ttft_ms
 from llmtop.errors import StorageError
 from llmtop.storage.db import open_database, resolve_db_path
+from llmtop.storage.rows import RowBuilder, write_batch
 
 T = TypeVar("T")
 
@@ -60,35 +52,6 @@ FLUSH_ROWS = 5_000
 MAX_PENDING_ROWS = 200_000
 
 RUN_STATUSES = ("running", "finished", "cancelled", "interrupted", "failed")
-
-REQUEST_COLUMNS: tuple[str, ...] = (
-    "run_id", "id", "step", "prompt_label", "prompt_chars", "prompt_tokens", "output_tokens",
-    "chunks", "concurrency", "temperature", "max_tokens", "warmup", "t_start_ns", "t_first_ns",
-    "t_end_ns", "ttft_ms", "e2e_ms", "tpot_ms", "decode_tps", "overall_tps", "server_ttft_ms",
-    "server_tps", "load_ms", "done_reason", "status", "error_kind", "http_status", "error",
-)  # fmt: skip
-_UPSERT_REQUEST = (
-    f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(REQUEST_COLUMNS))}) "
-    "ON CONFLICT(run_id, id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in REQUEST_COLUMNS[2:])
-)
-_INSERT_TOKEN = (
-    "INSERT OR REPLACE INTO tokens (run_id, request_id, idx, t_ns, n_tokens, text_len)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-)
-_INSERT_SAMPLE = (
-    "INSERT INTO samples (run_id, t_ns, cpu_pct, mem_used, mem_total, server_rss, server_cpu_pct,"
-    " per_core_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_GPU = (
-    "INSERT INTO gpu_samples (run_id, t_ns, gpu, name, util_pct, mem_used, mem_total, power_w,"
-    " temp_c) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_SERVER = (
-    "INSERT INTO server_samples (run_id, t_ns, source, key, value) VALUES (?, ?, ?, ?, ?)"
-)
-_INSERT_DOWN = "INSERT INTO source_down (run_id, t_ns, source, reason) VALUES (?, ?, ?, ?)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,20 +75,6 @@ class WriterStats:
     rows: int = 0
     flushes: int = 0
     flush_s: float = 0.0
-
-
-class _Batch:
-    """Rows of one flush, built on the writer thread from a list of events."""
-
-    __slots__ = ("downs", "gpus", "requests", "samples", "servers", "tokens")
-
-    def __init__(self) -> None:
-        self.tokens: list[tuple[int, int, int, int, int, int]] = []
-        self.requests: dict[tuple[int, int], dict[str, Any]] = {}
-        self.samples: list[tuple[Any, ...]] = []
-        self.gpus: list[tuple[Any, ...]] = []
-        self.servers: list[tuple[Any, ...]] = []
-        self.downs: list[tuple[Any, ...]] = []
 
 
 def _disk_full(e: sqlite3.Error) -> bool:
@@ -155,7 +104,6 @@ class EventWriter:
         self.path: Path = resolve_db_path(path)
         self.flush_interval_s = flush_interval_s
         self.flush_rows = flush_rows
-        self.store_tokens = store_tokens
         self.max_pending_rows = max_pending_rows
         self.stats = WriterStats()
         self.error: StorageError | None = None
@@ -168,7 +116,7 @@ class EventWriter:
         self._written = 0  # events the thread has written (thread side; int stores are atomic)
         self._room: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._open_requests: dict[tuple[int, int], dict[str, Any]] = {}
+        self._builder = RowBuilder(store_tokens)
         self._db: Database | None = None
         self._closed = False
 
@@ -189,6 +137,11 @@ class EventWriter:
         self._thread.start()
         await self._call(lambda: None)
         self._tasks = [asyncio.create_task(self._tick(), name="writer-tick")]
+
+    @property
+    def store_tokens(self) -> bool:
+        """Whether one row per chunk is kept."""
+        return self._builder.store_tokens
 
     def put_nowait(self, event: Event) -> None:
         """Buffer one event; hands a full batch to the thread. Never blocks, never drops."""
@@ -369,23 +322,9 @@ class EventWriter:
         t = time.perf_counter()
         conn = self._db.conn
         try:
-            b = self._rows(events)
+            b = self._builder.build(events)
             with conn:
-                if b.tokens:
-                    conn.executemany(_INSERT_TOKEN, b.tokens)
-                if b.requests:
-                    conn.executemany(
-                        _UPSERT_REQUEST,
-                        [tuple(r.get(c) for c in REQUEST_COLUMNS) for r in b.requests.values()],
-                    )
-                if b.samples:
-                    conn.executemany(_INSERT_SAMPLE, b.samples)
-                if b.gpus:
-                    conn.executemany(_INSERT_GPU, b.gpus)
-                if b.servers:
-                    conn.executemany(_INSERT_SERVER, b.servers)
-                if b.downs:
-                    conn.executemany(_INSERT_DOWN, b.downs)
+                write_batch(conn, b)
         except sqlite3.Error as e:
             self.error = self._storage_error(e)
             return
@@ -395,111 +334,12 @@ class EventWriter:
                 f"cannot store events in {self.path}: {type(e).__name__}: {e}"
             )
             return
-        for key, row in b.requests.items():
-            if row["status"] != "running":
-                self._open_requests.pop(key, None)
+        self._builder.stored(b)
         self.stats.rows += (
             len(b.tokens) + len(b.requests) + len(b.samples) + len(b.gpus) + len(b.servers)
         )
         self.stats.flushes += 1
         self.stats.flush_s += time.perf_counter() - t
-
-    def _request_row(self, run_id: int, request_id: int, b: _Batch) -> dict[str, Any]:
-        key = (run_id, request_id)
-        row = self._open_requests.get(key)
-        if row is None:
-            row = {"run_id": run_id, "id": request_id, "status": "running", "chunks": 0}
-            self._open_requests[key] = row
-        b.requests[key] = row
-        return row
-
-    def _rows(self, events: list[Event]) -> _Batch:
-        b = _Batch()
-        token = TokenReceived
-        # The hot path: nearly every event is a token; one comprehension each way is fastest.
-        if self.store_tokens:
-            b.tokens = [
-                (e.run_id, e.request_id, e.index, e.t_ns, e.n_tokens, e.text_len)
-                for e in events
-                if type(e) is token
-            ]
-        for ev in [e for e in events if type(e) is not token]:
-            match ev:
-                case RequestStarted():
-                    row = self._request_row(ev.run_id, ev.request_id, b)
-                    row.update(
-                        step=ev.step,
-                        prompt_label=ev.prompt_label,
-                        prompt_chars=ev.prompt_chars,
-                        concurrency=ev.concurrency,
-                        temperature=ev.temperature,
-                        max_tokens=ev.max_tokens,
-                        warmup=int(ev.warmup),
-                        t_start_ns=ev.t_ns,
-                    )
-                case RequestFinished():
-                    m = request_metrics(ev)
-                    row = self._request_row(ev.run_id, ev.request_id, b)
-                    row.update(
-                        status="ok",
-                        t_start_ns=ev.t_start_ns,
-                        t_first_ns=ev.t_first_ns,
-                        t_end_ns=ev.t_ns,
-                        chunks=ev.chunks,
-                        output_tokens=m.output_tokens,
-                        prompt_tokens=ev.server.prompt_tokens,
-                        ttft_ms=m.ttft_ms,
-                        e2e_ms=m.e2e_ms,
-                        tpot_ms=m.tpot_ms,
-                        decode_tps=m.decode_tps,
-                        overall_tps=m.overall_tps,
-                        server_ttft_ms=m.server_ttft_ms,
-                        server_tps=m.server_tps,
-                        load_ms=m.load_ms,
-                        done_reason=ev.server.done_reason,
-                    )
-                case RequestFailed():
-                    row = self._request_row(ev.run_id, ev.request_id, b)
-                    start = ev.t_start_ns if ev.t_start_ns is not None else row.get("t_start_ns")
-                    row.update(
-                        status="cancelled" if ev.error_kind == "cancelled" else "error",
-                        error_kind=ev.error_kind,
-                        error=ev.message,
-                        http_status=ev.http_status,
-                        t_end_ns=ev.t_ns,
-                        t_first_ns=ev.t_first_ns,
-                        chunks=ev.chunks,
-                        output_tokens=ev.tokens_counted,
-                        ttft_ms=None if start is None else ttft_ms(start, ev.t_first_ns),
-                        e2e_ms=None if start is None else e2e_ms(start, ev.t_ns),
-                    )
-                    if start is not None:
-                        row["t_start_ns"] = start
-                case ResourcesSampled():
-                    b.samples.append(
-                        (
-                            ev.run_id, ev.t_ns, ev.cpu_pct, ev.mem_used_bytes, ev.mem_total_bytes,
-                            ev.server_rss_bytes, ev.server_cpu_pct, json.dumps(ev.per_core),
-                        )
-                    )  # fmt: skip
-                case GpuSampled():
-                    b.gpus.append(
-                        (
-                            ev.run_id, ev.t_ns, ev.gpu, ev.name, ev.util_pct, ev.mem_used_bytes,
-                            ev.mem_total_bytes, ev.power_w, ev.temp_c,
-                        )
-                    )  # fmt: skip
-                case ServerSampled():
-                    b.servers.extend(
-                        (ev.run_id, ev.t_ns, ev.source, k, v) for k, v in ev.values.items()
-                    )
-                case SourceDown():
-                    b.downs.append((ev.run_id, ev.t_ns, ev.source, ev.reason))
-                case TokenReceived():
-                    pass
-                case _:
-                    assert_never(ev)
-        return b
 
 
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
