@@ -14,6 +14,7 @@ from rich.text import Text
 from sqlite_utils import Database
 
 from llmtop.app.commands.common import db_option, fmt_num, open_db
+from llmtop.app.report.fmt import local_time
 from llmtop.errors import UsageError
 from llmtop.storage import queries
 from llmtop.storage.maintenance import delete_runs
@@ -26,14 +27,6 @@ _UNITS = {"s": "seconds", "sec": "seconds", "m": "minutes", "min": "minutes", "h
 
 STATUS_STYLE = {"finished": "green", "running": "yellow", "cancelled": "yellow",
                 "interrupted": "red", "failed": "red"}  # fmt: skip
-
-
-def local_time(iso: str) -> str:
-    """A stored UTC start time as the user's local ``YYYY-MM-DD HH:MM`` (what --since takes)."""
-    try:
-        return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
-    except ValueError:
-        return iso[:16].replace("T", " ")
 
 
 NAME_WIDTH = 24

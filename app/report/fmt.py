@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 DASH = "—"
 
 
@@ -67,3 +69,13 @@ def short(value: float | None) -> str:
     if a >= 100 or a == 0:
         return f"{value:.0f}"
     return f"{value:.3g}"
+
+
+def local_time(iso: str, seconds: bool = False) -> str:
+    """A stored UTC time (ISO text) as the user's local ``YYYY-MM-DD HH:MM[:SS]``: what a person
+    compares with their clock, and what ``runs --since`` takes."""
+    try:
+        moment = datetime.fromisoformat(iso).astimezone()
+    except ValueError:
+        return iso[: 19 if seconds else 16].replace("T", " ")
+    return moment.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
