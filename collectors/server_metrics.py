@@ -315,7 +315,7 @@ class ServerMetricsSampler:
         try:
             resp = await client.get(ep.url)
         except httpx.HTTPError as e:
-            self._down(ep, emit, f"{ep.url} unreachable: {type(e).__name__}", retry=True)
+            self._down(ep, emit, f"{ep.url} unreachable: {_why(e)}", retry=True)
             return
         t_ns = self.clock()
         if resp.status_code in (404, 405, 501):
@@ -385,3 +385,12 @@ class ServerMetricsSampler:
                     await asyncio.sleep(delay)
                 else:
                     tick = int((loop.time() - start) / period)
+
+
+def _why(e: httpx.HTTPError) -> str:
+    """Words for the panel rather than httpx's class names."""
+    if isinstance(e, httpx.ConnectError):
+        return "nothing answers (connection refused)"
+    if isinstance(e, httpx.TimeoutException):
+        return "no answer in time"
+    return str(e).splitlines()[0] if str(e) else type(e).__name__

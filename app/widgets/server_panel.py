@@ -45,9 +45,8 @@ class ServerPanel(Widget):
         bar_w = max(0, self.size.width - LABEL_W - VALUE_W - 2)
         parts: list[RenderableType] = []
         for source, reason in self.down:
-            parts.append(
-                Text(f"{source}: {reason}", style=down_style, overflow="ellipsis", no_wrap=True)
-            )
+            # wrapped, not cut: the reason is what the user needs to read to fix it
+            parts.append(Text(f"{source}: {reason}", style=down_style, overflow="fold"))
         for s in self.servers:
             grid = Table.grid(padding=(0, 1))
             grid.add_column(width=LABEL_W, no_wrap=True)

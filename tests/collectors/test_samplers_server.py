@@ -198,7 +198,11 @@ async def test_a_server_without_metrics_is_said_once_and_not_asked_again(plain_s
 
 @pytest.mark.parametrize(
     ("page", "fragment"),
-    [("garbage", "no metrics llmtop knows"), ("broken", "unreadable"), (None, "unreachable")],
+    [
+        ("garbage", "no metrics llmtop knows"),
+        ("broken", "unreadable"),
+        (None, "unreachable: nothing answers (connection refused)"),
+    ],
 )
 async def test_unreadable_and_unreachable_sources_are_said_once(plain_server, page, fragment):
     base = refused_url()
