@@ -99,7 +99,7 @@ class ResourcesPanel(Widget):
             float(r.mem_total_bytes),
         )
         if r.server_rss_bytes is None and r.server_cpu_pct is None and not r.server_rss_series:
-            grid.add_row(Text("server", style=label), Text("process not found", style=muted), "")
+            grid.add_row(Text("server", style=label), "", Text("process not found", style=muted))
         else:
             row(
                 "server RSS",
@@ -115,7 +115,7 @@ class ResourcesPanel(Widget):
                 parts.append(self._gpu(g, high, low, bar_w, label, muted))
         else:
             reason = self.gpu_down or "no GPU found"
-            parts.append(Text(f"no GPU · {reason}", style=muted, no_wrap=True, overflow="ellipsis"))
+            parts.append(Text(f"no GPU · {reason}", style=muted, overflow="fold"))
         return Group(*parts)
 
     def _gpu(self, g: Gpu, high: Color, low: Color, bar_w: int, label, muted) -> Table:
