@@ -1,15 +1,21 @@
 """The ``llmtop`` command: a click group whose subcommands live one per module in app/commands/.
 
 Every expected failure is an ``LlmtopError``: printed as one line on stderr, never a traceback,
-with its exit code (1, or 2 for usage). Ctrl-C exits 130.
+with its exit code (1, or 2 for usage). Ctrl-C exits 130. A bug (any other exception) is one
+line too, its traceback appended to the user log dir's crash.log.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import click
+import platformdirs
 
 from llmtop import __version__
 from llmtop.app.commands import (
@@ -56,6 +62,31 @@ class LlmtopGroup(click.Group):
         except BrokenPipeError:
             sys.stderr.close()  # the reader (head, less) went away: nothing to say
             sys.exit(0)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own: it prints them
+        except Exception as e:
+            internal_error(e)
+
+
+def internal_error(e: Exception) -> None:
+    """A bug: still one line on stderr (the traceback goes to a file, for the bug report), exit 1.
+    ``LLMTOP_DEBUG=1`` shows it in place instead."""
+    if os.environ.get("LLMTOP_DEBUG"):
+        raise e
+    where = ""
+    try:
+        log_dir = Path(platformdirs.user_log_dir("llmtop"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = log_dir / "crash.log"
+        with log.open("a", encoding="utf-8") as f:
+            f.write(f"--- llmtop {__version__} {datetime.now().isoformat(timespec='seconds')} "
+                    f"{' '.join(sys.argv)}\n")  # fmt: skip
+            traceback.print_exception(e, file=f)
+        where = f"; the traceback is in {log}"
+    except OSError:
+        pass
+    message = " ".join(str(e).split())[:200]
+    fail(f"internal error: {type(e).__name__}: {message} (a bug in llmtop{where})", 1)
 
 
 @click.group(

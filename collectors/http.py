@@ -69,6 +69,11 @@ def error_from_body(raw: bytes) -> str:
 # --- URLs --------------------------------------------------------------------------------------
 
 
+def redacted(url: str) -> str:
+    """``url`` with any ``user:password@`` masked, so a key typed into a URL is never echoed."""
+    return re.sub(r"^((?:[^/@]*//)?)[^/]*@", r"\1***@", url.strip())
+
+
 def base_url(url: str, *, default_port: int | None = None, default_path: str = "") -> str:
     """A normalized base URL: scheme, host, port and path, no trailing slash.
 
@@ -84,12 +89,12 @@ def base_url(url: str, *, default_port: int | None = None, default_path: str = "
         parts = urlsplit(raw)
         port = parts.port
     except ValueError as e:
-        raise UsageError(f"bad URL {url!r}: {e}") from None
+        raise UsageError(f"bad URL {redacted(url)!r}: {e}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"bad URL {url!r}: expected http(s)://host[:port][/path]")
+        raise UsageError(f"bad URL {redacted(url)!r}: expected http(s)://host[:port][/path]")
     if parts.username or parts.password:
         raise UsageError(
-            f"bad URL {url!r}: put credentials in an environment variable, not the URL"
+            f"bad URL {redacted(url)!r}: put credentials in an environment variable, not the URL"
         )
     host = parts.hostname
     if host in ("0.0.0.0", "::"):  # a server's listen-on-all address; connect over loopback

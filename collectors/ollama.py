@@ -93,13 +93,14 @@ class NdjsonParser(StreamParser):
                     text = obj.get("response")
                     think = obj.get("thinking")
                 if text or think:
+                    n = len(text or "") + len(think or "")  # before counting: TypeError on 5
                     i = st.chunks
                     st.chunks = i + 1
                     st.tokens += 1
                     if st.t_first_ns is None:
                         st.t_first_ns = t_ns
                     st.t_last_ns = t_ns
-                    emit(TokenReceived(run_id, rid, i, t_ns, 1, len(text or "") + len(think or "")))
+                    emit(TokenReceived(run_id, rid, i, t_ns, 1, n))
                 if obj.get("done"):
                     st.finish(t_ns, ollama_timings(obj))
                     return

@@ -137,17 +137,14 @@ class SseParser(StreamParser):
                     text = c.get("text")
                     extra = None
                 if text or extra:
+                    n = len(text or "") + len(extra or "")  # before counting: TypeError on 5
                     i = st.chunks
                     st.chunks = i + 1
                     st.tokens += 1
                     if st.t_first_ns is None:
                         st.t_first_ns = t_ns
                     st.t_last_ns = t_ns
-                    st.emit(
-                        TokenReceived(
-                            st.run_id, st.request_id, i, t_ns, 1, len(text or "") + len(extra or "")
-                        )
-                    )
+                    st.emit(TokenReceived(st.run_id, st.request_id, i, t_ns, 1, n))
                 reason = c.get("finish_reason")
                 if reason:
                     self.finish_reason = reason
@@ -192,13 +189,14 @@ class SseParser(StreamParser):
             content = c["message"].get("content") if self.chat else c.get("text")
             self.usage = obj.get("usage")
             self.finish_reason = c.get("finish_reason")
+            text_len = len(content) if content else 0  # TypeError: content that is a number
         except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
             raise StreamError("protocol", f"unexpected JSON answer: {one_line(text, 80)}") from None
         st = self.st
         if content:
             st.chunks = st.tokens = 1
             st.t_first_ns = st.t_last_ns = t_ns
-            st.emit(TokenReceived(st.run_id, st.request_id, 0, t_ns, 1, len(content)))
+            st.emit(TokenReceived(st.run_id, st.request_id, 0, t_ns, 1, text_len))
         self._finish(t_ns)
 
 

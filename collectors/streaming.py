@@ -19,7 +19,7 @@ import asyncio
 import codecs
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -77,7 +77,10 @@ def reported_ms_as_ns(v: object) -> int | None:
     """A duration in ms (a JSON number, finite) as ns, within reason, else ``None``."""
     if type(v) not in (int, float):
         return None
-    ns = v * 1e6  # type: ignore[operator]
+    try:
+        ns = v * 1e6  # type: ignore[operator]
+    except OverflowError:  # an integer beyond any float (JSON allows 400 digits)
+        return None
     return int(ns) if math.isfinite(ns) and 0 <= ns <= MAX_REPORTED_NS else None
 
 
@@ -367,7 +370,7 @@ async def _attempt(
             raw = await resp.read()
             parser.feed_document(raw.decode("utf-8", "replace"), time.perf_counter_ns())
         else:
-            await _read_stream(resp, parser, st)
+            await read_stream(resp.content.readany, parser, st)
         if not st.done:
             raise StreamError(
                 "protocol", f"the answer ended without its final chunk after {st.chunks} chunks"
@@ -429,25 +432,45 @@ def _lines(text: str) -> tuple[list[str], str]:
     return lines, lines.pop()
 
 
+def _too_long(st: RequestState) -> StreamError:
+    """The failure of a line over ``MAX_LINE_CHARS``."""
+    return StreamError(
+        "protocol",
+        f"a line longer than {MAX_LINE_CHARS:,} characters after {st.chunks} chunks: "
+        "not a token stream",
+    )
+
+
 def _undecodable(
     e: UnicodeDecodeError, buf: str, parser: StreamParser, st: RequestState, t_ns: int
 ) -> None:
     """Bytes that are not UTF-8: feed the lines complete before them (their tokens arrived),
-    then fail, unless the final chunk was among them."""
-    lines, _ = _lines(buf + e.object[: e.start].decode("utf-8"))
+    then fail, unless the final chunk was among them. Lines over the bound fail as they would
+    have, had the bad bytes come in a later read."""
+    lines, rest = _lines(buf + e.object[: e.start].decode("utf-8"))
+    long = next((i for i, s in enumerate(lines) if len(s) > MAX_LINE_CHARS), None)
+    if long is not None:
+        lines = lines[:long]
     if lines:
         parser.feed(lines, t_ns)
-    if not st.done:
-        raise StreamError(
-            "protocol", f"the stream is not valid UTF-8 after {st.chunks} chunks: {e.reason}"
-        )
+    if st.done:
+        return
+    if long is not None or len(rest.removesuffix("\r")) > MAX_LINE_CHARS:
+        raise _too_long(st)
+    raise StreamError(
+        "protocol", f"the stream is not valid UTF-8 after {st.chunks} chunks: {e.reason}"
+    )
 
 
-async def _read_stream(
-    resp: aiohttp.ClientResponse, parser: StreamParser, st: RequestState
+async def read_stream(
+    readany: Callable[[], Awaitable[bytes]], parser: StreamParser, st: RequestState
 ) -> None:
-    """The hot loop: one timestamp and one decode per socket read, the parser per line."""
-    readany = resp.content.readany
+    """The hot loop: one timestamp and one decode per socket read, the parser per line.
+
+    ``readany`` returns the bytes of one socket read, ``b""`` at the end of the body (aiohttp's
+    ``resp.content.readany``); taking it rather than the response lets tests feed byte chunks
+    split wherever they like (tests/faults/test_faults_fuzz.py) at no cost per read.
+    """
     decode = codecs.getincrementaldecoder("utf-8")().decode
     feed = parser.feed
     perf = time.perf_counter_ns
@@ -470,7 +493,8 @@ async def _read_stream(
             else:  # the common case, inline
                 lines = text.split("\n")
                 buf = lines.pop()
-            too_long = len(buf) > MAX_LINE_CHARS
+            # (a CR held back at the end of buf is a line end, not part of the line)
+            too_long = len(buf) > MAX_LINE_CHARS and len(buf.removesuffix("\r")) > MAX_LINE_CHARS
             if len(text) > MAX_LINE_CHARS:  # rare: a big read; is one of its lines too long?
                 long = next((i for i, s in enumerate(lines) if len(s) > MAX_LINE_CHARS), None)
                 if long is not None:
@@ -481,11 +505,7 @@ async def _read_stream(
                 if st.done:
                     return
             if too_long:
-                raise StreamError(
-                    "protocol",
-                    f"a line longer than {MAX_LINE_CHARS:,} characters after {st.chunks} chunks: "
-                    "not a token stream",
-                )
+                raise _too_long(st)
         tail = decode(b"", True) + buf
     except UnicodeDecodeError as e:
         raise StreamError(

@@ -21,6 +21,7 @@ from llmtop.errors import UsageError
 from llmtop.scenarios.model import (
     APIS,
     ARRIVALS,
+    DEFAULT_MAX_TOKENS,
     DEFAULT_PROMPT,
     DEFAULT_REQUESTS,
     Prompt,
@@ -258,7 +259,8 @@ def _step(
         concurrency=concurrency,
         rate=rate,
         arrival=arrival,
-        max_tokens=values.get("max_tokens", Step.max_tokens),  # type: ignore[arg-type]
+        # not Step.max_tokens: on a slotted dataclass that is the field's descriptor
+        max_tokens=values.get("max_tokens", DEFAULT_MAX_TOKENS),
         temperature=values.get("temperature"),
         seed=values.get("seed"),
         api=values.get("api", "chat"),

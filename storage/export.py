@@ -59,10 +59,19 @@ def iter_rows(
 def write_csv(out: TextIO, columns: Sequence[str], rows: Iterator[tuple[Any, ...]]) -> int:
     """Write a header and the rows; returns the number of rows."""
     w = csv.writer(out, lineterminator="\n")
+    quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
     w.writerow(columns)
     n = 0
     for row in rows:
-        w.writerow([neutralize(v) for v in row])
+        cells = [neutralize(v) for v in row]
+        # csv quotes a cell holding LF but not one holding a lone CR, which spreadsheets read as
+        # a line break: the rest of the cell would start a row of its own, a formula included.
+        for c in cells:
+            if c.__class__ is str and "\r" in c:
+                quoted.writerow(cells)
+                break
+        else:
+            w.writerow(cells)
         n += 1
     return n
 

@@ -1,0 +1,146 @@
+"""The server goes away: refused connections at the start of a run and in the middle of one.
+
+Not a row of test_faults_streams.py, whose one run per API needs the server to outlive every
+fault. Here the fake server runs as its own process and is stopped while a request streams from
+it, so the kernel closes every socket at once, as when a model server crashes or is restarted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faults_table import check_rows
+from support.cli import assert_one_line_error, llmtop_exe, run_llmtop
+from support.servers import Behavior, FakeServer, refused_url
+
+from llmtop.storage import queries
+from llmtop.storage.db import open_readonly
+
+APIS = ("ollama", "openai")
+TIMEOUT_S = 10.0
+"""``record --timeout``: what a request would wait if a dead server were mistaken for a slow one."""
+REQUESTS = 8
+HANG = Behavior(tokens=10, fault="hang_mid_stream", fault_after=2, hold_s=60)
+"""Request 3: two chunks, then silence until the server is stopped under it."""
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    """Poll ``cond`` (another process's doing: the server's log) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or cond}")
+        time.sleep(0.005)
+
+
+def _url(srv: FakeServer | str, api: str) -> str:
+    base = srv if isinstance(srv, str) else srv.url
+    return base if api == "ollama" else base + "/v1"
+
+
+def _gone_mid_run(api: str, tmp: Path) -> dict[str, Any]:
+    """Record against a server that is stopped while request 3 streams; what came of it."""
+    db = tmp / f"gone-{api}.db"
+    srv = FakeServer({"fake": Behavior(tokens=3)}, process=True).start()
+    try:
+        srv.script(Behavior(tokens=3), Behavior(tokens=3), HANG)
+        port = srv.port
+        cmd = [llmtop_exe(), "record", "--backend", api, "--url", _url(srv, api), "--model",
+               "fake", "--requests", str(REQUESTS), "--concurrency", "1", "--unique-prompts",
+               "--timeout", str(TIMEOUT_S), "--sample-hz", "1", "--json", "--db", str(db)]  # fmt: skip
+        env = {**os.environ, "NO_COLOR": "1", "OPENAI_API_KEY": ""}
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)  # fmt: skip
+        wait_until(
+            lambda: len(log := srv.log()) == 3 and len(log[2].sends) >= 2,
+            what="request 3 streaming its first two chunks",
+        )
+    finally:
+        srv.stop()  # SIGTERM: the process ends, the kernel closes its sockets
+    stdout, stderr = proc.communicate(timeout=60)
+    wall_s = time.monotonic() - t0
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    rows = [dict(r) for r in conn.execute("select * from requests order by id")]
+    tokens = dict(conn.execute("select request_id, count(*) from tokens group by request_id"))
+    conn.close()
+    return {"proc": subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr),
+            "rows": rows, "tokens": tokens, "port": port, "wall_s": wall_s}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def gone(tmp_path_factory) -> dict[str, dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("gone")
+    return {api: _gone_mid_run(api, tmp) for api in APIS}
+
+
+def gone_mid_run(request: pytest.FixtureRequest, api: str, tmp: Path) -> None:
+    gone = request.getfixturevalue("gone")[api]
+    proc, rows = gone["proc"], gone["rows"]
+    # The run went on to its end, quickly: no request waited out its 10 s timeout.
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert gone["wall_s"] < TIMEOUT_S, gone["wall_s"]
+    assert len(rows) == REQUESTS
+    assert [r["status"] for r in rows[:2]] == ["ok", "ok"]
+    # The request streaming when the server went: cut, its two chunks kept.
+    cut = rows[2]
+    assert (cut["status"], cut["error_kind"], cut["chunks"]) == ("error", "protocol", 2), cut
+    assert gone["tokens"][cut["id"]] == 2
+    assert "after 2 chunks" in cut["error"], cut["error"]
+    # The next request leaves as the server dies: the kernel may still take its connection on
+    # the closing listener and then reset it (a crashing server does the same).
+    after = rows[3:]
+    if after[0]["error_kind"] == "protocol":
+        assert "closed the connection before answering" in after[0]["error"], after[0]
+        after = after[1:]
+    # Every request after that: refused at once, said so in one line naming the server.
+    for r in after:
+        assert (r["status"], r["error_kind"]) == ("error", "connect"), r
+        assert r["error"] == f"cannot connect to 127.0.0.1:{gone['port']}: connection refused"
+    assert all(r["chunks"] == 0 and 0 <= r["e2e_ms"] < 1000 for r in rows[3:]), rows[3:]
+    # The summary counts them by kind; the run is finished (some requests succeeded).
+    summary = json.loads(proc.stdout)
+    assert summary["status"] == "finished"
+    assert summary["overall"]["errors"] == REQUESTS - 2
+    protocol = REQUESTS - 2 - len(after)
+    assert summary["overall"]["error_kinds"] == {"protocol": protocol, "connect": len(after)}
+
+
+def refused_at_start(request: pytest.FixtureRequest, api: str, tmp: Path) -> None:
+    url = _url(refused_url(), api)
+    db = tmp / f"refused-{api}.db"
+    proc = run_llmtop("record", "--backend", api, "--url", url, "--model", "fake", "--json",
+                      "--db", str(db), env={"OPENAI_API_KEY": ""})  # fmt: skip
+    host = url.removeprefix("http://").split("/")[0]
+    assert_one_line_error(proc, 1, host, "connection refused")
+    summary = json.loads(proc.stdout)  # --json still tells a script how it ended
+    assert summary["status"] == "failed" and host in summary["error"]
+    assert summary["overall"]["n"] == 0
+    run = queries.get_run(open_readonly(db), 1)
+    assert run is not None and run.status == "failed" and host in (run.error or "")
+
+
+CASES: dict[str, Callable[[pytest.FixtureRequest, str, Path], None]] = {
+    "gone-mid-run": gone_mid_run,
+    "refused-at-start": refused_at_start,
+}
+
+
+def test_the_readme_lists_exactly_these_faults():
+    check_rows("test_faults_server.py", CASES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_server_gone(request, tmp_path, name: str, api: str):
+    CASES[name](request, api, tmp_path)
