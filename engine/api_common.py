@@ -23,27 +23,94 @@ class ApiError(Exception):
     """A request the server refuses: HTTP ``status`` with a message the client can act on."""
 
     def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers
+        """Extra response headers, e.g. ``Retry-After`` on a 503."""
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    """The body as a JSON object, or a 400 that says what is wrong with it."""
-    raw = await request.body()
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+"""1 MiB: a prompt of ~250k tokens, far beyond any context the engine serves."""
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``max_bytes``.
+
+    A ``Content-Length`` over the limit is refused before a byte of the body is read; a chunked
+    body is read chunk by chunk and refused the moment it passes the limit, so an oversized
+    body is never held whole (uvicorn discards what the client still sends).
+    """
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise _too_large(int(length), max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(None, max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(length: int | None, max_bytes: int) -> ApiError:
+    got = f"{length:,} bytes" if length is not None else "more than that"
+    return ApiError(
+        413,
+        f"the request body is too large: {got}, the limit is {max_bytes:,} bytes "
+        "(llmtop serve --max-body-bytes)",
+        code="request_too_large",
+    )
+
+
+async def read_json(request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
+    """The body as a JSON object, or a 4xx that says what is wrong with it (413: too large;
+    400: empty, not UTF-8, not JSON, nested too deeply, unpaired surrogate escapes, not an
+    object). Nothing a client sends reaches the 500 handler from here."""
+    raw = await read_body(request, max_bytes)
     if not raw.strip():
         raise ApiError(400, "the request body is empty: send a JSON object")
     try:
-        body = json.loads(raw)
+        text = raw.decode("utf-8-sig")  # JSON is UTF-8 (RFC 8259); a BOM is tolerated
+    except UnicodeDecodeError as e:
+        raise ApiError(
+            400,
+            f"the request body is not valid UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start}",
+        ) from None
+    try:
+        body = json.loads(text)
+    except RecursionError:
+        raise ApiError(400, "the request body is not valid JSON: nested too deeply") from None
     except ValueError as e:
         raise ApiError(400, f"the request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    if "\\u" in text:
+        _refuse_lone_surrogates(body)
     return body
+
+
+def _refuse_lone_surrogates(body: dict[str, Any]) -> None:
+    """A ``\\ud800`` escape without its pair decodes to a string no UTF-8 can hold; it would
+    fail later, in the tokenizer or in writing an answer that echoes it, as a 500."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = e.object[e.start : e.end].encode("utf-8", "backslashreplace").decode()
+        raise ApiError(
+            400, f"the request body holds an unpaired UTF-16 surrogate escape ({bad})"
+        ) from None
 
 
 def _bad(key: str, what: str, value: Any) -> ApiError:
@@ -77,6 +144,31 @@ def opt_float(
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise _bad(key, _range("a number", lo, hi), v)
     return float(v)
+
+
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+"""What a torch generator takes as a seed; a larger one would fail in the engine thread, after
+the request was accepted (and take the jobs sharing its batch step down with it)."""
+GREEDY_EPS = 1e-5
+"""A temperature below this is greedy (as vLLM does): dividing logits by 1e-300 overflows to
+inf, and sampling from inf fails."""
+PENALTY_MIN = 1e-3
+
+
+def greedy_below_eps(temperature: float | None) -> float | None:
+    """``temperature``, with a positive value too small to sample with made 0 (greedy)."""
+    if temperature is not None and temperature < GREEDY_EPS:
+        return 0.0
+    return temperature
+
+
+def opt_penalty(d: dict[str, Any], key: str) -> float | None:
+    """A repetition penalty: 0 (off) or from 0.001 up; a tinier divisor overflows the logits
+    to inf, which sampling cannot take."""
+    v = opt_float(d, key, lo=0.0)
+    if v is not None and 0.0 < v < PENALTY_MIN:
+        raise _bad(key, f"0 (off) or a number >= {PENALTY_MIN}", v)
+    return v
 
 
 def _range(what: str, lo: float | None, hi: float | None) -> str:

@@ -20,12 +20,16 @@ from starlette.routing import Route
 
 from llmtop import __version__
 from llmtop.engine.api_common import (
+    SEED_MAX,
+    SEED_MIN,
     ApiError,
+    greedy_below_eps,
     now_rfc3339,
     opt_bool,
     opt_float,
     opt_int,
     opt_obj,
+    opt_penalty,
     opt_str,
     read_json,
     require_str,
@@ -46,9 +50,11 @@ DEFAULT_TOP_P = 0.9
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def error_response(status: int, message: str) -> JSONResponse:
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """Ollama's error shape: ``{"error": "..."}``."""
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _guard(handler: Handler) -> Handler:
@@ -57,7 +63,7 @@ def _guard(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except ApiError as e:
-            return error_response(e.status, e.message)
+            return error_response(e.status, e.message, e.headers)
 
     return wrapped
 
@@ -65,11 +71,11 @@ def _guard(handler: Handler) -> Handler:
 def sampling_params(options: dict[str, Any]) -> SamplingParams:
     """Ollama ``options`` to sampling parameters; unknown options are ignored, as Ollama does."""
     num_predict = opt_int(options, "num_predict")
-    seed = opt_int(options, "seed")
-    temperature = opt_float(options, "temperature", lo=0.0)
+    seed = opt_int(options, "seed", lo=SEED_MIN, hi=SEED_MAX)
+    temperature = greedy_below_eps(opt_float(options, "temperature", lo=0.0))
     top_k = opt_int(options, "top_k", lo=0)
     top_p = opt_float(options, "top_p", lo=0.0, hi=1.0)
-    repeat_penalty = opt_float(options, "repeat_penalty", lo=0.0)
+    repeat_penalty = opt_penalty(options, "repeat_penalty")
     opt_int(options, "num_ctx", lo=1)  # accepted and checked; the engine's context is fixed
     return SamplingParams(
         # -1 (forever) and -2 (fill the context) both end at the context here; Ollama's runner
@@ -140,7 +146,7 @@ class OllamaApi:
         return model, True if stream is None else stream, params
 
     async def generate(self, request: Request) -> Response:
-        body = await read_json(request)
+        body = await read_json(request, self.service.limits.max_body_bytes)
         model, stream, params = self._common(body)
         prompt = opt_str(body, "prompt") or ""
         system = opt_str(body, "system")
@@ -156,7 +162,7 @@ class OllamaApi:
         else:
             messages = [{"role": "system", "content": system}] if system else []
             ids = context + self.service.chat_ids([*messages, {"role": "user", "content": prompt}])
-        handle = self.service.submit(ids, params, request.state.arrival_ns, strict=False)
+        handle = self.service.submit(ids, params, request.state.arrival_ns)
         if not stream:
             out, logprobs, done = await self._collect(request, handle)
             return JSONResponse(
@@ -169,7 +175,7 @@ class OllamaApi:
         )
 
     async def chat(self, request: Request) -> Response:
-        body = await read_json(request)
+        body = await read_json(request, self.service.limits.max_body_bytes)
         model, stream, params = self._common(body)
         messages = _messages(body)
         if not messages:
@@ -177,7 +183,7 @@ class OllamaApi:
                 self._load_reply(model, {"message": {"role": "assistant", "content": ""}})
             )
         ids = self.service.chat_ids(messages)
-        handle = self.service.submit(ids, params, request.state.arrival_ns, strict=False)
+        handle = self.service.submit(ids, params, request.state.arrival_ns)
 
         def piece(text: str) -> dict[str, Any]:
             return {"message": {"role": "assistant", "content": text}}
@@ -288,7 +294,7 @@ class OllamaApi:
         )
 
     async def show(self, request: Request) -> Response:
-        body = await read_json(request)
+        body = await read_json(request, self.service.limits.max_body_bytes)
         model = opt_str(body, "model") or opt_str(body, "name")
         if not model:
             raise ApiError(400, "'model' is required", param="model")

@@ -1,6 +1,7 @@
 """The OpenAI API over the engine: /v1/chat/completions, /v1/completions, /v1/models, as vLLM
 serves them (SSE ending in ``data: [DONE]``, ``stream_options.include_usage``, OpenAI's error
-object, vLLM's ``top_k`` extension and its context-length check).
+object, vLLM's ``top_k`` extension). Unlike vLLM, a ``max_tokens`` beyond the context is not a
+400: the output stops when the context is full (``finish_reason: length``), as in the Ollama API.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from llmtop.engine.api_common import (
+    SEED_MAX,
+    SEED_MIN,
     ApiError,
+    greedy_below_eps,
     opt_bool,
     opt_float,
     opt_int,
@@ -48,7 +52,8 @@ def _guard(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except ApiError as e:
-            return JSONResponse(error_body(e.message, e.status, e.param, e.code), e.status)
+            body = error_body(e.message, e.status, e.param, e.code)
+            return JSONResponse(body, e.status, headers=e.headers)
 
     return wrapped
 
@@ -88,7 +93,7 @@ def sampling_params(
     max_tokens = opt_int(body, "max_completion_tokens", lo=1)
     if max_tokens is None:
         max_tokens = opt_int(body, "max_tokens", lo=1)
-    temperature = opt_float(body, "temperature", lo=0.0, hi=2.0)
+    temperature = greedy_below_eps(opt_float(body, "temperature", lo=0.0, hi=2.0))
     top_p = opt_float(body, "top_p", lo=0.0, hi=1.0)
     top_k = opt_int(body, "top_k", lo=-1)  # vLLM's extension; -1 and 0 mean off
     return SamplingParams(
@@ -96,7 +101,7 @@ def sampling_params(
         temperature=1.0 if temperature is None else temperature,
         top_k=0 if top_k is None or top_k < 0 else top_k,
         top_p=1.0 if top_p is None or top_p == 0.0 else top_p,
-        seed=opt_int(body, "seed"),
+        seed=opt_int(body, "seed", lo=SEED_MIN, hi=SEED_MAX),
         stop=stop_list(body, "stop", max_items=4),
         logprobs=logprobs,
     )
@@ -136,7 +141,7 @@ class OpenAIApi:
         return model
 
     async def chat_completions(self, request: Request) -> Response:
-        body = await read_json(request)
+        body = await read_json(request, self.service.limits.max_body_bytes)
         model = self._model(body)
         _refuse_unsupported(body)
         messages = _messages(body)
@@ -145,7 +150,7 @@ class OpenAIApi:
         return await self._run(request, body, model, ids, params, chat=True)
 
     async def completions(self, request: Request) -> Response:
-        body = await read_json(request)
+        body = await read_json(request, self.service.limits.max_body_bytes)
         model = self._model(body)
         _refuse_unsupported(body)
         if body.get("logprobs") is not None:
@@ -167,7 +172,7 @@ class OpenAIApi:
     ) -> Response:
         stream = bool(opt_bool(body, "stream"))
         include_usage = bool(opt_bool(opt_obj(body, "stream_options"), "include_usage"))
-        handle = self.service.submit(ids, params, request.state.arrival_ns, strict=True)
+        handle = self.service.submit(ids, params, request.state.arrival_ns)
         head = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
             "object": "chat.completion.chunk" if chat else "text_completion",

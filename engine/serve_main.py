@@ -24,8 +24,16 @@ import socket
 import sys
 
 from llmtop.engine import serving
+from llmtop.engine.admission import DEFAULT_MAX_QUEUE
+from llmtop.engine.api_common import DEFAULT_MAX_BODY_BYTES
 from llmtop.engine.errors import EngineError
-from llmtop.engine.server import ServeOptions, bind_socket, is_loopback, run
+from llmtop.engine.server import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    ServeOptions,
+    bind_socket,
+    is_loopback,
+    run,
+)
 
 assert torch  # imported for its side effect on this process only
 
@@ -46,8 +54,21 @@ def parse(argv: list[str] | None) -> ServeOptions:
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--ctx", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE)
+    p.add_argument("--idle-timeout", type=int, default=DEFAULT_IDLE_TIMEOUT_S)
     a = p.parse_args(argv)
-    return ServeOptions(a.host, a.port, a.model, a.max_batch, a.ctx, a.threads)
+    return ServeOptions(
+        a.host,
+        a.port,
+        a.model,
+        a.max_batch,
+        a.ctx,
+        a.threads,
+        a.max_body_bytes,
+        a.max_queue,
+        a.idle_timeout,
+    )
 
 
 def serve(options: ServeOptions) -> None:
@@ -83,7 +104,14 @@ def serve(options: ServeOptions) -> None:
                 f"llmtop serve: listening on {url} (model {served.service.card.name})", flush=True
             )
 
-        run(sock, served.service, served.metrics, on_ready=ready, on_stop=served.scheduler.stop)
+        run(
+            sock,
+            served.service,
+            served.metrics,
+            on_ready=ready,
+            on_stop=served.scheduler.stop,
+            idle_timeout_s=options.idle_timeout_s,
+        )
     finally:
         sock.close()
 

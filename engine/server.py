@@ -8,6 +8,7 @@ starts the scheduler thread, then prints one ready line, the signal launchers wa
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from collections.abc import Callable
@@ -18,12 +19,16 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from llmtop.engine.admission import DEFAULT_MAX_QUEUE
+from llmtop.engine.api_common import DEFAULT_MAX_BODY_BYTES
 from llmtop.engine.api_ollama import OllamaApi
 from llmtop.engine.api_openai import OpenAIApi
 from llmtop.engine.metrics import CONTENT_TYPE, EngineMetrics
 from llmtop.engine.service import ModelService
 
+DEFAULT_IDLE_TIMEOUT_S = 30
 READY_PREFIX = "llmtop serve: listening on "
 """Launchers (collectors/engine.py) wait for a stdout line starting with this; keep it stable."""
 
@@ -41,6 +46,12 @@ class ServeOptions:
     """Tokens per sequence; ``None``: ``DEFAULT_CONTEXT`` or the model's own if shorter."""
     threads: int | None = None
     """torch CPU threads for the engine; ``None``: torch's default (one per core)."""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    """A larger request body is refused with 413 (before it is read, when its length is sent)."""
+    max_queue: int = DEFAULT_MAX_QUEUE
+    """Requests waiting for a batch slot; more are refused with 503 and ``Retry-After``."""
+    idle_timeout_s: int = DEFAULT_IDLE_TIMEOUT_S
+    """A connection that has not completed a request for this long is closed."""
 
 
 def create_app(service: ModelService, metrics: EngineMetrics) -> Starlette:
@@ -102,6 +113,42 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+class _Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol (h11) with a deadline on every request's headers.
+
+    uvicorn times a kept-alive connection out between requests, but cancels that timer on the
+    first byte that comes in, and sets none before the first request: a connection that never
+    completes a request (idle from the start, or sending its headers a byte at a time, as
+    slowloris does) would be held open forever, and its memory with it. Here each connection
+    gets ``timeout_keep_alive`` seconds, from when it opens and from the end of each response,
+    to complete its next request's headers; a request in progress (a long stream) is never cut.
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._deadline: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        self._arm()  # before uvicorn starts a pipelined next request (a new cycle)
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(self.timeout_keep_alive, self._expire, self.cycle)
+
+    def _expire(self, cycle_then: object) -> None:
+        """No request began since the deadline was set (uvicorn makes a new cycle for each)."""
+        if self.cycle is cycle_then and not self.transport.is_closing():
+            self.transport.close()  # connection_lost then closes the h11 state, as on any close
+
+
 class _Server(uvicorn.Server):
     """uvicorn with two hooks: say when it accepts requests, and end the streams at shutdown
     (uvicorn would otherwise wait for every open stream to finish before exiting)."""
@@ -130,15 +177,17 @@ def run(
     *,
     on_ready: Callable[[str], None],
     on_stop: Callable[[], None],
+    idle_timeout_s: int = DEFAULT_IDLE_TIMEOUT_S,
 ) -> None:
     """Serve on ``sock`` until SIGINT/SIGTERM; ``on_ready(url)`` once requests are accepted."""
     config = uvicorn.Config(
         create_app(service, metrics),
+        http=_Protocol,
         log_level="warning",
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=5,
-        timeout_keep_alive=30,
+        timeout_keep_alive=idle_timeout_s,
     )
     url = url_of(sock)
     _Server(config, lambda: on_ready(url), on_stop).run(sockets=[sock])

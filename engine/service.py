@@ -11,9 +11,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from llmtop.engine.api_common import ApiError
+from llmtop.engine.admission import DEFAULT_MAX_QUEUE, Admission, AdmittedHandle
+from llmtop.engine.api_common import DEFAULT_MAX_BODY_BYTES, ApiError
 from llmtop.engine.errors import RequestError
 from llmtop.engine.jobs import Job, JobHandle, Piece, SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """What one client may ask of the server (``llmtop serve --max-body-bytes --max-queue``)."""
+
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    """A larger request body is refused with 413 before it is read."""
+    max_queue: int = DEFAULT_MAX_QUEUE
+    """Jobs waiting for a batch slot; one more is refused with 503 and ``Retry-After``."""
 
 
 class TextCodec(Protocol):
@@ -92,11 +103,16 @@ class ModelService:
         codec: TextCodec,
         sink: JobSink,
         kv_capacity_bytes: int = 0,
+        *,
+        max_batch: int = 8,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.card = card
         self.codec = codec
         self.sink = sink
         self.kv_capacity_bytes = kv_capacity_bytes
+        self.limits = limits or RequestLimits()
+        self.admission = Admission(max_batch, self.limits.max_queue)
         self._digest: str | None = None
         self._names = {card.name, f"{card.name}:latest"}
 
@@ -143,11 +159,13 @@ class ModelService:
             self._digest = await asyncio.to_thread(_sha256, self.card.path)
         return self._digest
 
-    def check_fits(self, prompt_tokens: int, max_tokens: int | None, strict: bool) -> None:
-        """Refuse a prompt the context cannot hold (400).
+    def check_fits(self, prompt_tokens: int) -> None:
+        """Refuse a prompt the context cannot hold (400): it must leave room for one token.
 
-        ``strict`` (OpenAI, as vLLM): prompt plus ``max_tokens`` must fit. Otherwise (Ollama):
-        the prompt must leave room for one token; the output then stops when the context is full.
+        A ``max_tokens`` / ``num_predict`` beyond what is left is not an error, in either API:
+        the output stops when the context is full, with finish/done reason ``length`` (as
+        Ollama and llama.cpp do; vLLM would refuse it with 400). Both APIs behave the same, so
+        a benchmark gets the same answer whichever API it drives.
         """
         ctx = self.card.context_length
         if prompt_tokens == 0:
@@ -160,27 +178,18 @@ class ModelService:
                 param="messages",
                 code="context_length_exceeded",
             )
-        if strict and max_tokens is not None and prompt_tokens + max_tokens > ctx:
-            raise ApiError(
-                400,
-                f"This model's maximum context length is {ctx} tokens. However, you requested "
-                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, "
-                f"{max_tokens} in the completion). Please reduce the length of the messages "
-                "or completion.",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
 
-    def submit(
-        self, prompt_ids: list[int], params: SamplingParams, arrival_ns: int, *, strict: bool
-    ) -> JobHandle:
-        """Check the request against the context and queue it; call on the event loop.
+    def submit(self, prompt_ids: list[int], params: SamplingParams, arrival_ns: int) -> JobHandle:
+        """Check the request against the context, admit it (or 503) and queue it; call on the
+        event loop.
 
         ``arrival_ns`` (perf_counter_ns when the request came in) starts the job's clock, so
         Ollama's ``total_duration`` includes reading and tokenizing the request.
         """
-        self.check_fits(len(prompt_ids), params.max_tokens, strict)
-        handle = JobHandle(Job(prompt_ids, params, arrival_ns), asyncio.get_running_loop())
+        self.check_fits(len(prompt_ids))
+        self.admission.admit()
+        job = Job(prompt_ids, params, arrival_ns)
+        handle = AdmittedHandle(job, asyncio.get_running_loop(), self.admission)
         self.sink.submit(handle)
         return handle
 

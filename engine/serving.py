@@ -18,7 +18,7 @@ from llmtop.engine.metrics import EngineMetrics, SchedulerGauges
 from llmtop.engine.runner import ModelRunner
 from llmtop.engine.scheduler import Scheduler
 from llmtop.engine.server import ServeOptions
-from llmtop.engine.service import ModelCard, ModelService
+from llmtop.engine.service import ModelCard, ModelService, RequestLimits
 from llmtop.engine.tokenizer import Tokenizer
 
 BUNDLED_NAME = "smollm2"
@@ -130,7 +130,15 @@ def _build(options: ServeOptions, path: Path | None, name: str) -> Served:
         )
     )
     card = model_card(loaded, name, path or default_model_path(), runner.context_length)
-    service = ModelService(card, _Codec(tokenizer), scheduler, runner.kv_capacity_bytes)
+    limits = RequestLimits(options.max_body_bytes, options.max_queue)
+    service = ModelService(
+        card,
+        _Codec(tokenizer),
+        scheduler,
+        runner.kv_capacity_bytes,
+        max_batch=options.max_batch,
+        limits=limits,
+    )
     return Served(service, scheduler, metrics, runner, loaded)
 
 

@@ -64,6 +64,29 @@ ENGINE_MAIN = (
     default=None,
     help="torch CPU threads for the engine (default: one per core).",
 )
+@click.option(
+    "--max-queue",
+    type=click.IntRange(0, 100_000),
+    default=64,
+    show_default=True,
+    help="Requests waiting for a batch slot; more are refused at once with 503 and a "
+    "Retry-After header (seconds) instead of queueing without bound.",
+)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(1024, 1 << 30),
+    default=1 << 20,
+    show_default=True,
+    help="Largest request body; a larger one gets 413, refused before it is read.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.IntRange(1, 3600),
+    default=30,
+    show_default=True,
+    help="Seconds a connection may take to send a complete request (from when it opens, and "
+    "between requests); idle and slowloris connections are closed after it.",
+)
 def serve(
     host: str,
     port: int,
@@ -71,12 +94,20 @@ def serve(
     max_batch: int,
     context_length: int | None,
     threads: int | None,
+    max_queue: int,
+    max_body_bytes: int,
+    idle_timeout: int,
 ) -> None:
     """Serve the in-repo engine behind Ollama- and OpenAI-compatible APIs.
 
     Ollama: /api/generate, /api/chat, /api/tags, /api/ps, /api/show, /api/version.
     OpenAI: /v1/chat/completions, /v1/completions, /v1/models. Prometheus: /metrics.
     Continuous batching: requests join the running batch between decode steps.
+
+    Limits: at most --max-batch requests run and --max-queue wait; more get 503 with
+    Retry-After. A body over --max-body-bytes gets 413. A prompt longer than --ctx gets 400; a
+    max_tokens / num_predict beyond what the context leaves stops there (reason "length").
+    Listens on loopback only unless --host says otherwise.
     """
     missing = [
         m for m in ("torch", "gguf", "starlette", "uvicorn") if not importlib.util.find_spec(m)
@@ -91,6 +122,8 @@ def serve(
         args += ["--ctx", str(context_length)]
     if threads is not None:
         args += ["--threads", str(threads)]
+    args += ["--max-queue", str(max_queue), "--max-body-bytes", str(max_body_bytes)]
+    args += ["--idle-timeout", str(idle_timeout)]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-c", ENGINE_MAIN, *args])
