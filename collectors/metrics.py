@@ -310,7 +310,9 @@ _EXACT_MEAN_LIMIT = 300
 """Above this many values, a bootstrap mean is drawn from its normal limit (see below)."""
 
 
-def _percentile_replicate(data: Sequence[float], q: int, rng: random.Random) -> float:
+def _percentile_replicate(
+    data: Sequence[float], q: int, rng: random.Random, n_eff: float | None = None
+) -> float:
     """One bootstrap replicate of the q-th percentile of sorted ``data``, in O(1).
 
     Resampling n values from the data and taking the percentile (linear between ranks j and j+1)
@@ -319,17 +321,21 @@ def _percentile_replicate(data: Sequence[float], q: int, rng: random.Random) -> 
     uniforms; mapping uniforms through the empirical quantile function (``data[floor(u * n)]``)
     turns them into the resample's order statistics. Same distribution as resampling, at a cost
     that does not grow with n (a soak run has tens of thousands of requests).
+
+    ``n_eff`` (clustered data, see :func:`clustered_n_eff`): resample as if there were only that
+    many independent values, still mapping through all ``data``.
     """
     n = len(data)
-    h = (n - 1) * q / 100
+    m = n if n_eff is None else max(1.0, min(float(n), n_eff))
+    h = (m - 1) * q / 100
     j = int(h)
     frac = h - j
     k = j + 1
-    u1 = rng.betavariate(k, n + 1 - k)
+    u1 = rng.betavariate(k, m + 1 - k)
     low = data[min(int(u1 * n), n - 1)]
-    if frac == 0 or k >= n:
+    if frac == 0 or k >= m:
         return low
-    u2 = u1 + (1 - u1) * rng.betavariate(1, n - k)
+    u2 = u1 + (1 - u1) * rng.betavariate(1, m - k)
     high = data[min(int(u2 * n), n - 1)]
     return low + (high - low) * frac
 
@@ -368,6 +374,66 @@ def bootstrap_replicates(
         return [_mean_replicate(data, rng, mean, se) for _ in range(iterations)]
     if isinstance(statistic, int) and 1 <= statistic <= 99:
         return [_percentile_replicate(data, statistic, rng) for _ in range(iterations)]
+    raise ValueError(f"unknown statistic {statistic!r}: 'mean' or a percentile 1..99")
+
+
+def clustered_n_eff(groups: Sequence[Sequence[float]], statistic: str | int) -> float:
+    """How many independent values clustered data is worth for one statistic (Kish's design effect).
+
+    ITL samples come in requests: the gaps of one request share its batch, its prompt, the
+    server's state at that moment, so they move together, and n gaps of r requests carry far
+    less information than n independent values. Resampling single gaps would make intervals
+    too narrow and call run-to-run drift a real change. The variance of the statistic's
+    estimating equation is taken between requests (a ratio estimator over clusters: for a
+    percentile, the share of values at or below it; for the mean, the values' deviations) and
+    compared with what independent values would give; n_eff = n / that ratio, in [1, n]. With
+    one request there is nothing between requests to measure, so the values count as independent.
+    """
+    sizes = [len(g) for g in groups if g]
+    n, r = sum(sizes), len(sizes)
+    if r < 2:
+        return float(n)
+    flat = sorted(v for g in groups for v in g)
+    if statistic == "mean":
+        mean = statistics.fmean(flat)
+        iid = statistics.pvariance(flat, mean) / n
+        resid = [sum(g) - mean * len(g) for g in groups if g]
+    else:
+        x_q = statistics.quantiles(flat, n=100, method="inclusive")[int(statistic) - 1]
+        p = sum(1 for v in flat if v <= x_q) / n
+        iid = p * (1 - p) / n
+        resid = [sum(1 for v in g if v <= x_q) - p * len(g) for g in groups if g]
+    between = r / (r - 1) * sum(e * e for e in resid) / (n * n)
+    if iid <= 0 or between <= 0:
+        return float(n)
+    return max(1.0, min(float(n), n * iid / between))
+
+
+def clustered_replicates(
+    groups: Sequence[Sequence[float]],
+    statistic: str | int,
+    *,
+    iterations: int = BOOTSTRAP_ITERATIONS,
+    rng: random.Random | None = None,
+) -> list[float]:
+    """Bootstrap replicates of a statistic of pooled ``groups`` (one list per request), with the
+    spread clustering gives (:func:`clustered_n_eff`).
+
+    Raises:
+        ValueError: an unknown statistic, or no values.
+    """
+    data = sorted(float(v) for g in groups for v in g)
+    if not data:
+        raise ValueError("bootstrap needs at least one value")
+    rng = rng if rng is not None else random.Random(BOOTSTRAP_SEED)
+    if statistic == "mean":
+        n_eff = clustered_n_eff(groups, "mean")
+        mean = statistics.fmean(data)
+        se = statistics.pstdev(data) / math.sqrt(n_eff)
+        return [rng.gauss(mean, se) for _ in range(iterations)]
+    if isinstance(statistic, int) and 1 <= statistic <= 99:
+        n_eff = clustered_n_eff(groups, statistic)
+        return [_percentile_replicate(data, statistic, rng, n_eff) for _ in range(iterations)]
     raise ValueError(f"unknown statistic {statistic!r}: 'mean' or a percentile 1..99")
 
 
@@ -410,6 +476,25 @@ def bootstrap_diff_ci(
     rng = random.Random(seed)
     a = bootstrap_replicates(baseline, statistic, iterations=iterations, rng=rng)
     b = bootstrap_replicates(candidate, statistic, iterations=iterations, rng=rng)
+    return _interval([y - x for x, y in zip(a, b, strict=True)], confidence)
+
+
+def clustered_diff_ci(
+    baseline: Sequence[Sequence[float]],
+    candidate: Sequence[Sequence[float]],
+    statistic: str | int,
+    *,
+    confidence: float = 0.95,
+    iterations: int = BOOTSTRAP_ITERATIONS,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float] | None:
+    """:func:`bootstrap_diff_ci` for values that come in groups (ITL: one group per request).
+    ``None`` when either run has no values."""
+    if not any(baseline) or not any(candidate):
+        return None
+    rng = random.Random(seed)
+    a = clustered_replicates(baseline, statistic, iterations=iterations, rng=rng)
+    b = clustered_replicates(candidate, statistic, iterations=iterations, rng=rng)
     return _interval([y - x for x, y in zip(a, b, strict=True)], confidence)
 
 

@@ -354,11 +354,12 @@ def run_summary(
 # --- charts ------------------------------------------------------------------------------------
 
 
-def metric_values(
-    db: Database, run_id: int, metric: str, *, step: str | None = None
-) -> list[float]:
-    """Values of one per-request metric (or ``itl_ms``) over the run's measured, successful requests."""
-    if metric == "itl_ms":
+def itl_groups(
+    db: Database, run_id: int, *, step: str | None = None, ids: list[int] | None = None
+) -> list[list[float]]:
+    """ITL samples (ms) of the run's measured, successful requests, one list per request (the
+    unit a comparison resamples: gaps of one request move together)."""
+    if ids is None:
         ids = [
             r["id"]
             for r in db.query(
@@ -367,7 +368,15 @@ def metric_values(
                 [run_id, step] if step is not None else [run_id],
             )
         ]
-        return [v for vs in itl_by_request(db, run_id, ids).values() for v in vs]
+    return [vs for vs in itl_by_request(db, run_id, ids).values() if vs]
+
+
+def metric_values(
+    db: Database, run_id: int, metric: str, *, step: str | None = None
+) -> list[float]:
+    """Values of one per-request metric (or ``itl_ms``) over the run's measured, successful requests."""
+    if metric == "itl_ms":
+        return [v for vs in itl_groups(db, run_id, step=step) for v in vs]
     if metric not in REQUEST_METRICS:
         raise ValueError(f"unknown metric {metric!r}")
     sql = f"select {metric} v from requests where run_id = ? and warmup = 0 and status = 'ok' and {metric} is not null"

@@ -3,7 +3,9 @@
 A change counts only when it is both real and large enough to matter:
 - real: the bootstrap interval of the difference (from each run's stored per-request values,
   seeded, so the verdict is stable) excludes zero; a difference the requests' own spread explains
-  is "within noise";
+  is "within noise". ITL gaps are resampled as what they are, groups per request that move
+  together (metrics.clustered_n_eff), not as independent values, which would make intervals
+  several times too narrow;
 - large enough: at least ``threshold`` (5 % by default) of the baseline, because two runs on a
   shared machine drift by a few percent for reasons no resampling of one run can see.
 Rows without per-request values (req/s, tok/s, resources) are judged by the threshold alone.
@@ -14,7 +16,7 @@ request's 0/1 outcome.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from sqlite_utils import Database
@@ -165,6 +167,9 @@ class RunSample:
     values: dict[str, list[float]]
     outcomes: list[tuple[bool, float | None, float | None, float | None]]
     slo: Slo
+    groups: dict[str, list[list[float]]] = field(default_factory=dict)
+    """Sources whose values come in groups (``itl_ms``: one list per request), resampled with
+    the spread that grouping gives (metrics.clustered_n_eff)."""
 
 
 def _share_values(sample: RunSample, kind: str) -> list[float]:
@@ -193,7 +198,14 @@ def judge(
         relative = None
         small = abs(delta) < SHARE_THRESHOLD
     else:
-        if spec.source is not None:
+        if spec.source is not None and spec.source in base.groups and spec.source in cand.groups:
+            interval = metrics.clustered_diff_ci(
+                base.groups[spec.source],
+                cand.groups[spec.source],
+                spec.statistic,
+                confidence=confidence,
+            )
+        elif spec.source is not None:
             interval = metrics.bootstrap_diff_ci(
                 base.values.get(spec.source, []),
                 cand.values.get(spec.source, []),
@@ -264,7 +276,8 @@ def differences(samples: Sequence[RunSample]) -> list[str]:
     return notes
 
 
-VALUE_SOURCES: tuple[str, ...] = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "decode_tps")
+VALUE_SOURCES: tuple[str, ...] = ("ttft_ms", "tpot_ms", "e2e_ms", "decode_tps")
+"""Per-request values; ``itl_ms`` is loaded by request, as groups."""
 
 
 def load_sample(db: Database, run_id: int, step: str | None) -> RunSample:
@@ -285,8 +298,10 @@ def load_sample(db: Database, run_id: int, step: str | None) -> RunSample:
             raise UsageError(f"run {run_id} has no step {step!r} (its steps: {names})")
         chosen = found[0]
     values = {m: queries.metric_values(db, run_id, m, step=step) for m in VALUE_SOURCES}
+    groups = {"itl_ms": queries.itl_groups(db, run_id, step=step)}
+    values["itl_ms"] = [v for g in groups["itl_ms"] for v in g]
     outcomes = queries.request_outcomes(db, run_id, step=step)
-    return RunSample(summary.run, chosen, values, outcomes, summary.slo)
+    return RunSample(summary.run, chosen, values, outcomes, summary.slo, groups)
 
 
 def shared_steps(db: Database, run_ids: Sequence[int]) -> list[str]:

@@ -88,3 +88,73 @@ def test_sustainable_rate_stops_at_the_first_rate_that_breaks_the_slos():
     assert metrics.sustainable_rate(points, 0.9) == 1.0
     assert metrics.sustainable_rate([(1.0, 0.5)], 0.9) is None
     assert metrics.sustainable_rate([(1.0, None), (2.0, 1.0)], 0.9) == 2.0
+
+
+# --- values that come in groups (ITL: the gaps of one request) -----------------------------
+
+
+def _requests(rng: random.Random, n_req: int, gaps: int, level=lambda r: 20.0, jitter=0.5):
+    """``n_req`` requests of ``gaps`` ITL values each around the request's own level."""
+    out = []
+    for _ in range(n_req):
+        mu = level(rng)
+        out.append([mu + rng.gauss(0, jitter) for _ in range(gaps)])
+    return out
+
+
+def test_groups_that_move_together_are_worth_about_one_value_each():
+    rng = random.Random(1)
+    # every request at its own level, its gaps equal: 40 requests carry 40 values' worth
+    groups = [[rng.uniform(10, 30)] * 50 for _ in range(40)]
+    assert metrics.clustered_n_eff(groups, "mean") == pytest.approx(39, abs=0.01)  # R - 1
+    for q in (50, 95):
+        assert 20 <= metrics.clustered_n_eff(groups, q) <= 80  # of 2,000 values
+
+
+def test_independent_groups_are_worth_all_their_values():
+    rng = random.Random(2)
+    groups = [[rng.gauss(20, 3) for _ in range(50)] for _ in range(40)]
+    for stat in ("mean", 50, 95):
+        assert 1300 <= metrics.clustered_n_eff(groups, stat) <= 2000, stat
+
+
+def test_one_group_counts_as_independent_values():
+    assert metrics.clustered_n_eff([[1.0, 2.0, 3.0]], 50) == 3.0
+
+
+def test_run_to_run_drift_of_request_levels_is_noise_and_a_real_slowdown_is_not():
+    """Two runs of one server whose requests each run at their own pace (batch mates, prompt
+    lengths): pooling the gaps as independent values calls the difference real; resampling with
+    the grouping does not, and still sees a 1.5x slowdown."""
+    rng = random.Random(10)
+    levels = [rng.uniform(10, 30) for _ in range(30)]  # sd ~5.8 ms between requests
+    a = [[mu + rng.gauss(0, 0.5) for _ in range(60)] for mu in levels]
+    # the second run's requests 1 ms slower on average: well inside what 30 requests with a
+    # spread of ~6 ms can tell apart (standard error of the difference ~1.5 ms)
+    b = [[mu + 1.0 + rng.gauss(0, 0.5) for _ in range(60)] for mu in reversed(levels)]
+    flat_a, flat_b = [v for g in a for v in g], [v for g in b for v in g]
+    for stat in ("mean", 50):
+        naive = metrics.bootstrap_diff_ci(flat_a, flat_b, stat)
+        grouped = metrics.clustered_diff_ci(a, b, stat)
+        assert naive is not None and grouped is not None
+        assert not naive[0] <= 0 <= naive[1], (stat, naive)  # the naive interval is fooled
+        assert grouped[0] <= 0 <= grouped[1], (stat, grouped)
+    slow = [[v * 1.5 for v in g] for g in b]
+    for stat in ("mean", 50, 95):
+        lo, _ = metrics.clustered_diff_ci(a, slow, stat)
+        assert lo > 0, stat
+
+
+def test_grouped_percentile_replicates_match_resampling_whole_requests():
+    """The design-effect shortcut against the plain cluster bootstrap (resample requests, pool
+    their gaps, take the percentile): same spread within sampling error."""
+    rng = random.Random(3)
+    groups = _requests(rng, 25, 30, lambda r: r.uniform(10, 30), jitter=2.0)
+    fast = metrics.clustered_replicates(groups, 50, iterations=2000, rng=random.Random(4))
+    plain_rng = random.Random(5)
+    plain = []
+    for _ in range(2000):
+        pooled = [v for g in plain_rng.choices(groups, k=len(groups)) for v in g]
+        plain.append(metrics.percentile(pooled, 50))
+    assert statistics.pstdev(fast) == pytest.approx(statistics.pstdev(plain), rel=0.25)
+    assert statistics.fmean(fast) == pytest.approx(statistics.fmean(plain), rel=0.02)
