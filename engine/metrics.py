@@ -120,7 +120,16 @@ class EngineMetrics:
             buckets=E2E_BUCKETS,
             registry=r,
         )
+        self.http_errors = Counter(
+            "llmtop_engine_http_errors",
+            "Requests answered with an error status: 400 bad input, 404 unknown model or path, "
+            "413 body too large, 503 queue full, 500 a bug.",
+            [*labels, "status"],
+            registry=r,
+        )
         m = model_name
+        for status in ("400", "404", "413", "503"):
+            self.http_errors.labels(m, status)  # present at 0: a rate needs a starting point
         self._prompt = self.prompt_tokens.labels(m)
         self._gen = self.generation_tokens.labels(m)
         self._ttft = self.ttft.labels(m)
@@ -163,6 +172,10 @@ class EngineMetrics:
             self.queue_time.labels(m).observe(done.queue_ns / 1e9)
             self.prefill_time.labels(m).observe(done.prefill_ns / 1e9)
             self.decode_time.labels(m).observe(done.decode_ns / 1e9)
+
+    def http_error(self, status: int) -> None:
+        """A response went out with ``status`` >= 400."""
+        self.http_errors.labels(self.model_name, str(status)).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

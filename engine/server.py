@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from llmtop.engine.admission import DEFAULT_MAX_QUEUE
@@ -76,7 +77,31 @@ def create_app(service: ModelService, metrics: EngineMetrics) -> Starlette:
         *OllamaApi(service).routes(),
         *OpenAIApi(service).routes(),
     ]
-    return Starlette(routes=routes, exception_handlers={Exception: server_error})
+    app = Starlette(routes=routes, exception_handlers={Exception: server_error})
+    app.add_middleware(ErrorCounter, metrics=metrics)
+    return app
+
+
+class ErrorCounter:
+    """Counts error answers for /metrics (``llmtop_engine_http_errors_total{status}``): a server
+    refusing work under load (503) or being sent garbage (400, 413) is what an operator watches.
+    A plain ASGI wrapper, so streamed answers pass through untouched."""
+
+    def __init__(self, app: ASGIApp, metrics: EngineMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                self.metrics.http_error(message["status"])
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
 
 
 def is_loopback(host: str) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import sqlite3
@@ -359,8 +360,17 @@ async def _fill_queue(url: str) -> None:
             r.release()
 
 
+def _refused_503(s: Served) -> float:
+    text = s.http.get("/metrics").text
+    m = re.search(r'^llmtop_engine_http_errors_total\{[^}]*status="503"[^}]*\} (\S+)$', text, re.M)
+    assert m, "the 503 counter is on /metrics"
+    return float(m.group(1))
+
+
 def queue_full(s: Served) -> None:
+    before = _refused_503(s)
     asyncio.run(_fill_queue(s.sp.url))
+    assert _refused_503(s) - before == len(ENDPOINTS)  # the operator sees the refusals
     s.assert_serving()
 
 

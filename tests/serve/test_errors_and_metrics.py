@@ -128,3 +128,20 @@ def test_metrics_use_vllm_names_and_count_tokens(http):
         assert after[name] - before[name] == pytest.approx(body[field] / 1e9, abs=1e-6)
     assert after["vllm:num_requests_running"] == 0 and after["llmtop_engine_kv_cache_bytes"] == 0
     assert after["llmtop_engine_kv_cache_capacity_bytes"] > 0
+
+
+def test_error_answers_are_counted_by_status(http):
+    before = metrics(http)
+    for status in ("400", "404", "413", "503"):
+        assert f"llmtop_engine_http_errors_total{{status={status}}}" in before, status
+    http.post("/api/generate", content=b"{not json", headers={"content-type": "application/json"})
+    http.post("/api/generate", json={"model": "nope", "prompt": "hi"})
+    http.post("/v1/completions", json={"model": "nope", "prompt": "hi"})
+    assert_alive(http)  # a 200 is not counted
+    after = metrics(http)
+
+    def grew(status: str) -> float:
+        key = f"llmtop_engine_http_errors_total{{status={status}}}"
+        return after[key] - before[key]
+
+    assert (grew("400"), grew("404"), grew("413"), grew("503")) == (1, 2, 0, 0)
