@@ -12,10 +12,15 @@ equal lengths every worker would finish on the same step and all would arrive ag
 lockstep, which measures a thundering herd rather than steady load. Levels are interleaved and
 repeated (``--repeat``) and the median of the repeats is kept: this machine is shared and noisy.
 
+Requests are greedy unless ``--temperature`` says otherwise (then the server's defaults for
+top_k / top_p apply, as a plain Ollama client gets them): sampled rows cost the scheduler more
+than an argmax, so this shows what batching does for ordinary chat traffic.
+
 Prints one line: tokens/s per level, mean TTFT per level, and the two ratios against the goals
 (c8 >= 4x the tokens/s of c1; TTFT at c8 <= 3x that at c1).
 
     .venv/bin/python bench/serve.py [--url URL] [--levels 1,2,4,8] [--max-tokens 64]
+                                    [--temperature 0.8]
 """
 
 from __future__ import annotations
@@ -71,12 +76,15 @@ def start_server(max_batch: int) -> tuple[subprocess.Popen[str], str]:
     raise SystemExit(f"llmtop serve exited ({proc.wait()}) before it was ready")
 
 
+TEMPERATURE = 0.0  # --temperature
+
+
 async def one(
     session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int, win: Window
 ) -> None:
     """Stream one request; count its chunks and its TTFT into ``win`` where they fall inside."""
     body = {"model": "smollm2", "prompt": prompt,
-            "options": {"num_predict": max_tokens, "temperature": 0}}  # fmt: skip
+            "options": {"num_predict": max_tokens, "temperature": TEMPERATURE}}  # fmt: skip
     t0 = time.perf_counter()
     first = True
     async with session.post(f"{url}/api/generate", json=body) as r:
@@ -141,7 +149,8 @@ async def main(args: argparse.Namespace) -> str:
         + f" (c{hi}/c{lo} {tp[hi] / tp[lo]:.2f}x, goal >= 4x) | TTFT ms "
         + " ".join(f"c{c}={tt[c]:.0f}" for c in args.levels)
         + f" (c{hi}/c{lo} {tt[hi] / tt[lo]:.2f}x, goal <= 3x) | ~{args.max_tokens} tokens, "
-        f"{args.seconds:g} s windows, median of {args.repeat}, {os.cpu_count()} cpus"
+        + (f"temperature {args.temperature:g}, " if args.temperature else "greedy, ")
+        + f"{args.seconds:g} s windows, median of {args.repeat}, {os.cpu_count()} cpus"
     )
 
 
@@ -153,8 +162,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.5, help="seconds per level not counted")
     p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per level")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     return p.parse_args()
 
 
 if __name__ == "__main__":
-    print(asyncio.run(main(parse_args())))
+    arguments = parse_args()
+    TEMPERATURE = arguments.temperature
+    print(asyncio.run(main(arguments)))

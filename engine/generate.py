@@ -33,6 +33,7 @@ from llmtop.engine.kv_cache import CacheSlots, SequenceCache
 from llmtop.engine.loader import LoadedModel
 from llmtop.engine.model import Transformer
 from llmtop.engine.sampling import Sampler, SamplingParams
+from llmtop.engine.stop_text import StopText
 
 DoneReason = Literal["stop", "length", "cancelled"]
 PREFILL_CHUNK = 512  # prompt tokens per forward pass; bounds attention memory on long prompts
@@ -90,7 +91,8 @@ def prefill(
         tokens = torch.tensor([part], dtype=torch.long, device=dev)
         pos = torch.arange(seq.length, seq.length + n, device=dev).unsqueeze(0)
         slots = CacheSlots(slot, (seq.slot, seq.slot + 1), seq.length + n)
-        logits = model(tokens, pos, seq.cache, slots, last=torch.tensor([n - 1], device=dev))
+        last = torch.tensor([n - 1], device=dev)
+        logits = model(tokens, pos, seq.cache, slots, last=last, prompt=True)
         seq.length += n
     assert logits is not None, "empty prompt"
     return logits[0]
@@ -108,54 +110,6 @@ def decode_one(model: Transformer, seq: SequenceCache, token: int) -> Tensor:
     logits = model(tokens, pos, seq.cache, slots)
     seq.length += 1
     return logits[0, -1]
-
-
-class StopStrings:
-    """Streamed text against stop strings: release only what cannot be the start of one.
-
-    A stop string can arrive split over tokens ("\\n" then "\\n"), so a tail of the text that is
-    a prefix of a stop string waits until the next piece settles it. ``text`` is the output so
-    far, cut before the first stop string once one has appeared.
-    """
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.text, self.released, self.stopped = "", 0, False
-
-    def feed(self, piece: str) -> str:
-        """Add decoded text; return the part that may be streamed now."""
-        if self.stopped:
-            return ""
-        self.text += piece
-        cut = min(
-            (
-                i
-                for s in self.stops
-                if (i := self.text.find(s, max(0, self.released - len(s)))) >= 0
-            ),
-            default=-1,
-        )
-        if cut >= 0:
-            self.text, self.stopped = self.text[:cut], True
-            return self.finish()
-        upto = len(self.text) - self._held_back()
-        out, self.released = self.text[self.released : upto], max(self.released, upto)
-        return out
-
-    def finish(self) -> str:
-        """The held-back rest, once no more text can come."""
-        out, self.released = self.text[self.released :], len(self.text)
-        return out
-
-    def _held_back(self) -> int:
-        """Length of the longest tail of ``text`` that is a proper prefix of a stop string."""
-        keep = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.text)), keep, -1):
-                if self.text.endswith(s[:n]):
-                    keep = n
-                    break
-        return keep
 
 
 class Generation:
@@ -224,7 +178,8 @@ class Generation:
     @torch.inference_mode()
     def _run(self) -> Iterator[TokenEvent]:
         model, tok = self.lm.model, self.lm.tokenizer
-        stream, stops = tok.stream(skip_special=True), StopStrings(self.stop)
+        stream, stops = tok.stream(skip_special=True), StopText(tuple(self.stop))
+        sent = ""  # the text the TokenEvents carried
         out: list[int] = []
         reason: DoneReason = "length"
         t_prefill = t_prefill_end = t_last = time.perf_counter_ns()
@@ -240,11 +195,12 @@ class Generation:
                     reason = "stop"
                     break
                 out.append(token)
-                piece = stops.feed(stream.step(token))
+                piece = stops.push(stream.step(token))
                 last = stops.stopped or len(out) == self.max_tokens
                 if last:
                     reason = "stop" if stops.stopped else "length"
-                    piece += stops.finish()  # nothing more can complete a stop string
+                    piece += stops.flush()  # nothing more can complete a stop string
+                sent += piece
                 event = TokenEvent(len(out) - 1, token, piece, t_last)
                 if self.on_token is not None:
                     self.on_token(event)
@@ -255,7 +211,7 @@ class Generation:
                     reason = "cancelled"
                     break
                 logits = decode_one(model, self.seq, token)
-        text = stops.text
+        text = sent + stops.flush()  # text held back when a stop token or a cancel came
         if not stops.stopped:  # bytes of an unfinished character the stream still holds
             full = tok.decode(out, skip_special=True)
             if len(full) > len(text) and full.startswith(text):
@@ -269,7 +225,7 @@ class Generation:
             total_ns=time.perf_counter_ns() - self.t_start_ns + self.model_load_ns,
             done_reason=reason,
             text=text,
-            tail=text[stops.released :],
+            tail=text[len(sent) :],
             token_ids=tuple(out),
         )
 

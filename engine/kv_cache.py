@@ -149,3 +149,48 @@ class CacheSlots:
         if self.span is not None:
             return cache[self.span[0] : self.span[1], :, : self.kv_len]
         return cache[:, :, : self.kv_len].index_select(0, self.index)
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One sequence's run of prompt tokens inside a ``RaggedStep`` (a prefill chunk)."""
+
+    start: int
+    """Index of its first token among the step's tokens."""
+    length: int
+    slot: int
+    first_pos: int
+    """The position of its first token in its sequence (the tokens before it are cached)."""
+
+    @property
+    def kv_len(self) -> int:
+        return self.first_pos + self.length
+
+    @property
+    def end(self) -> int:
+        """Index after its last token among the step's tokens."""
+        return self.start + self.length
+
+
+@dataclass(frozen=True, slots=True)
+class RaggedStep:
+    """One forward over decode rows and prefill chunks together, their tokens laid end to end.
+
+    The first ``n_decode`` tokens are one token each of the decoding sequences (``decode`` says
+    which slots, consecutive when possible); after them come the ``segments``, each a chunk of
+    one prompt. Every token is written to the cache at (``slot_of[i]``, ``pos[i]``). The
+    projections see all tokens as one matrix, so a prefill chunk rides along with the decode
+    step instead of pausing it for a forward of its own.
+    """
+
+    slot_of: Tensor
+    """[N] the cache slot of each token."""
+    pos: Tensor
+    """[N] each token's position in its own sequence."""
+    n_decode: int
+    decode: CacheSlots | None
+    segments: tuple[Segment, ...]
+
+    def write(self, cache: Tensor, new: Tensor) -> None:
+        """cache [S, H, T, D] at each token's (slot, position) <- new [N, H, D]."""
+        cache[self.slot_of, :, self.pos] = new

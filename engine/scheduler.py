@@ -9,9 +9,12 @@ disconnects frees its slot within one step.
 
 One iteration:
     1. take new jobs from the inbox; drop cancelled ones (waiting or running)
-    2. give free slots to waiting jobs; prefill up to ``prefill_chunk`` prompt tokens in total
-       (a long prompt is prefilled over several iterations, so running streams keep flowing)
-    3. one decode step over all sequences that have a token to feed
+    2. give free slots to waiting jobs, starting each from the prefix cache (the runner's copy
+       of the last prompt's keys and values, when the new prompt begins the same way)
+    3. one forward over every sequence that has a token to feed AND up to ``prefill_chunk``
+       prompt tokens of the sequences still prefilling (chunked prefill: a new prompt rides
+       along with the decode step instead of pausing every stream for a forward of its own; a
+       long prompt is spread over several steps)
     4. deliver the pieces; finished sequences give their slot back
 """
 
@@ -31,13 +34,15 @@ from typing import Protocol
 import torch
 
 from llmtop.engine.jobs import Done, Event, FinishReason, JobHandle, Piece
-from llmtop.engine.sampler_rows import row_sampler, sample_rows
+from llmtop.engine.runner import MIN_LAST_CHUNK, Chunk
+from llmtop.engine.sampler_rows import row_sampler, sample_rows, token_logprobs
 from llmtop.engine.sampling import Sampler
 from llmtop.engine.stop_text import StopText, TokenDecoder
 
 
 class BatchModel(Protocol):
-    """The forward passes the scheduler drives, over ``slots`` preallocated KV caches."""
+    """The forward passes the scheduler drives, over ``slots`` preallocated KV caches
+    (engine/runner.py implements it)."""
 
     slots: int
     context_length: int
@@ -53,14 +58,23 @@ class BatchModel(Protocol):
         """Copy the first ``n`` cached positions of slot ``src`` into slot ``dst``."""
         ...
 
-    def prefill(self, slot: int, ids: Sequence[int], start: int) -> torch.Tensor:
-        """Run ``ids`` at positions ``start..`` of ``slot``; the last position's logits ``[V]``."""
+    def step(
+        self,
+        slots: Sequence[int],
+        tokens: Sequence[int],
+        positions: Sequence[int],
+        chunks: Sequence[Chunk] = (),
+    ) -> torch.Tensor:
+        """One forward: a token per decode row at its own position, and the prompt ``chunks``;
+        logits ``[rows + chunks, V]`` (each chunk's last token's)."""
         ...
 
-    def decode(
-        self, slots: Sequence[int], tokens: Sequence[int], positions: Sequence[int]
-    ) -> torch.Tensor:
-        """One token per row at its own position; logits ``[B, V]``."""
+    def reuse_prefix(self, slot: int, ids: Sequence[int]) -> int:
+        """Fill ``slot`` with the cached start of prompt ``ids``; how many tokens that was."""
+        ...
+
+    def remember_prefix(self, slot: int, ids: Sequence[int]) -> None:
+        """Cache prompt ``ids``, just prefilled into ``slot``, for later prompts."""
         ...
 
 
@@ -217,9 +231,7 @@ class Scheduler:
         self._compact()
         while len(self._running) < self.max_batch and self._waiting:
             self._admit(self._waiting.popleft())
-        self._prefill()
-        self._compact()
-        self._decode()
+        self._step()
         self._compact()
 
     def _admit(self, handle: JobHandle) -> None:
@@ -227,47 +239,67 @@ class Scheduler:
         slot = self.model.acquire()
         seq = _Seq(handle, slot, self.new_decoder(), StopText(params.stop), row_sampler(params))
         seq.t_start = time.perf_counter_ns()
+        seq.prefilled = self.model.reuse_prefix(slot, seq.prompt)
         self._running.append(seq)
 
-    def _prefill(self) -> None:
-        """Prefill waiting prompts, oldest first, up to ``prefill_chunk`` tokens in all."""
-        budget = self.prefill_chunk
-        for seq in [s for s in self._running if s.next_token is None]:
-            if budget <= 0:
-                break
-            chunk = seq.prompt[seq.prefilled : seq.prefilled + budget]
-            logits = self.model.prefill(seq.slot, chunk, seq.prefilled)
-            seq.prefilled += len(chunk)
-            budget -= len(chunk)
-            if seq.prefilled < len(seq.prompt):
-                continue
-            token = sample_rows(logits[None, :], [seq.sampler], [_history(seq)])[0]
-            now = time.perf_counter_ns()
-            seq.t_first = seq.t_last = now
-            if self.observer:
-                self.observer.prefilled(len(seq.prompt), now - seq.handle.job.arrival_ns)
-            self._accept(seq, token, now, logits)
-            self._publish()  # its first token goes out now, not after the other prefills
-
-    def _decode(self) -> None:
+    def _step(self) -> None:
+        """One forward: the decode rows, then prompt chunks (oldest first) up to the budget."""
         # Rows in slot order: consecutive slots are read as one view of the cache, not a gather.
         rows = sorted((s for s in self._running if s.next_token is not None), key=_slot_of)
+        filling: list[_Seq] = []
+        chunks: list[Chunk] = []
+        budget = self.prefill_chunk
+        for seq in self._running:
+            if seq.next_token is not None:
+                continue
+            if budget <= 0:
+                break
+            left = len(seq.prompt) - seq.prefilled
+            take = min(budget, left)
+            if 0 < left - take < MIN_LAST_CHUNK:  # no last chunk of one token (runner.py)
+                take = left - MIN_LAST_CHUNK
+                if take <= 0:
+                    break
+            ids = seq.prompt[seq.prefilled : seq.prefilled + take]
+            chunks.append(Chunk(seq.slot, ids, seq.prefilled))
+            filling.append(seq)
+            budget -= len(ids)
         self.batch_size = len(rows)
-        if not rows:
+        if not rows and not chunks:
             return
-        logits = self.model.decode(
-            [s.slot for s in rows], [s.next_token or 0 for s in rows], [s.cached for s in rows]
+        logits = self.model.step(
+            [s.slot for s in rows],
+            [s.next_token or 0 for s in rows],
+            [s.cached for s in rows],
+            chunks,
         )
-        tokens = sample_rows(logits, [s.sampler for s in rows], [_history(s) for s in rows])
+        for seq, chunk in zip(filling, chunks, strict=True):
+            seq.prefilled += len(chunk.ids)
+        ready = [(i, s) for i, s in enumerate(filling) if s.prefilled == len(s.prompt)]
+        sampled = [*rows, *(s for _, s in ready)]
+        if not sampled:  # a long prompt's chunk, not its last
+            return
+        picked = (
+            logits
+            if not chunks
+            else logits[[*range(len(rows)), *(len(rows) + i for i, _ in ready)]]
+        )
+        tokens = sample_rows(picked, [s.sampler for s in sampled], [_history(s) for s in sampled])
         now = time.perf_counter_ns()
-        self.steps += 1
-        if self.observer:
-            self.observer.decoded([now - s.t_last for s in rows])
-        if self.step_trace:
-            self.step_trace(self.steps, [s.handle for s in rows], [s.slot for s in rows])
-        for i, (seq, token) in enumerate(zip(rows, tokens, strict=True)):
+        if rows:
+            self.steps += 1
+            if self.observer:
+                self.observer.decoded([now - s.t_last for s in rows])
+            if self.step_trace:
+                self.step_trace(self.steps, [s.handle for s in rows], [s.slot for s in rows])
+        for seq, token, row in zip(sampled, tokens, picked, strict=True):
+            if seq.next_token is None:  # its prompt is in: this is its first token
+                self.model.remember_prefix(seq.slot, seq.prompt)
+                seq.t_first = now
+                if self.observer:
+                    self.observer.prefilled(len(seq.prompt), now - seq.handle.job.arrival_ns)
             seq.t_last = now
-            self._accept(seq, token, now, logits[i])
+            self._accept(seq, token, now, row)
 
     def _accept(self, seq: _Seq, token: int, now: int, logits: torch.Tensor) -> None:
         """A sampled token: end on EOS, else send its text and end on stop string or length."""
@@ -340,16 +372,6 @@ class Scheduler:
                 loop.call_soon_threadsafe(_deliver_all, list(items))
             except RuntimeError:  # that loop is closed: its clients are gone
                 pass
-
-
-def token_logprobs(
-    logits: torch.Tensor, token: int, top: int
-) -> tuple[float, tuple[tuple[int, float], ...]]:
-    """log p(token) and the ``top`` most likely (id, log p), from one row of logits ``[V]``."""
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    best = torch.topk(lp, top) if top > 0 else None
-    alts = tuple(zip(best.indices.tolist(), best.values.tolist(), strict=True)) if best else ()
-    return float(lp[token]), alts
 
 
 def _history(seq: _Seq) -> Sequence[int]:

@@ -2,7 +2,8 @@
 
 A stop string can be split over several tokens ("\\n" then "\\n"), so text that could be the
 beginning of one is held until the next token settles it; when a stop string appears, the text
-before it is emitted and nothing after it.
+before it is emitted and nothing after it. One implementation for the server's scheduler and
+the in-process ``generate`` (engine/generate.py).
 """
 
 from __future__ import annotations

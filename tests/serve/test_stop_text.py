@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmtop.engine.stop_text import StopText
 
@@ -48,3 +50,31 @@ def test_any_split_gives_the_same_text(cut):
     text = "one two\n\nthree"
     out, stopped, tail = feed(("\n\n",), [text[:cut], text[cut:]])
     assert "".join(out) + tail == "one two" and stopped
+
+
+def replay(pieces: list[str], stops: list[str]) -> tuple[str, bool]:
+    """The whole text, cut before the first stop string to appear, and whether one did."""
+    text = ""
+    for piece in pieces:
+        text += piece
+        found = [i for s in stops if (i := text.find(s)) >= 0]
+        if found:
+            return text[: min(found)], True
+    return text, False
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pieces=st.lists(st.text(alphabet="ab\nc", max_size=4), max_size=12),
+    stops=st.lists(st.text(alphabet="ab\n", min_size=1, max_size=3), max_size=3),
+)
+def test_streams_exactly_the_text_before_the_first_stop(pieces, stops):
+    s = StopText(tuple(stops))
+    streamed = ""
+    for piece in pieces:
+        streamed += s.push(piece)
+        assert not any(stop in streamed for stop in stops)  # never shown, not even in part later
+        if s.stopped:
+            break
+    streamed += s.flush()
+    assert (streamed, s.stopped) == replay(pieces, stops)
