@@ -120,6 +120,18 @@ class EngineMetrics:
             buckets=E2E_BUCKETS,
             registry=r,
         )
+        self.prefix_queries = Counter(
+            "vllm:prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache (every prompt token).",
+            labels,
+            registry=r,
+        )
+        self.prefix_hits = Counter(
+            "vllm:prefix_cache_hits",
+            "Prompt tokens found in the prefix cache: copied, not computed.",
+            labels,
+            registry=r,
+        )
         self.http_errors = Counter(
             "llmtop_engine_http_errors",
             "Requests answered with an error status: 400 bad input, 404 unknown model or path, "
@@ -131,6 +143,8 @@ class EngineMetrics:
         for status in ("400", "404", "413", "503"):
             self.http_errors.labels(m, status)  # present at 0: a rate needs a starting point
         self._prompt = self.prompt_tokens.labels(m)
+        self._prefix_queries = self.prefix_queries.labels(m)
+        self._prefix_hits = self.prefix_hits.labels(m)
         self._gen = self.generation_tokens.labels(m)
         self._ttft = self.ttft.labels(m)
         self._tpot = self.tpot.labels(m)
@@ -151,8 +165,10 @@ class EngineMetrics:
 
     # --- SchedulerObserver ---------------------------------------------------------------------
 
-    def prefilled(self, prompt_tokens: int, ttft_ns: int) -> None:
+    def prefilled(self, prompt_tokens: int, ttft_ns: int, cached_tokens: int = 0) -> None:
         self._prompt.inc(prompt_tokens)
+        self._prefix_queries.inc(prompt_tokens)
+        self._prefix_hits.inc(cached_tokens)
         self._gen.inc()
         self._ttft.observe(ttft_ns / 1e9)
 

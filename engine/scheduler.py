@@ -81,7 +81,7 @@ class BatchModel(Protocol):
 class SchedulerObserver(Protocol):
     """Told about each first token, decode step and end (engine/metrics.py implements it)."""
 
-    def prefilled(self, prompt_tokens: int, ttft_ns: int) -> None: ...
+    def prefilled(self, prompt_tokens: int, ttft_ns: int, cached_tokens: int = 0) -> None: ...
 
     def decoded(self, gaps_ns: Sequence[int]) -> None: ...
 
@@ -100,6 +100,8 @@ class _Seq:
     """``None``: plain greedy, taken by the batch's argmax."""
     prefilled: int = 0
     """Prompt tokens already in the cache."""
+    from_prefix_cache: int = 0
+    """Prompt tokens taken from the prefix cache rather than computed."""
     next_token: int | None = None
     """The last sampled token, fed at the next decode step."""
     output: list[int] = field(default_factory=list)
@@ -239,7 +241,7 @@ class Scheduler:
         slot = self.model.acquire()
         seq = _Seq(handle, slot, self.new_decoder(), StopText(params.stop), row_sampler(params))
         seq.t_start = time.perf_counter_ns()
-        seq.prefilled = self.model.reuse_prefix(slot, seq.prompt)
+        seq.prefilled = seq.from_prefix_cache = self.model.reuse_prefix(slot, seq.prompt)
         self._running.append(seq)
 
     def _step(self) -> None:
@@ -297,7 +299,9 @@ class Scheduler:
                 self.model.remember_prefix(seq.slot, seq.prompt)
                 seq.t_first = now
                 if self.observer:
-                    self.observer.prefilled(len(seq.prompt), now - seq.handle.job.arrival_ns)
+                    self.observer.prefilled(
+                        len(seq.prompt), now - seq.handle.job.arrival_ns, seq.from_prefix_cache
+                    )
             seq.t_last = now
             self._accept(seq, token, now, row)
 

@@ -145,3 +145,18 @@ def test_error_answers_are_counted_by_status(http):
         return after[key] - before[key]
 
     assert (grew("400"), grew("404"), grew("413"), grew("503")) == (1, 2, 0, 0)
+
+
+def test_prefix_cache_hits_are_counted(http):
+    """The same prompt twice: the second finds its start (all but the last tokens, which are
+    always computed) in the prefix cache, and /metrics says so with vLLM's names."""
+    body = {"model": "smollm2", "prompt": "Tell me about the prefix cache.", "stream": False,
+            "options": {"num_predict": 1}}  # fmt: skip
+    http.post("/api/generate", json=body)
+    before = metrics(http)
+    n = http.post("/api/generate", json=body).json()["prompt_eval_count"]
+    after = metrics(http)
+    queried = after["vllm:prefix_cache_queries_total"] - before["vllm:prefix_cache_queries_total"]
+    hits = after["vllm:prefix_cache_hits_total"] - before["vllm:prefix_cache_hits_total"]
+    assert queried == n
+    assert n - 4 <= hits < n  # a few last tokens are computed again for exact first logits
