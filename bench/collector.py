@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -67,13 +68,18 @@ async def measure(fn: Callable[[], Awaitable[int]]) -> Result:
 # --- the minimal client: the floor ------------------------------------------------------------
 
 
+def minimal_request(api: str, per_stream: int) -> tuple[str, dict[str, Any]]:
+    """The path and body both minimal clients send."""
+    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "go"}],
+                            "stream": True}  # fmt: skip
+    if api == "ollama":
+        return "/api/chat", body | {"options": {"num_predict": per_stream}}
+    return "/v1/chat/completions", body | {"max_tokens": per_stream}
+
+
 async def minimal_client(url: str, api: str, streams: int, per_stream: int) -> int:
     """~50 lines a performance engineer would write: stream, parse, timestamp, nothing else."""
-    path = "/api/chat" if api == "ollama" else "/v1/chat/completions"
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "go"}], "stream": True}
-    body |= (
-        {"options": {"num_predict": per_stream}} if api == "ollama" else {"max_tokens": per_stream}
-    )
+    path, body = minimal_request(api, per_stream)
     counts = [0] * streams
 
     async def one(session: aiohttp.ClientSession, i: int) -> None:
@@ -105,11 +111,7 @@ async def minimal_httpx(url: str, api: str, streams: int, per_stream: int) -> in
     """The same minimal client on httpx, the stack we did not choose (``--with-httpx``)."""
     import httpx
 
-    path = "/api/chat" if api == "ollama" else "/v1/chat/completions"
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "go"}], "stream": True}
-    body |= (
-        {"options": {"num_predict": per_stream}} if api == "ollama" else {"max_tokens": per_stream}
-    )
+    path, body = minimal_request(api, per_stream)
     counts = [0] * streams
 
     async def one(client: httpx.AsyncClient, i: int) -> None:
