@@ -29,7 +29,13 @@ from torch import Tensor, nn
 from llmtop.engine.errors import ModelLoadError
 from llmtop.engine.gguf import GGUFIndex, Q, TensorData, TensorRef, read_gguf
 from llmtop.engine.model import Attention, Block, FeedForward, LlamaConfig, Transformer
-from llmtop.engine.quant import DenseLinear, FileEmbedding, Int4Linear, Q8Linear, int4pack_available
+from llmtop.engine.quant import (
+    DenseLinear,
+    FileEmbedding,
+    blocks_kernel_available,
+    q4_linear,
+    q8_linear,
+)
 from llmtop.engine.tokenizer import Tokenizer, build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -225,9 +231,9 @@ def _fused_linear(
 ) -> nn.Module:
     """One projection for several weights stacked along the output dim (q|k|v, gate|up)."""
     n, k = sum(r.shape[0] for r in refs), refs[0].shape[1]
-    if int4pack_available(device, dtype, n, k) and all(r.qtype in _Q4 for r in refs):
+    if blocks_kernel_available(device, dtype, n, k) and all(r.qtype in _Q4 for r in refs):
         parts = [data.q4_fields(r) for r in refs]
-        return Int4Linear(*(torch.cat(p, dim=0) for p in zip(*parts, strict=True)), dtype=dtype)
+        return q4_linear(*(torch.cat(p, dim=0) for p in zip(*parts, strict=True)), dtype=dtype)
     w = torch.cat([data.dequantize(r) for r in refs], dim=0)
     return DenseLinear(w.to(device=device, dtype=dtype))
 
@@ -261,11 +267,11 @@ def build_transformer(
 
     emb_ref = t["token_embd.weight"]
     out_ref = emb_ref if cfg.tied_embeddings else t["output.weight"]
-    fast = int4pack_available(device, dtype, *out_ref.shape)
+    fast = blocks_kernel_available(device, dtype, *out_ref.shape)
     embedding = FileEmbedding(data, emb_ref, dtype, device)
     output: nn.Module
     if fast and out_ref.qtype == Q.Q8_0:
-        output = Q8Linear(*data.q8_fields(out_ref), dtype=dtype)
+        output = q8_linear(*data.q8_fields(out_ref), dtype=dtype)
     else:
         output = _fused_linear(data, [out_ref], device, dtype)
     norm = _norm(data, t["output_norm.weight"], device)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llmtop.engine.decode_attention import decode_attention
+from llmtop.engine.decode_attention import usable as decode_attention_usable
 from llmtop.engine.errors import ModelLoadError
 from llmtop.engine.kv_cache import CacheSlots, KVCache, RaggedStep
 
@@ -184,36 +186,48 @@ class Attention(nn.Module):
         q, k = qk.split([h, hkv], dim=2)  # [B, T, h, d], [B, T, hkv, d]
         v = qkv[..., (h + hkv) * d :].view(b, t, hkv, d)
         if isinstance(slots, RaggedStep):
-            o = self._ragged(q[0], k[0], v[0], kv, slots, mask)  # [N, h d]
+            o = self._ragged(qk[0], v[0], kv, slots, mask)  # [N, h d]
             return self.wo(o[None].to(x.dtype))
+        if t == 1 and self.native_decode(k_cache):
+            o = decode_attention(qk[:, 0], v[:, 0], kv, slots.index, pos[:, 0], h)
+            return self.wo(o.view(b, 1, h * d).to(x.dtype))
         slots.write(k_cache, pos, k)
         slots.write(v_cache, pos, v.to(v_cache.dtype))
         keys, values = slots.read(k_cache), slots.read(v_cache)  # [B, hkv, kv_len, d]
         o = attend(q.transpose(1, 2), keys, values, mask)  # [B, h, T, d]
         return self.wo(o.transpose(1, 2).reshape(b, t, h * d).to(x.dtype))  # x: matmul dtype
 
+    def native_decode(self, k_cache: Tensor) -> bool:
+        """Whether decode rows take the engine's kernel (decode_attention.py)."""
+        return decode_attention_usable(k_cache, self.head_dim)
+
     def _ragged(
         self,
-        q: Tensor,
-        k: Tensor,
+        qk: Tensor,
         v: Tensor,
         kv: tuple[Tensor, Tensor],
         step: RaggedStep,
         masks: tuple[Tensor | None, list[Tensor | None]],
     ) -> Tensor:
-        """Attention for a ``RaggedStep``: q [N, h, d], k and v [N, hkv, d]; out [N, h d].
+        """Attention for a ``RaggedStep``: qk [N, h + hkv, d] (queries, then keys), v [N, hkv, d];
+        out [N, h d].
 
         The decode rows attend together; each prefill chunk attends causally over its own slot.
         ``masks``: the decode rows' bias and each chunk's (see ``attention_mask``).
         """
         k_cache, v_cache = kv
+        h, d = self.n_heads, self.head_dim
+        q, k = qk.split([h, self.n_kv_heads], dim=1)
         step.write(k_cache, k)
         step.write(v_cache, v.to(v_cache.dtype))
-        h, d = self.n_heads, self.head_dim
         decode_bias, segment_bias = masks
         outs = []
         nd = step.n_decode
-        if nd:
+        if nd and self.native_decode(k_cache):
+            assert step.decode is not None
+            pos = step.pos[:nd]
+            outs.append(decode_attention(qk[:nd], v[:nd], kv, step.decode.index, pos, h))
+        elif nd:
             assert step.decode is not None
             keys, values = step.decode.read(k_cache), step.decode.read(v_cache)
             o = attend(q[:nd].unsqueeze(2), keys, values, decode_bias)  # [B, h, 1, d]

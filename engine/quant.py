@@ -4,7 +4,8 @@ Decode at batch 1 reads every weight once per token, so bytes are time: SmolLM2'
 ~55 MB against ~425 MB as float32. On CPU, torch's int4 weight-pack kernel takes 4-bit values in
 groups of 32 with one scale and zero per group, which is exactly Q4_0/Q4_1 (w = d*q + m), so those
 tensors run without requantizing. Q8_0 (SmolLM2's LM head, tied to the embedding) is split into two
-4-bit halves and runs through the same kernel (see ``Q8Linear``). Everything else, and every
+4-bit halves and runs through the same kernel (see ``Q8Linear``). Where the CPU has AVX-512 VNNI,
+the engine's own kernel (block_matmul.py) runs all three types instead; torch's is the fallback. Everything else, and every
 tensor on CUDA, is dequantized to a dense weight in the compute dtype. Token embeddings are
 never copied: each step dequantizes just its rows from the file's memory map.
 """
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llmtop.engine import block_matmul
 from llmtop.engine.gguf import TensorData, TensorRef
 
 GROUP = 32  # elements per GGUF block and per int4-pack group
@@ -26,6 +28,28 @@ def int4pack_available(device: torch.device, dtype: torch.dtype, n: int = 16, k:
     """Whether an [n, k] weight can use the CPU int4 kernel: it wants n % 16 == 0, whole groups
     of 32 along k, and bf16 activations (with float32 it is ~100x slower)."""
     return device.type == "cpu" and dtype == torch.bfloat16 and n % 16 == 0 and k % GROUP == 0
+
+
+def blocks_kernel_available(device: torch.device, dtype: torch.dtype, n: int, k: int) -> bool:
+    """Whether an [n, k] Q4_0/Q4_1/Q8_0 weight can stay in its blocks (``q4_linear``)."""
+    return block_matmul.available(device, dtype, n, k) or int4pack_available(device, dtype, n, k)
+
+
+def q4_linear(q: Tensor, d: Tensor, m: Tensor, dtype: torch.dtype) -> nn.Module:
+    """A CPU linear layer for w = q * d + m (q in 0..15): the engine's VNNI kernel where this CPU
+    has it (faster at every batch size, and much faster batched), else torch's int4 kernel."""
+    if block_matmul.available(torch.device("cpu"), dtype, *q.shape):
+        return block_matmul.BlockLinear(q, d, m, bits=4)
+    return Int4Linear(q, d, m, dtype)
+
+
+def q8_linear(q: Tensor, d: Tensor, dtype: torch.dtype) -> nn.Module:
+    """A CPU linear layer for w = q * d (q int8), as ``q4_linear`` chooses."""
+    if block_matmul.available(torch.device("cpu"), dtype, *q.shape):
+        return block_matmul.BlockLinear(
+            (q.to(torch.int16) + 128).to(torch.uint8), d, -128 * d, bits=8
+        )
+    return Q8Linear(q, d, dtype)
 
 
 class Int4Linear(nn.Module):

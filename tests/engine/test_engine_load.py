@@ -14,7 +14,7 @@ import torch
 from gguf.quants import dequantize
 from tiny_gguf import TINY, write_tiny_gguf
 
-from llmtop.engine import quant
+from llmtop.engine import native, quant
 from llmtop.engine.errors import ModelLoadError
 from llmtop.engine.gguf import Q, TensorData, read_gguf
 from llmtop.engine.loader import MODEL_PACKAGE, default_model_path, load_model
@@ -177,9 +177,10 @@ def test_quantized_linears_compute_what_the_dense_weight_does(tiny_gguf):
 
 def test_default_mode_uses_the_quantized_kernels(tiny, tiny32):
     kinds = {type(m).__name__ for m in tiny.model.modules()}
-    assert {"Int4Linear", "Q8Linear", "FileEmbedding"} <= kinds
+    blocks = {"BlockLinear"} if native.library() is not None else {"Int4Linear", "Q8Linear"}
+    assert blocks | {"FileEmbedding"} <= kinds
     assert "DenseLinear" in kinds  # layer 1's q|k|v mixes Q4_0 with an F16 attn_v
-    assert "Int4Linear" not in {type(m).__name__ for m in tiny32.model.modules()}
+    assert not blocks & {type(m).__name__ for m in tiny32.model.modules()}
 
 
 def test_index_cache_makes_the_second_load_skip_parsing(tmp_path, tiny_gguf):

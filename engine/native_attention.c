@@ -1,0 +1,117 @@
+/* Decode attention: one new token per sequence, each over its own cached keys and values
+ * (see decode_attention.py for why this is not torch's).
+ *
+ * Per (sequence, kv head): write the token's key and value into the cache at its position,
+ * then for each of the query heads that share this kv head: scores over the sequence's own
+ * positions 0..pos (no padding to the batch's longest, so nothing to mask), softmax, and the
+ * weighted sum of values, all in float32 and in one fixed order. A row's output is therefore
+ * the same bits whatever else is in the batch.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* e^x for x <= 0: x = n ln2 + r, |r| <= ln2 / 2, e^r by its Taylor polynomial to r^7
+ * (relative error ~2e-8), times 2^n. */
+static inline __m512 exp_ps(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f)); /* below: 0 after scalef */
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+#define MAX_D 256  /* head_dim up to 256, in steps of 16 */
+#define MAX_G 16   /* query heads per kv head */
+
+static void one_head_group(const float *q, int g, int d, const float *keys, const float *values,
+                           int len, float scale, float *scores, float *out) {
+    const int dv = d / 16;
+    /* scores[i * len + l] = scale * q_i . k_l */
+    for (int i = 0; i < g; i++) {
+        __m512 qi[MAX_D / 16];
+        for (int c = 0; c < dv; c++)
+            qi[c] = _mm512_mul_ps(_mm512_loadu_ps(q + i * d + 16 * c), _mm512_set1_ps(scale));
+        for (int l = 0; l < len; l++) {
+            const float *kl = keys + (size_t)l * d;
+            __m512 acc = _mm512_mul_ps(qi[0], _mm512_loadu_ps(kl));
+            for (int c = 1; c < dv; c++) acc = _mm512_fmadd_ps(qi[c], _mm512_loadu_ps(kl + 16 * c), acc);
+            scores[i * len + l] = _mm512_reduce_add_ps(acc);
+        }
+    }
+    /* softmax numerators and their sums, 16 positions at a time */
+    float inv[MAX_G];
+    for (int i = 0; i < g; i++) {
+        float *s = scores + i * len;
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (int l = 0; l < len; l += 16) {
+            __mmask16 m = len - l >= 16 ? 0xFFFF : (__mmask16)((1u << (len - l)) - 1);
+            mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, s + l));
+        }
+        __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx)), sum = _mm512_setzero_ps();
+        for (int l = 0; l < len; l += 16) {
+            __mmask16 m = len - l >= 16 ? 0xFFFF : (__mmask16)((1u << (len - l)) - 1);
+            __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + l), top));
+            e = _mm512_maskz_mov_ps(m, e);
+            _mm512_mask_storeu_ps(s + l, m, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        inv[i] = 1.0f / _mm512_reduce_add_ps(sum);
+    }
+    /* out_i = sum_l p_il v_l / sum_l p_il */
+    for (int i = 0; i < g; i++) {
+        const float *p = scores + i * len;
+        __m512 acc[MAX_D / 16];
+        for (int c = 0; c < dv; c++) acc[c] = _mm512_setzero_ps();
+        for (int l = 0; l < len; l++) {
+            __m512 pl = _mm512_set1_ps(p[l]);
+            const float *vl = values + (size_t)l * d;
+            for (int c = 0; c < dv; c++) acc[c] = _mm512_fmadd_ps(pl, _mm512_loadu_ps(vl + 16 * c), acc[c]);
+        }
+        for (int c = 0; c < dv; c++)
+            _mm512_storeu_ps(out + i * d + 16 * c, _mm512_mul_ps(acc[c], _mm512_set1_ps(inv[i])));
+    }
+}
+
+/* q_and_k [rows, h + hkv, d] (queries then the new keys, rope applied), v [rows, hkv, d],
+ * k_cache / v_cache [slots, hkv, max_len, d] for this layer, slot and pos [rows]; out [rows, h, d].
+ * Returns 0, or -1 when out of memory or the shapes are outside what this kernel handles. */
+int llmtop_decode_attention(const float *q_and_k, const float *v, float *k_cache, float *v_cache,
+                            const int64_t *slot, const int64_t *pos, int rows, int n_slots, int h, int hkv,
+                            int d, int max_len, float scale, float *out) {
+    const int g = h / hkv;
+    if (d % 16 || d > MAX_D || g > MAX_G || h % hkv) return -1;
+    int64_t longest = 0;
+    for (int r = 0; r < rows; r++) {
+        if (pos[r] < 0 || pos[r] >= max_len || slot[r] < 0 || slot[r] >= n_slots) return -1;
+        if (pos[r] + 1 > longest) longest = pos[r] + 1;
+    }
+    const int tasks = rows * hkv;
+    float *scratch = malloc(sizeof(float) * (size_t)tasks * g * longest);
+    if (!scratch) return -1;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < tasks; t++) {
+        const int r = t / hkv, j = t % hkv, len = (int)pos[r] + 1;
+        const size_t base = (((size_t)slot[r] * hkv + j) * max_len) * d;
+        const float *row = q_and_k + (size_t)r * (h + hkv) * d;
+        float *kc = k_cache + base, *vc = v_cache + base;
+        for (int c = 0; c < d; c++) {
+            kc[(size_t)pos[r] * d + c] = row[(h + j) * d + c];
+            vc[(size_t)pos[r] * d + c] = v[((size_t)r * hkv + j) * d + c];
+        }
+        one_head_group(row + (size_t)j * g * d, g, d, kc, vc, len, scale,
+                       scratch + (size_t)t * g * longest, out + ((size_t)r * h + (size_t)j * g) * d);
+    }
+    free(scratch);
+    return 0;
+}
