@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -224,9 +224,18 @@ def require_str(d: dict[str, Any], key: str) -> str:
     return v
 
 
+_SECOND: tuple[int, str] = (-1, "")
+"""The last whole second formatted, and its text: every streamed token carries a timestamp, and
+strftime per token was ~5% of the event loop's time at 8 streams."""
+
+
 def now_rfc3339() -> str:
     """UTC now as Ollama writes ``created_at`` (RFC 3339, microseconds, ``Z``)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    global _SECOND
+    sec, us = divmod(time.time_ns() // 1000, 1_000_000)
+    if sec != _SECOND[0]:
+        _SECOND = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{_SECOND[1]}.{us:06d}Z"
 
 
 async def until_done(request: Request, handle: JobHandle) -> list[Event]:

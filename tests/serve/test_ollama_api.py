@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import httpx
 import ollama
@@ -41,6 +42,10 @@ def test_generate_streams_pieces_then_a_final_line_with_engine_timings(client):
     client_decode = arrivals[len(pieces) - 1] - arrivals[0]
     assert abs(client_decode - final.eval_duration) <= 0.25 * final.eval_duration + 50e6
     assert len(final.context) == final.prompt_eval_count + final.eval_count
+    # created_at: RFC 3339 UTC with microseconds, as Ollama writes it; now, and in order
+    stamps = [datetime.strptime(c.created_at, "%Y-%m-%dT%H:%M:%S.%fZ") for c in chunks]
+    now = datetime.now(UTC).replace(tzinfo=None)
+    assert stamps == sorted(stamps) and abs((now - stamps[-1]).total_seconds()) < 60
 
 
 def test_chat_streams_and_non_streaming_returns_the_same_text(client):
