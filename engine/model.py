@@ -9,6 +9,11 @@ Precision: the residual stream and the norms stay float32; matmul inputs are the
 (bf16 by default, which the quantized kernels need); attention and the KV cache are float32 on
 CPU, where torch's bf16 attention with grouped heads is 3-10x slower.
 
+Decode rows (one new token per sequence) take the engine's C attention (decode_attention.py)
+where it is built; with it and the block matmul (block_matmul.py), a sequence's logits are the
+same bits alone or in any batch. Prompt chunks, and every row without those kernels, take
+``grouped_attention`` (SDPA for a lone decode row).
+
 Q and K keep the GGUF layout, in which llama.cpp's converter has permuted each head's rows so
 that RoPE rotates adjacent pairs (x0, x1), (x2, x3), ... instead of the two halves; ``apply_rope``
 rotates adjacent pairs, which gives the same attention as Hugging Face's layout.
@@ -154,7 +159,8 @@ def grouped_attention(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor) -> 
 
 
 def attend(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor | None) -> Tensor:
-    """SDPA for a lone decode row (no mask: its fast path), ``grouped_attention`` otherwise."""
+    """SDPA for a lone decode row (no mask: its fast path), ``grouped_attention`` otherwise
+    (torch's path: used where the engine's decode attention kernel is not built)."""
     if bias is None:
         return F.scaled_dot_product_attention(q, keys, values, enable_gqa=True)
     return grouped_attention(q, keys, values, bias)

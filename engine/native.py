@@ -79,21 +79,35 @@ def _build(cc: str, target: Path) -> bool:
     return True
 
 
+def compiler() -> str | None:
+    """$CC, else the system's cc or gcc."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def target_path(cc: str) -> Path:
+    """Where the library built by ``cc`` from these sources lives (a new name per version)."""
+    digest = hashlib.sha256(" ".join([cc, *CFLAGS]).encode())
+    for src in SOURCES:
+        digest.update(src.read_bytes())
+    return cache_dir() / f"llmtop-kernels-{digest.hexdigest()[:16]}.so"
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, built on first call; None where they cannot run here."""
     if os.environ.get("LLMTOP_ENGINE_KERNEL", "").lower() == "torch" or not cpu_supported():
         return None
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cc = compiler()
     if cc is None:
         return None
-    digest = hashlib.sha256(" ".join([cc, *CFLAGS]).encode())
-    for src in SOURCES:
-        digest.update(src.read_bytes())
-    target = cache_dir() / f"llmtop-kernels-{digest.hexdigest()[:16]}.so"
-    if not target.exists() and not _build(cc, target):
+    target = target_path(cc)
+    try:
+        if not target.exists() and not _build(cc, target):
+            return None
+        lib = ctypes.CDLL(str(target))
+    except OSError as exc:  # an unwritable cache dir, a damaged file
+        log.warning("engine kernels not loaded (%s); using torch's kernels", exc)
         return None
-    lib = ctypes.CDLL(str(target))
     for name, args in SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, ctypes.c_int

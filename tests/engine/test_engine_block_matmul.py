@@ -109,3 +109,22 @@ def test_no_compiler_means_torch_kernel_not_an_error(tmp_path, monkeypatch, capl
         native.library.cache_clear()
     if native.cpu_supported():
         assert "engine kernels not built" in caplog.text
+
+
+@pytest.mark.skipif(native.compiler() is None or not native.cpu_supported(), reason="no kernels")
+def test_a_damaged_or_unwritable_kernel_cache_means_torch_kernel(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("LLMTOP_ENGINE_CACHE", str(tmp_path))
+    kernels_dir = native.cache_dir()
+    try:
+        kernels_dir.parent.mkdir(parents=True, exist_ok=True)
+        kernels_dir.write_text("a file where the kernels' directory should be")
+        native.library.cache_clear()
+        assert native.library() is None
+        kernels_dir.unlink()
+        kernels_dir.mkdir()
+        native.target_path(native.compiler()).write_bytes(b"not a shared object")
+        native.library.cache_clear()
+        assert native.library() is None
+    finally:
+        native.library.cache_clear()
+    assert "engine kernels not" in caplog.text
