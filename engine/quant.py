@@ -5,9 +5,10 @@ Decode at batch 1 reads every weight once per token, so bytes are time: SmolLM2'
 groups of 32 with one scale and zero per group, which is exactly Q4_0/Q4_1 (w = d*q + m), so those
 tensors run without requantizing. Q8_0 (SmolLM2's LM head, tied to the embedding) is split into two
 4-bit halves and runs through the same kernel (see ``Q8Linear``). Where the CPU has AVX-512 VNNI,
-the engine's own kernel (block_matmul.py) runs all three types instead; torch's is the fallback. Everything else, and every
-tensor on CUDA, is dequantized to a dense weight in the compute dtype. Token embeddings are
-never copied: each step dequantizes just its rows from the file's memory map.
+the engine's own kernel (block_matmul.py) runs all three types instead, and torch's is the
+fallback (``q4_linear``, ``q8_linear``). Everything else, and every tensor on CUDA, is
+dequantized to a dense weight in the compute dtype. Token embeddings are never copied: each step
+dequantizes just its rows from the file's memory map.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The engine's own block-weight matmul (engine/block_matmul.py, native_matmul.c): what it computes, that a
-row's result does not depend on the rows batched with it, and the fallback to torch's kernel."""
+"""The engine's own block-weight matmul (engine/block_matmul.py, native_matmul.c): what it
+computes, that a row's result does not depend on the rows batched with it, and the fallback to
+torch's kernel."""
 
 from __future__ import annotations
 
