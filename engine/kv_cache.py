@@ -201,6 +201,7 @@ class RaggedStep:
     decode: CacheSlots | None
     segments: tuple[Segment, ...]
 
-    def write(self, cache: Tensor, new: Tensor) -> None:
-        """cache [S, H, T, D] at each token's (slot, position) <- new [N, H, D]."""
-        cache[self.slot_of, :, self.pos] = new
+    def write(self, cache: Tensor, new: Tensor, first: int = 0) -> None:
+        """cache [S, H, T, D] at each token's (slot, position) <- new [N, H, D], from token
+        ``first`` on (the decode rows before it are written by the decode attention kernel)."""
+        cache[self.slot_of[first:], :, self.pos[first:]] = new[first:]

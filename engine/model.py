@@ -224,12 +224,14 @@ class Attention(nn.Module):
         k_cache, v_cache = kv
         h, d = self.n_heads, self.head_dim
         q, k = qk.split([h, self.n_kv_heads], dim=1)
-        step.write(k_cache, k)
-        step.write(v_cache, v.to(v_cache.dtype))
+        nd = step.n_decode
+        native = nd > 0 and self.native_decode(k_cache)
+        first = nd if native else 0  # the kernel writes the decode rows' keys and values itself
+        step.write(k_cache, k, first)
+        step.write(v_cache, v.to(v_cache.dtype), first)
         decode_bias, segment_bias = masks
         outs = []
-        nd = step.n_decode
-        if nd and self.native_decode(k_cache):
+        if native:
             assert step.decode is not None
             pos = step.pos[:nd]
             outs.append(decode_attention(qk[:nd], v[:nd], kv, step.decode.index, pos, h))
