@@ -61,9 +61,10 @@ def test_more_accurate_than_torch_int4_kernel(tiny_gguf):
 
 
 @needs_kernels
-@pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 16, 21, 64])
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 8, 9, 16, 21, 64])
 def test_a_rows_result_does_not_depend_on_its_batch(tiny_gguf, rows):
-    """Tiles of 8 rows and their remainders: every row is bit-identical to the row alone, so
+    """Single rows, pairs, tiles of 8 rows and their remainders (native_matmul.c's paths): every
+    row is bit-identical to the row alone, so
     batched decode gives each sequence the logits it gets alone (as far as the matmuls go)."""
     x = torch.randn(rows, TINY["dim"], generator=GEN).bfloat16()
     for name, layer, _ in layers(tiny_gguf):
