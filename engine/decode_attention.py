@@ -8,6 +8,12 @@ took torch's SDPA, whose summation order differs from the batched path's, so a s
 logits moved in the last bits when others joined its batch. The kernel reads each row's own
 positions only, in one fixed order: a row's output is the same bits alone or batched, and
 padding costs nothing.
+
+The KV cache is float16 where the kernel runs (``cache_dtype``; float32 elsewhere on CPU), as
+llama.cpp's default cache is: half the memory, so twice the context or the sequences in the same
+RAM (8 sequences x 4096 tokens of an 8B llama: 4.3 GB instead of 8.6). Attention itself stays
+float32. Measured on the reference prompts: max logit error 0.293 against 0.284 with a float32
+cache (bound 0.6). Speed: the same here (a batch of 8 rows is not bound by reading the cache).
 """
 
 from __future__ import annotations
@@ -18,15 +24,25 @@ from torch import Tensor
 from llmtop.engine import native
 
 
+def supported(head_dim: int) -> bool:
+    """Whether the kernel is built and handles this head size."""
+    return head_dim % 16 == 0 and head_dim <= 256 and native.library() is not None
+
+
+def cache_dtype(device: torch.device, dtype: torch.dtype, head_dim: int) -> torch.dtype:
+    """The KV cache's dtype on CPU for a model computing in ``dtype``: float16 for the kernel,
+    float32 without it or for the float32 reference (which stays exact)."""
+    assert device.type == "cpu", device
+    return torch.float16 if dtype == torch.bfloat16 and supported(head_dim) else torch.float32
+
+
 def usable(k_cache: Tensor, head_dim: int) -> bool:
-    """Whether this layer's cache [S, hkv, max_len, d] can take the kernel."""
+    """Whether this layer's cache [S, hkv, max_len, d] can take the kernel (float16)."""
     return (
         k_cache.device.type == "cpu"
-        and k_cache.dtype == torch.float32
+        and k_cache.dtype == torch.float16
         and k_cache.is_contiguous()
-        and head_dim % 16 == 0
-        and head_dim <= 256
-        and native.library() is not None
+        and supported(head_dim)
     )
 
 
@@ -37,7 +53,8 @@ def decode_attention(
 
     Args:
         q_and_k: float32 [B, h + hkv, d], rope applied; v: [B, hkv, d] (any float dtype).
-        kv: this layer's (keys, values) caches, float32 [S, hkv, max_len, d].
+        kv: this layer's (keys, values) caches, float16 [S, hkv, max_len, d]; the new key and
+            value are rounded to float16 as ``Tensor.to(torch.float16)`` rounds.
         slot, pos: int64 [B].
 
     Returns:
@@ -47,10 +64,12 @@ def decode_attention(
     s, hkv, max_len, d = k_cache.shape
     b = q_and_k.shape[0]
     assert q_and_k.shape == (b, h + hkv, d) and v.shape == (b, hkv, d), (q_and_k.shape, v.shape)
-    qk = q_and_k.contiguous()
+    qk = q_and_k.to(torch.float32).contiguous()
     v32 = v.to(torch.float32).contiguous()
     slot, pos = slot.contiguous(), pos.contiguous()
     assert slot.dtype == pos.dtype == torch.int64 and v_cache.is_contiguous()
+    if not (k_cache.dtype == v_cache.dtype == torch.float16 and k_cache.is_contiguous()):
+        raise TypeError(f"decode attention needs contiguous float16 caches, not {k_cache.dtype}")
     out = torch.empty(b, h * d, dtype=torch.float32)
     lib = native.library()
     assert lib is not None

@@ -6,8 +6,10 @@ projections are whatever modules the loader hands in (4-bit, Q8_0 or dense; see 
 as q|k|v and gate|up so a layer costs few calls: decode at batch 1 is bound by per-call overhead.
 
 Precision: the residual stream and the norms stay float32; matmul inputs are the compute dtype
-(bf16 by default, which the quantized kernels need); attention and the KV cache are float32 on
-CPU, where torch's bf16 attention with grouped heads is 3-10x slower.
+(bf16 by default, which the quantized kernels need); attention runs in float32 on CPU, where
+torch's bf16 attention with grouped heads is 3-10x slower, over a KV cache stored in float16 where
+the engine's decode attention kernel runs (half the memory; see decode_attention.py) and float32
+elsewhere.
 
 Decode rows (one new token per sequence) take the engine's C attention (decode_attention.py)
 where it is built; with it and the block matmul (block_matmul.py), a sequence's logits are the
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llmtop.engine.decode_attention import decode_attention
+from llmtop.engine.decode_attention import cache_dtype, decode_attention
 from llmtop.engine.decode_attention import usable as decode_attention_usable
 from llmtop.engine.errors import ModelLoadError
 from llmtop.engine.kv_cache import CacheSlots, KVCache, RaggedStep
@@ -86,8 +88,8 @@ def attention_mask(
 ) -> Tensor | None:
     """Key j is visible to the token at position p iff j <= p: an additive bias of 0 (visible)
     and -inf, laid out as ``grouped_attention`` adds it: [B * hkv, g * T, kv_len] for ``heads``
-    = (hkv kv heads, g query heads per kv head), in the KV cache's ``dtype`` (attention runs in
-    it). Built once per forward, shared by every layer.
+    = (hkv kv heads, g query heads per kv head), in the attention's ``dtype`` (see
+    ``attention_dtype``). Built once per forward, shared by every layer.
 
     None for one row decoding the token right after its cache (kv_len = p + 1): it sees every
     cached position, and torch's SDPA without a mask is the fast path for that case. Not for
@@ -103,6 +105,12 @@ def attention_mask(
         hidden, -torch.inf
     )
     return bias[:, None, None].expand(b, hkv, g, t, kv_len).reshape(b * hkv, g * t, kv_len)
+
+
+def attention_dtype(k_cache: Tensor) -> torch.dtype:
+    """What attention computes in: float32 on CPU whatever the cache stores, the cache's dtype
+    on GPU."""
+    return torch.float32 if k_cache.device.type == "cpu" else k_cache.dtype
 
 
 QUERY_BLOCK = 128
@@ -188,7 +196,7 @@ class Attention(nn.Module):
         k_cache, v_cache = kv  # [S, hkv, max_len, d]
         qkv = self.wqkv(x)  # [B, T, (h + 2 hkv) d]
         qk = apply_rope(qkv[..., : (h + hkv) * d].view(b, t, h + hkv, d), rot)  # q and k at once
-        qk = qk.to(k_cache.dtype)
+        qk = qk.to(attention_dtype(k_cache))
         q, k = qk.split([h, hkv], dim=2)  # [B, T, h, d], [B, T, hkv, d]
         v = qkv[..., (h + hkv) * d :].view(b, t, hkv, d)
         if isinstance(slots, RaggedStep):
@@ -197,9 +205,10 @@ class Attention(nn.Module):
         if t == 1 and self.native_decode(k_cache):
             o = decode_attention(qk[:, 0], v[:, 0], kv, slots.index, pos[:, 0], h)
             return self.wo(o.view(b, 1, h * d).to(x.dtype))
-        slots.write(k_cache, pos, k)
+        slots.write(k_cache, pos, k.to(k_cache.dtype))
         slots.write(v_cache, pos, v.to(v_cache.dtype))
         keys, values = slots.read(k_cache), slots.read(v_cache)  # [B, hkv, kv_len, d]
+        keys, values = keys.to(q.dtype), values.to(q.dtype)  # the new tokens' as rounded there
         o = attend(q.transpose(1, 2), keys, values, mask)  # [B, h, T, d]
         return self.wo(o.transpose(1, 2).reshape(b, t, h * d).to(x.dtype))  # x: matmul dtype
 
@@ -227,7 +236,7 @@ class Attention(nn.Module):
         nd = step.n_decode
         native = nd > 0 and self.native_decode(k_cache)
         first = nd if native else 0  # the kernel writes the decode rows' keys and values itself
-        step.write(k_cache, k, first)
+        step.write(k_cache, k.to(k_cache.dtype), first)
         step.write(v_cache, v.to(v_cache.dtype), first)
         decode_bias, segment_bias = masks
         outs = []
@@ -238,13 +247,14 @@ class Attention(nn.Module):
         elif nd:
             assert step.decode is not None
             keys, values = step.decode.read(k_cache), step.decode.read(v_cache)
+            keys, values = keys.to(q.dtype), values.to(q.dtype)
             o = attend(q[:nd].unsqueeze(2), keys, values, decode_bias)  # [B, h, 1, d]
             outs.append(o.reshape(nd, h * d))
         for seg, bias in zip(step.segments, segment_bias, strict=True):
             assert bias is not None
             qs = q[seg.start : seg.start + seg.length].transpose(0, 1)[None]  # [1, h, n, d]
-            keys = k_cache[seg.slot : seg.slot + 1, :, : seg.kv_len]
-            values = v_cache[seg.slot : seg.slot + 1, :, : seg.kv_len]
+            keys = k_cache[seg.slot : seg.slot + 1, :, : seg.kv_len].to(q.dtype)
+            values = v_cache[seg.slot : seg.slot + 1, :, : seg.kv_len].to(q.dtype)
             o = grouped_attention(qs, keys, values, bias)  # [1, h, n, d]
             outs.append(o[0].transpose(0, 1).reshape(seg.length, h * d))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
@@ -312,7 +322,10 @@ class Transformer(nn.Module):
         super().__init__()
         assert len(layers) == cfg.n_layers
         self.cfg, self.dtype = cfg, dtype
-        self.kv_dtype = kv_dtype or (torch.float32 if norm.device.type == "cpu" else dtype)
+        device = norm.device
+        self.kv_dtype = kv_dtype or (
+            cache_dtype(device, dtype, cfg.head_dim) if device.type == "cpu" else dtype
+        )
         self.tok_embeddings = tok_embeddings
         self.layers = nn.ModuleList(layers)
         self.norm = nn.Parameter(norm, requires_grad=False)  # [dim]
@@ -371,7 +384,7 @@ class Transformer(nn.Module):
         assert tokens.shape == pos.shape and tokens.dim() == 2, (tokens.shape, pos.shape)
         x = self.tok_embeddings(tokens).float()  # [B, T, dim], the residual stream stays float32
         rot = self.rope[pos].unsqueeze(2)  # [B, T, 1, d/2]
-        mask = attention_mask(pos, slots.kv_len, self.heads, prompt, cache.k.dtype)
+        mask = attention_mask(pos, slots.kv_len, self.heads, prompt, attention_dtype(cache.k))
         for i, layer in enumerate(self.layers):
             x = layer(x, rot, mask, cache.layer(i), slots, pos)
         if last is not None:
@@ -394,7 +407,7 @@ class Transformer(nn.Module):
         assert tokens.shape == step.pos.shape == step.slot_of.shape and tokens.dim() == 1
         x = self.tok_embeddings(tokens[None]).float()  # [1, N, dim]
         rot = self.rope[step.pos[None]].unsqueeze(2)  # [1, N, 1, d/2]
-        decode_bias, kv_dtype = None, cache.k.dtype
+        decode_bias, kv_dtype = None, attention_dtype(cache.k)
         if step.n_decode and step.decode is not None:
             decode_bias = attention_mask(
                 step.pos[: step.n_decode, None], step.decode.kv_len, self.heads, False, kv_dtype

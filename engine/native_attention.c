@@ -6,6 +6,9 @@
  * positions 0..pos (no padding to the batch's longest, so nothing to mask), softmax, and the
  * weighted sum of values, all in float32 and in one fixed order. A row's output is therefore
  * the same bits whatever else is in the batch.
+ *
+ * The cache holds float16 (as llama.cpp's default cache does): half the memory of float32, and
+ * attention is still computed in float32 (keys and values convert exactly).
  */
 #include <immintrin.h>
 #include <math.h>
@@ -34,18 +37,25 @@ static inline __m512 exp_ps(__m512 x) {
 #define MAX_D 256  /* head_dim up to 256, in steps of 16 */
 #define MAX_G 16   /* query heads per kv head */
 
-static void one_head_group(const float *q, int g, int d, const float *keys, const float *values,
-                           int len, float scale, float *scores, float *out) {
-    const int dv = d / 16;
+/* 16 float16 values from the cache as float32 (exact) */
+static inline __m512 load_h(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
+/* Inlined for each d / 16 (DV), so that the query and accumulator vectors stay in registers. */
+static inline __attribute__((always_inline)) void head_group(
+    const int DV, const float *q, int g, const uint16_t *keys, const uint16_t *values, int len,
+    float scale, float *scores, float *out) {
+    const int dv = DV, d = 16 * DV;
     /* scores[i * len + l] = scale * q_i . k_l */
     for (int i = 0; i < g; i++) {
         __m512 qi[MAX_D / 16];
         for (int c = 0; c < dv; c++)
             qi[c] = _mm512_mul_ps(_mm512_loadu_ps(q + i * d + 16 * c), _mm512_set1_ps(scale));
         for (int l = 0; l < len; l++) {
-            const float *kl = keys + (size_t)l * d;
-            __m512 acc = _mm512_mul_ps(qi[0], _mm512_loadu_ps(kl));
-            for (int c = 1; c < dv; c++) acc = _mm512_fmadd_ps(qi[c], _mm512_loadu_ps(kl + 16 * c), acc);
+            const uint16_t *kl = keys + (size_t)l * d;
+            __m512 acc = _mm512_mul_ps(qi[0], load_h(kl));
+            for (int c = 1; c < dv; c++) acc = _mm512_fmadd_ps(qi[c], load_h(kl + 16 * c), acc);
             scores[i * len + l] = _mm512_reduce_add_ps(acc);
         }
     }
@@ -75,18 +85,32 @@ static void one_head_group(const float *q, int g, int d, const float *keys, cons
         for (int c = 0; c < dv; c++) acc[c] = _mm512_setzero_ps();
         for (int l = 0; l < len; l++) {
             __m512 pl = _mm512_set1_ps(p[l]);
-            const float *vl = values + (size_t)l * d;
-            for (int c = 0; c < dv; c++) acc[c] = _mm512_fmadd_ps(pl, _mm512_loadu_ps(vl + 16 * c), acc[c]);
+            const uint16_t *vl = values + (size_t)l * d;
+            for (int c = 0; c < dv; c++) acc[c] = _mm512_fmadd_ps(pl, load_h(vl + 16 * c), acc[c]);
         }
         for (int c = 0; c < dv; c++)
             _mm512_storeu_ps(out + i * d + 16 * c, _mm512_mul_ps(acc[c], _mm512_set1_ps(inv[i])));
     }
 }
 
+static void one_head_group(const float *q, int g, int d, const uint16_t *keys,
+                           const uint16_t *values, int len, float scale, float *scores, float *out) {
+    switch (d / 16) {
+#define DV_CASE(n) \
+    case n: head_group(n, q, g, keys, values, len, scale, scores, out); break;
+    DV_CASE(1) DV_CASE(2) DV_CASE(3) DV_CASE(4) DV_CASE(5) DV_CASE(6) DV_CASE(7) DV_CASE(8)
+    DV_CASE(9) DV_CASE(10) DV_CASE(11) DV_CASE(12) DV_CASE(13) DV_CASE(14) DV_CASE(15)
+    default: head_group(16, q, g, keys, values, len, scale, scores, out); break;
+#undef DV_CASE
+    }
+}
+
 /* q_and_k [rows, h + hkv, d] (queries then the new keys, rope applied), v [rows, hkv, d],
- * k_cache / v_cache [slots, hkv, max_len, d] for this layer, slot and pos [rows]; out [rows, h, d].
+ * k_cache / v_cache float16 [slots, hkv, max_len, d] for this layer, slot and pos [rows];
+ * out [rows, h, d]. The new key and value are rounded to float16 (to nearest even, as torch's
+ * .to(float16)) before any row reads them.
  * Returns 0, or -1 when out of memory or the shapes are outside what this kernel handles. */
-int llmtop_decode_attention(const float *q_and_k, const float *v, float *k_cache, float *v_cache,
+int llmtop_decode_attention(const float *q_and_k, const float *v, uint16_t *k_cache, uint16_t *v_cache,
                             const int64_t *slot, const int64_t *pos, int rows, int n_slots, int h, int hkv,
                             int d, int max_len, float scale, float *out) {
     const int g = h / hkv;
@@ -104,10 +128,13 @@ int llmtop_decode_attention(const float *q_and_k, const float *v, float *k_cache
         const int r = t / hkv, j = t % hkv, len = (int)pos[r] + 1;
         const size_t base = (((size_t)slot[r] * hkv + j) * max_len) * d;
         const float *row = q_and_k + (size_t)r * (h + hkv) * d;
-        float *kc = k_cache + base, *vc = v_cache + base;
-        for (int c = 0; c < d; c++) {
-            kc[(size_t)pos[r] * d + c] = row[(h + j) * d + c];
-            vc[(size_t)pos[r] * d + c] = v[((size_t)r * hkv + j) * d + c];
+        uint16_t *kc = k_cache + base, *vc = v_cache + base;
+        for (int c = 0; c < d; c += 16) {
+            const int rne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+            _mm256_storeu_si256((__m256i *)(kc + (size_t)pos[r] * d + c),
+                                _mm512_cvtps_ph(_mm512_loadu_ps(row + (h + j) * d + c), rne));
+            _mm256_storeu_si256((__m256i *)(vc + (size_t)pos[r] * d + c),
+                                _mm512_cvtps_ph(_mm512_loadu_ps(v + ((size_t)r * hkv + j) * d + c), rne));
         }
         one_head_group(row + (size_t)j * g * d, g, d, kc, vc, len, scale,
                        scratch + (size_t)t * g * longest, out + ((size_t)r * h + (size_t)j * g) * d);

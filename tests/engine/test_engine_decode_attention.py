@@ -1,5 +1,6 @@
 """The engine's decode attention kernel (engine/decode_attention.py, native_attention.c) against
-attention computed in float64, on caches of different lengths in scattered slots."""
+attention computed in float64 over the same float16 cache, on caches of different lengths in
+scattered slots."""
 
 from __future__ import annotations
 
@@ -7,28 +8,30 @@ import pytest
 import torch
 
 from llmtop.engine import native
-from llmtop.engine.decode_attention import decode_attention, usable
+from llmtop.engine.decode_attention import cache_dtype, decode_attention, usable
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="no AVX-512 VNNI or no compiler")
 GEN = torch.Generator().manual_seed(0)
 
 
 def setup(slots: int, hkv: int, d: int, max_len: int, pos: list[int], slot: list[int], h: int):
-    k = torch.randn(slots, hkv, max_len, d, generator=GEN)
-    v = torch.randn(slots, hkv, max_len, d, generator=GEN)
+    k = torch.randn(slots, hkv, max_len, d, generator=GEN).half()
+    v = torch.randn(slots, hkv, max_len, d, generator=GEN).half()
     qk = torch.randn(len(pos), h + hkv, d, generator=GEN)
     vn = torch.randn(len(pos), hkv, d, generator=GEN)
     return qk, vn, (k, v), torch.tensor(slot), torch.tensor(pos)
 
 
 def reference(qk, vn, kv, slot, pos, h) -> torch.Tensor:
-    """float64 softmax attention of each row over its own positions 0..pos."""
+    """float64 softmax attention of each row over its own positions 0..pos, the new key and
+    value rounded to float16 as the cache stores them."""
     k_cache, v_cache = (c.double().clone() for c in kv)
     hkv, d = k_cache.shape[1], k_cache.shape[3]
     outs = []
     for r in range(len(pos)):
         s, p = int(slot[r]), int(pos[r])
-        k_cache[s, :, p], v_cache[s, :, p] = qk[r, h:].double(), vn[r].double()
+        k_cache[s, :, p] = qk[r, h:].half().double()
+        v_cache[s, :, p] = vn[r].half().double()
         q = qk[r, :h].double().view(hkv, h // hkv, d)
         keys, values = k_cache[s, :, : p + 1], v_cache[s, :, : p + 1]  # [hkv, L, d]
         w = torch.softmax(q @ keys.transpose(1, 2) / d**0.5, dim=-1)
@@ -44,7 +47,8 @@ def test_matches_float64_attention_and_writes_the_cache(d, h, hkv):
     got = decode_attention(qk, vn, kv, slot_t, pos_t, h)
     torch.testing.assert_close(got.double(), want, atol=2e-6, rtol=1e-5)
     for r, (s, p) in enumerate(zip(slot, pos, strict=True)):
-        assert torch.equal(kv[0][s, :, p], qk[r, h:]) and torch.equal(kv[1][s, :, p], vn[r])
+        assert torch.equal(kv[0][s, :, p], qk[r, h:].half())
+        assert torch.equal(kv[1][s, :, p], vn[r].half())
 
 
 def test_a_rows_output_does_not_depend_on_its_batch():
@@ -78,8 +82,23 @@ def test_a_position_outside_the_cache_is_refused_not_written():
         assert torch.equal(kv[0], before)
 
 
-def test_usable_only_for_float32_cpu_caches_with_whole_vectors():
-    assert usable(torch.zeros(1, 1, 4, 64), 64)
+def test_usable_only_for_float16_cpu_caches_with_whole_vectors():
+    half = torch.float16
+    assert usable(torch.zeros(1, 1, 4, 64, dtype=half), 64)
+    assert not usable(torch.zeros(1, 1, 4, 64), 64)  # float32: torch's attention
     assert not usable(torch.zeros(1, 1, 4, 64, dtype=torch.bfloat16), 64)
-    assert not usable(torch.zeros(1, 1, 4, 24), 24)
-    assert not usable(torch.zeros(2, 4, 3, 64).transpose(1, 2), 64)
+    assert not usable(torch.zeros(1, 1, 4, 24, dtype=half), 24)
+    assert not usable(torch.zeros(2, 4, 3, 64, dtype=half).transpose(1, 2), 64)
+
+
+def test_a_float32_cache_is_refused_not_misread():
+    qk, vn, kv, slot_t, pos_t = setup(1, 1, 16, 8, [3], [0], 2)
+    with pytest.raises(TypeError, match="float16"):
+        decode_attention(qk, vn, tuple(c.float() for c in kv), slot_t, pos_t, 2)
+
+
+def test_the_cache_is_float16_where_the_kernel_runs_float32_for_the_reference():
+    cpu = torch.device("cpu")
+    assert cache_dtype(cpu, torch.bfloat16, 64) == torch.float16
+    assert cache_dtype(cpu, torch.float32, 64) == torch.float32  # the exact reference
+    assert cache_dtype(cpu, torch.bfloat16, 24) == torch.float32  # no kernel for d = 24
