@@ -66,27 +66,31 @@ static void quantize_row(const uint16_t *x, int nb, int8_t *q, float *s, float *
     }
 }
 
+/* One block's codes of a group (16 columns x 32 inputs) as 8 vectors of 4 inputs x 16 columns. */
+static inline __attribute__((always_inline)) void unpack(const int BITS, const uint8_t *p, __m512i *w) {
+    if (BITS == 4) {
+        const __m512i low = _mm512_set1_epi8(0x0F);
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++) {
+            __m512i c = _mm512_loadu_si512(p + 64 * v);
+            w[v] = _mm512_and_si512(c, low);
+            w[v + 4] = _mm512_and_si512(_mm512_srli_epi16(c, 4), low);
+        }
+    } else {
+#pragma GCC unroll 8
+        for (int v = 0; v < 8; v++) w[v] = _mm512_loadu_si512(p + 64 * v);
+    }
+}
+
 /* One group of 16 columns for one row; BITS 4 or 8. */
 static inline __attribute__((always_inline)) void one_row(
     const int BITS, const uint8_t *wq, const uint16_t *wd, const uint16_t *wm, int nb,
     const int8_t *xq, const float *xs, const float *xss, uint16_t *y) {
     const int vbytes = BITS * QK * NG / 8;
-    const __m512i low = _mm512_set1_epi8(0x0F);
     __m512 acc = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        const uint8_t *p = wq + (size_t)b * vbytes;
         __m512i w[8];
-        if (BITS == 4) {
-#pragma GCC unroll 4
-            for (int v = 0; v < 4; v++) {
-                __m512i c = _mm512_loadu_si512(p + 64 * v);
-                w[v] = _mm512_and_si512(c, low);
-                w[v + 4] = _mm512_and_si512(_mm512_srli_epi16(c, 4), low);
-            }
-        } else {
-#pragma GCC unroll 8
-            for (int v = 0; v < 8; v++) w[v] = _mm512_loadu_si512(p + 64 * v);
-        }
+        unpack(BITS, wq + (size_t)b * vbytes, w);
         const int32_t *a = (const int32_t *)(xq + 2 * (size_t)b * QK);
         __m512i dot = _mm512_setzero_si512();
 #pragma GCC unroll 8
@@ -110,26 +114,14 @@ static inline __attribute__((always_inline)) void tile_pairs(
     const int NP, const int BITS, const uint8_t *wq, const uint16_t *wd, const uint16_t *wm,
     int nb, const int64_t *xp, const double *xsp, const double *xssp, uint16_t *y, int n) {
     const int vbytes = BITS * QK * NG / 8;
-    const __m512i low = _mm512_set1_epi8(0x0F);
     const __m512i ilo = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
     const __m512i ihi = _mm512_add_epi32(ilo, _mm512_set1_epi32(8));
     __m512 acc[MT_MAX];
 #pragma GCC unroll 8
     for (int i = 0; i < 2 * NP; i++) acc[i] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        const uint8_t *p = wq + (size_t)b * vbytes;
         __m512i w[8];
-        if (BITS == 4) {
-#pragma GCC unroll 4
-            for (int v = 0; v < 4; v++) {
-                __m512i c = _mm512_loadu_si512(p + 64 * v);
-                w[v] = _mm512_and_si512(c, low);
-                w[v + 4] = _mm512_and_si512(_mm512_srli_epi16(c, 4), low);
-            }
-        } else {
-#pragma GCC unroll 8
-            for (int v = 0; v < 8; v++) w[v] = _mm512_loadu_si512(p + 64 * v);
-        }
+        unpack(BITS, wq + (size_t)b * vbytes, w);
         __m512i dot[MT_MAX], lo[MT_MAX];
         const int64_t *a = xp + (size_t)b * 16; /* pair q: a + q * nb * 16 */
 #pragma GCC unroll 8
