@@ -1,6 +1,6 @@
 """The Textual app: themes, the UI tick, and the run the dashboard drives.
 
-Measuring happens outside this event loop (app/live.py: the recording's own thread and loop);
+Measuring happens outside this event loop (app/live_session.py: the recording's own thread and loop);
 the app reads the aggregator's snapshot on a fixed tick and hands it to the dashboard only when
 it changed, so drawing never delays a timestamp and an idle dashboard does next to nothing.
 """
@@ -19,13 +19,13 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.theme import Theme
 
-from llmtop.app.launch import LaunchSettings
-from llmtop.app.live import LiveSession
+from llmtop.app.live_session import LiveSession
 from llmtop.app.screens.dashboard import DashboardScreen
 from llmtop.app.widgets.status_line import RunStatus
-from llmtop.collectors.aggregate import Aggregator
-from llmtop.collectors.snapshot import Snapshot
-from llmtop.errors import LlmtopError, UsageError
+from llmtop.core.errors import LlmtopError, UsageError
+from llmtop.live.aggregate import Aggregator
+from llmtop.live.snapshot import Snapshot
+from llmtop.recorder.flags import RunFlags, plan_from_flags
 from llmtop.themes.loader import (
     DEFAULT_THEME,
     STYLESHEET,
@@ -54,7 +54,7 @@ class DashboardConfig:
     """``--theme``; ``None``: the one remembered from last time, else the default."""
     config_dir: Path | None = None
     """Settings and user themes; ``None``: ``$LLMTOP_CONFIG_DIR`` or the user config dir."""
-    launch: LaunchSettings = field(default_factory=LaunchSettings)
+    launch: RunFlags = field(default_factory=RunFlags)
     """The launcher's starting values: the backend and run flags given on the command line."""
     start_now: bool = False
     """``--scenario`` was given: start that run as soon as the dashboard is up."""
@@ -221,13 +221,13 @@ class LlmtopApp(App[None]):
 
     # --- runs --------------------------------------------------------------------------------
 
-    def start_run(self, settings: LaunchSettings) -> bool:
+    def start_run(self, settings: RunFlags) -> bool:
         """Start a run of ``settings``; ``False`` (with a notification) when it cannot start."""
         if self.session.running:
             self.notify("a run is going: stop it first (s)", severity="warning")
             return False
         try:
-            plan = settings.plan()
+            plan = plan_from_flags(settings)
         except LlmtopError as e:
             self.notify(str(e), severity="error", timeout=10)
             return False
@@ -254,7 +254,7 @@ class LlmtopApp(App[None]):
     def action_open_launcher(self) -> None:
         from llmtop.app.screens.launcher import LauncherScreen
 
-        def launched(settings: LaunchSettings | None) -> None:
+        def launched(settings: RunFlags | None) -> None:
             if settings is not None:
                 self.start_run(settings)
 
@@ -298,11 +298,10 @@ def open_dashboard(db_path: str | None, theme: str | None, flags: dict[str, obje
 
     from llmtop.storage.db import open_database, resolve_db_path
 
-    given = {k: v for k, v in flags.items() if v is not None and v != "" and v is not False}
-    settings = LaunchSettings(given)
+    settings = RunFlags.from_options(flags)
     start_now = bool(settings.scenario)
     if start_now:
-        settings.plan()  # refuse bad flags or a bad scenario file now, as `record` does
+        plan_from_flags(settings)  # refuse bad flags or a bad scenario file now, as `record` does
     path = resolve_db_path(db_path)
     app = LlmtopApp(
         DashboardConfig(db_path=path, theme=theme, launch=settings, start_now=start_now)

@@ -30,7 +30,7 @@ from llmtop.app.commands import (
     serve,
     stubs,
 )
-from llmtop.errors import LlmtopError
+from llmtop.core.errors import LlmtopError
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support.servers import Behavior, FakeServer
 
 from llmtop.collectors.backends import make_backend
-from llmtop.collectors.base import GenerationRequest
-from llmtop.collectors.events import RequestFinished
+from llmtop.core.events import RequestFinished
+from llmtop.core.requests import GenerationRequest
 from llmtop.storage.writer import EventWriter, RunInfo
 
 MODEL = "flood"

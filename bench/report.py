@@ -26,7 +26,7 @@ from rich.console import Console
 from llmtop.app.report.compare import load_comparison
 from llmtop.app.report.data import load_report
 from llmtop.app.report.document import report_renderables
-from llmtop.collectors.events import RequestFinished, RequestStarted, TokenReceived
+from llmtop.core.events import RequestFinished, RequestStarted, TokenReceived
 from llmtop.storage import queries
 from llmtop.storage.db import open_readonly
 from llmtop.storage.writer import EventWriter, RunInfo

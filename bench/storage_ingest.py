@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from llmtop.collectors.events import TokenReceived
+from llmtop.core.events import TokenReceived
 from llmtop.storage.db import open_database
 from llmtop.storage.rows import INSERT_TOKEN
 from llmtop.storage.writer import EventWriter, RunInfo

@@ -35,7 +35,7 @@ from support.servers import Behavior, FakeServer  # noqa: E402
 from textual.screen import Screen  # noqa: E402
 
 from llmtop.app.app import DashboardConfig, LlmtopApp  # noqa: E402
-from llmtop.app.launch import LaunchSettings  # noqa: E402
+from llmtop.recorder.flags import RunFlags  # noqa: E402
 from llmtop.storage import queries  # noqa: E402
 from llmtop.storage.db import open_database, open_readonly  # noqa: E402
 
@@ -125,7 +125,7 @@ async def loaded_frames(url: str, db: Path, seconds: float, streams: int) -> dic
     flags = {"backend": "ollama", "url": url, "model": "m", "concurrency": streams,
              "duration": seconds, "max_tokens": 256, "name": "bench-tui"}  # fmt: skip
     app = LlmtopApp(DashboardConfig(db_path=db, config_dir=db.parent / "cfg",
-                                    launch=LaunchSettings(flags), watch=False))  # fmt: skip
+                                    launch=RunFlags(**flags), watch=False))  # fmt: skip
     proc = psutil.Process()
     async with app.run_test(size=(140, 42)) as pilot:
         assert app.start_run(app.launch_settings)

@@ -1,1 +1,1 @@
-"""Collectors: backends that stream requests, samplers, the event types and the metric definitions."""
+"""Collectors: the backends that stream one request each (Ollama, OpenAI-compatible, the engine) and the samplers (system, GPU, server)."""

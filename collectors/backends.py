@@ -11,12 +11,13 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from llmtop.collectors.base import Backend, Emit, GenerationRequest, Timeouts
+from llmtop.collectors.base import Backend
 from llmtop.collectors.engine import EngineBackend, EngineLaunch, engine_available
 from llmtop.collectors.http import connect_reason, one_line
 from llmtop.collectors.ollama import OllamaBackend
 from llmtop.collectors.openai_compat import OpenAIBackend
-from llmtop.errors import SourceError, UsageError
+from llmtop.core.errors import SourceError, UsageError
+from llmtop.core.requests import Emit, GenerationRequest, Timeouts
 
 BACKENDS: tuple[str, ...] = ("auto", "ollama", "openai", "engine")
 PROBE_TIMEOUT_S = 1.5

@@ -13,54 +13,9 @@ a ``RequestFailed(error_kind="cancelled")`` has been emitted.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Protocol
 
-from llmtop.collectors.events import Event
-
-Emit = Callable[[Event], None]
-"""Where a backend sends its events (the runner fans them out to storage and the aggregator)."""
-
-Api = Literal["chat", "generate"]
-"""``chat``: /api/chat or /v1/chat/completions with ``messages``; ``generate``: /api/generate or
-/v1/completions with a raw ``prompt``."""
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationRequest:
-    """One request as the runner asks for it; the backend maps it onto its server's API."""
-
-    run_id: int
-    request_id: int
-    model: str
-    prompt: str
-    api: Api = "chat"
-    system: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    # Labels carried into RequestStarted, for storage and statistics:
-    step: str = ""
-    prompt_label: str = ""
-    concurrency: int | None = None
-    warmup: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Backend-specific options passed through as they are (e.g. Ollama ``num_ctx``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """How long a request may take, in seconds: each finite, so nothing hangs forever."""
-
-    connect_s: float = 5.0
-    first_token_s: float = 300.0
-    """A model may think (or load) for a while before its first token."""
-    between_chunks_s: float = 60.0
-    total_s: float | None = None
+from llmtop.core.requests import Emit, GenerationRequest
 
 
 class Backend(Protocol):

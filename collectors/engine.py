@@ -31,10 +31,10 @@ from typing import IO, Any
 
 import aiohttp
 
-from llmtop.collectors.base import Emit, GenerationRequest, Timeouts
 from llmtop.collectors.http import one_line
 from llmtop.collectors.ollama import OllamaBackend
-from llmtop.errors import SourceError
+from llmtop.core.errors import SourceError
+from llmtop.core.requests import Emit, GenerationRequest, Timeouts
 
 LABEL = "the llmtop engine"
 _PROBE_INTERVAL_S = 0.05

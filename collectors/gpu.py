@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from llmtop.collectors.base import Emit
-from llmtop.collectors.events import GpuSampled, SourceDown
+from llmtop.core.events import GpuSampled, SourceDown
+from llmtop.core.requests import Emit
 
 DEFAULT_HZ = 2.0
 

@@ -36,8 +36,8 @@ import aiohttp
 from yarl import URL
 
 from llmtop import __version__
-from llmtop.collectors.base import Timeouts
-from llmtop.errors import SourceError, UsageError
+from llmtop.core.errors import SourceError, UsageError
+from llmtop.core.requests import Timeouts
 
 KEEPALIVE_S = 4.0
 """Idle pooled connections are closed after this, below uvicorn's default of 5 s (vLLM, SGLang),

@@ -11,8 +11,6 @@ import json
 import os
 from typing import Any
 
-from llmtop.collectors.base import Emit, GenerationRequest, Timeouts
-from llmtop.collectors.events import ServerTimings, TokenReceived
 from llmtop.collectors.http import HttpClient, base_url, one_line
 from llmtop.collectors.streaming import (
     RequestState,
@@ -23,7 +21,9 @@ from llmtop.collectors.streaming import (
     request_params,
     stream_request,
 )
-from llmtop.errors import SourceError
+from llmtop.core.errors import SourceError
+from llmtop.core.events import ServerTimings, TokenReceived
+from llmtop.core.requests import Emit, GenerationRequest, Timeouts
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 _TOP_LEVEL = frozenset(

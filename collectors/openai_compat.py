@@ -22,8 +22,6 @@ import json
 import os
 from typing import Any
 
-from llmtop.collectors.base import Emit, GenerationRequest, Timeouts
-from llmtop.collectors.events import ServerTimings, TokenReceived
 from llmtop.collectors.http import HttpClient, api_key_from_env, base_url, one_line
 from llmtop.collectors.streaming import (
     MAX_LINE_CHARS,
@@ -35,7 +33,9 @@ from llmtop.collectors.streaming import (
     request_params,
     stream_request,
 )
-from llmtop.errors import SourceError
+from llmtop.core.errors import SourceError
+from llmtop.core.events import ServerTimings, TokenReceived
+from llmtop.core.requests import Emit, GenerationRequest, Timeouts
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 """vLLM's default; ``OPENAI_BASE_URL`` overrides it as it does for the openai client."""

@@ -25,15 +25,15 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from llmtop.collectors.base import Emit, GenerationRequest, Timeouts
-from llmtop.collectors.events import (
+from llmtop.collectors.http import HttpClient, SendTrace, connect_reason, error_from_body, one_line
+from llmtop.core.events import (
     ErrorKind,
     RequestFailed,
     RequestFinished,
     RequestStarted,
     ServerTimings,
 )
-from llmtop.collectors.http import HttpClient, SendTrace, connect_reason, error_from_body, one_line
+from llmtop.core.requests import Emit, GenerationRequest, Timeouts
 
 DRAIN_S = 2.0
 """After the final chunk, how long to wait for the end of the body so the connection can be reused."""

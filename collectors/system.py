@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from llmtop.collectors.base import Emit
-from llmtop.collectors.events import ResourcesSampled, SourceDown
+from llmtop.core.events import ResourcesSampled, SourceDown
+from llmtop.core.requests import Emit
 
 DEFAULT_HZ = 2.0
 CHILDREN_EVERY_S = 10.0

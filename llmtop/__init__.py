@@ -2,7 +2,7 @@
 
 The package maps the repository's folders into one namespace: ``llmtop.app`` is ``app/``,
 ``llmtop.collectors`` is ``collectors/``, and so on (see pyproject.toml). This root package
-holds only what every area shares: the version and the error hierarchy.
+holds only the version; the shared vocabulary (errors included) is ``llmtop.core``.
 """
 
 from __future__ import annotations

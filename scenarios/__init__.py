@@ -1,1 +1,1 @@
-"""Scenarios: the TOML scenario model, the built-ins, and the runner that turns them into requests."""
+"""Scenarios: the TOML scenario model, its loader and the built-ins; the prompts they send."""

@@ -16,8 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llmtop.collectors.metrics import Slo
-from llmtop.errors import UsageError
+from llmtop.core.errors import UsageError
+from llmtop.core.metrics import Slo
 from llmtop.scenarios.model import (
     APIS,
     ARRIVALS,

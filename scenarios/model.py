@@ -11,8 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from llmtop.collectors.base import Api
-from llmtop.collectors.metrics import Slo
+from llmtop.core.metrics import Slo
+from llmtop.core.requests import Api
 
 Arrival = Literal["closed", "constant", "poisson"]
 """How requests arrive in a step.

@@ -15,7 +15,7 @@ import platformdirs
 import psutil
 from sqlite_utils import Database
 
-from llmtop.errors import StorageError
+from llmtop.core.errors import StorageError
 from llmtop.storage.schema import MIGRATIONS, known_migrations, schema_version
 
 ENV_DB = "LLMTOP_DB"

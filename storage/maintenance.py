@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from sqlite_utils import Database
 
-from llmtop.errors import StorageError, UsageError
+from llmtop.core.errors import StorageError, UsageError
 from llmtop.storage.schema import TABLES
 
 

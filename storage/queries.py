@@ -1,6 +1,6 @@
 """Read-only questions asked of the database, answered as frozen dataclasses.
 
-The statistics themselves come from collectors/metrics.py: these functions only select the rows
+The statistics themselves come from core/metrics.py: these functions only select the rows
 (measured requests, excluding warm-up) and hand the values over.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from llmtop.collectors import metrics
-from llmtop.collectors.metrics import EMPTY_STATS, Slo, Stats
+from llmtop.core import metrics
+from llmtop.core.metrics import EMPTY_STATS, Slo, Stats
 
 REQUEST_METRICS: tuple[str, ...] = (
     "ttft_ms", "e2e_ms", "tpot_ms", "decode_tps", "overall_tps", "server_tps", "server_ttft_ms",

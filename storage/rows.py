@@ -11,7 +11,7 @@ import json
 import sqlite3
 from typing import Any, assert_never
 
-from llmtop.collectors.events import (
+from llmtop.core.events import (
     Event,
     GpuSampled,
     RequestFailed,
@@ -22,7 +22,7 @@ from llmtop.collectors.events import (
     SourceDown,
     TokenReceived,
 )
-from llmtop.collectors.metrics import e2e_ms, request_metrics, ttft_ms
+from llmtop.core.metrics import e2e_ms, request_metrics, ttft_ms
 
 REQUEST_COLUMNS: tuple[str, ...] = (
     "run_id", "id", "step", "prompt_label", "prompt_chars", "prompt_tokens", "output_tokens",

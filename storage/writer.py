@@ -38,10 +38,10 @@ import psutil
 from sqlite_utils import Database
 
 from llmtop import __version__
-from llmtop.collectors.events import (
+from llmtop.core.errors import StorageError
+from llmtop.core.events import (
     Event,
 )
-from llmtop.errors import StorageError
 from llmtop.storage.db import open_database, resolve_db_path
 from llmtop.storage.rows import RowBuilder, write_batch
 

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import click
 from sqlite_utils import Database
 
-from llmtop.errors import UsageError
+from llmtop.core.errors import UsageError
 from llmtop.storage import queries
 from llmtop.storage.db import open_database
 
@@ -55,12 +55,3 @@ def resolve_run_ids(
     if last_id is None:
         raise UsageError("no runs in this database yet: record one with 'llmtop record'")
     return [last_id]
-
-
-def fmt_num(value: float | int | None, digits: int = 1) -> str:
-    """A number for a table cell; ``None`` (not measured) shows as a dash."""
-    if value is None:
-        return "—"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:,.{digits}f}"

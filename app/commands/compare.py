@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 
 from llmtop.app.commands.common import db_option, db_path_of
-from llmtop.errors import UsageError
+from llmtop.core.errors import UsageError
 from llmtop.storage.db import open_readonly
 
 

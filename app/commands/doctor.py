@@ -27,7 +27,7 @@ from llmtop.app.commands.run_options import OneLineErrors
 from llmtop.collectors.gpu import inventory
 from llmtop.collectors.server_metrics import server_root
 from llmtop.collectors.system import host_info
-from llmtop.errors import StorageError
+from llmtop.core.errors import StorageError
 from llmtop.storage.db import ENV_DB, applied_migrations, open_readonly, resolve_db_path
 from llmtop.storage.schema import schema_version
 

@@ -8,7 +8,7 @@ from contextlib import nullcontext
 import click
 
 from llmtop.app.commands.common import db_option, open_db, resolve_run_ids
-from llmtop.errors import UsageError
+from llmtop.core.errors import UsageError
 from llmtop.storage.export import EXPORT_TABLES
 from llmtop.storage.export import export as export_rows
 

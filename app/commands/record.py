@@ -19,9 +19,10 @@ from rich.console import Console
 
 from llmtop.app.commands.common import db_option, db_path_of
 from llmtop.app.commands.record_view import ProgressView, print_summary, summary_json
-from llmtop.app.commands.run_options import OneLineErrors, backend_options, plan_from, run_options
-from llmtop.errors import LlmtopError, SourceError, StorageError, UsageError
-from llmtop.scenarios.recording import Recording, RecordResult
+from llmtop.app.commands.run_options import OneLineErrors, backend_options, run_options
+from llmtop.core.errors import LlmtopError, SourceError, StorageError, UsageError
+from llmtop.recorder.flags import RunFlags, plan_from_flags
+from llmtop.recorder.recording import Recording, RecordResult
 from llmtop.storage import queries
 from llmtop.storage.db import open_readonly
 from llmtop.storage.queries import RunSummary
@@ -50,7 +51,7 @@ def record(ctx: click.Context, db_path: str | None, quiet: bool, as_json: bool, 
       llmtop record --scenario rate-sweep --backend openai --url http://127.0.0.1:8000/v1
       llmtop record --prompt "Write a haiku" --concurrency 8 --duration 60 --json
     """
-    plan = plan_from(**kw)
+    plan = plan_from_flags(RunFlags.from_options(kw))
     path = db_path_of(ctx, db_path)
     recording = Recording(plan, path)
     show_progress = not quiet and sys.stderr.isatty()

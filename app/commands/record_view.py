@@ -24,9 +24,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from llmtop.app.commands.common import fmt_num
-from llmtop.collectors.metrics import NS_PER_S, rate_per_s
-from llmtop.scenarios.recording import Recording, RecordResult
+from llmtop.core import fmt
+from llmtop.core.metrics import NS_PER_S, rate_per_s
+from llmtop.recorder.recording import Recording, RecordResult
 from llmtop.storage.queries import RunSummary, StepSummary
 
 GIB = 1 << 30
@@ -140,34 +140,34 @@ def _rows(summary: RunSummary) -> list[tuple[str, Any]]:
             "errors",
             lambda s: str(s.errors) + (f" (+{s.cancelled} cancelled)" if s.cancelled else ""),
         ),
-        ("TTFT mean ms", lambda s: fmt_num(s.ttft_ms.mean)),
-        ("TTFT p50 ms", lambda s: fmt_num(s.ttft_ms.p50)),
-        ("TTFT p95 ms", lambda s: fmt_num(s.ttft_ms.p95)),
-        ("TTFT p99 ms", lambda s: fmt_num(s.ttft_ms.p99)),
-        ("TPOT mean ms", lambda s: fmt_num(s.tpot_ms.mean, 2)),
-        ("ITL p50 ms", lambda s: fmt_num(s.itl_ms.p50, 2)),
-        ("decode tok/s", lambda s: fmt_num(s.decode_tps.mean)),
-        ("E2E mean ms", lambda s: fmt_num(s.e2e_ms.mean)),
-        ("E2E p95 ms", lambda s: fmt_num(s.e2e_ms.p95)),
-        ("req/s", lambda s: fmt_num(s.req_per_s, 2)),
-        ("output tok/s", lambda s: fmt_num(s.out_tok_per_s)),
+        ("TTFT mean ms", lambda s: fmt.num(s.ttft_ms.mean)),
+        ("TTFT p50 ms", lambda s: fmt.num(s.ttft_ms.p50)),
+        ("TTFT p95 ms", lambda s: fmt.num(s.ttft_ms.p95)),
+        ("TTFT p99 ms", lambda s: fmt.num(s.ttft_ms.p99)),
+        ("TPOT mean ms", lambda s: fmt.num(s.tpot_ms.mean)),
+        ("ITL p50 ms", lambda s: fmt.num(s.itl_ms.p50)),
+        ("decode tok/s", lambda s: fmt.num(s.decode_tps.mean)),
+        ("E2E mean ms", lambda s: fmt.num(s.e2e_ms.mean)),
+        ("E2E p95 ms", lambda s: fmt.num(s.e2e_ms.p95)),
+        ("req/s", lambda s: fmt.num(s.req_per_s)),
+        ("output tok/s", lambda s: fmt.num(s.out_tok_per_s)),
     ]
     optional: list[tuple[str, Any, Any]] = [
-        ("server decode tok/s", lambda s: fmt_num(s.server_tps.mean), lambda s: s.server_tps.mean),
+        ("server decode tok/s", lambda s: fmt.num(s.server_tps.mean), lambda s: s.server_tps.mean),
         (
             "goodput",
             lambda s: _pct(s.goodput),
             lambda s: s.goodput if summary.slo.is_set else None,
         ),
-        ("CPU avg %", lambda s: fmt_num(s.cpu_pct_mean), lambda s: s.cpu_pct_mean),
+        ("CPU avg %", lambda s: fmt.num(s.cpu_pct_mean), lambda s: s.cpu_pct_mean),
         ("memory peak GiB", lambda s: _gib(s.mem_used_peak), lambda s: s.mem_used_peak),
         ("server RSS peak GiB", lambda s: _gib(s.server_rss_peak), lambda s: s.server_rss_peak),
         (
             "server CPU avg %",
-            lambda s: fmt_num(s.server_cpu_pct_mean),
+            lambda s: fmt.num(s.server_cpu_pct_mean),
             lambda s: s.server_cpu_pct_mean,
         ),
-        ("GPU util avg %", lambda s: fmt_num(s.gpu_util_mean), lambda s: s.gpu_util_mean),
+        ("GPU util avg %", lambda s: fmt.num(s.gpu_util_mean), lambda s: s.gpu_util_mean),
         ("GPU memory peak GiB", lambda s: _gib(s.gpu_mem_peak), lambda s: s.gpu_mem_peak),
     ]
     rows += [(label, cell) for label, cell, value in optional if has(value)]

@@ -2,33 +2,21 @@
 
 One place for the flags of DESIGN.md's CLI section, so ``record`` and ``llmtop`` (which starts
 a run in the dashboard) spell them the same: decorate a command with :func:`backend_options`
-and :func:`run_options`, then turn its keyword arguments into a plan with :func:`plan_from`.
+and :func:`run_options`, then turn its keyword arguments into ``RunFlags.from_options(kw)``
+(recorder/flags.py) and a plan with ``plan_from_flags``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
-from llmtop.collectors.base import Timeouts
-from llmtop.errors import UsageError
-from llmtop.scenarios.loader import load_scenario
-from llmtop.scenarios.model import Overrides, apply_overrides, single_step
-from llmtop.scenarios.recording import RecordPlan
+from llmtop.core.errors import UsageError
+from llmtop.recorder.flags import BACKENDS
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-BACKENDS = ("auto", "ollama", "openai", "engine")
-
-BACKEND_KEYS = ("backend", "url", "model", "api_key_env", "server_pid")
-RUN_KEYS = (
-    "scenario", "requests", "concurrency", "duration", "rate", "arrival", "max_tokens",
-    "temperature", "seed", "name", "prompt", "warmup", "unique_prompts", "api", "no_tokens",
-    "sample_hz", "timeout",
-)  # fmt: skip
 
 
 class OneLineErrors(click.Command):
@@ -206,66 +194,4 @@ def run_options(f: F) -> F:
                 "first token, 60 s between chunks).",
             ),
         ],
-    )
-
-
-def _given_flags(kw: dict[str, Any]) -> dict[str, Any]:
-    """The flags given, for ``params_json`` (defaults and empty values left out)."""
-    out = {}
-    for k in (*BACKEND_KEYS, *RUN_KEYS):
-        v = kw.get(k)
-        if v not in (None, "", False) and not (k == "backend" and v == "auto"):
-            out[k] = v
-    return out
-
-
-def plan_from(**kw: Any) -> RecordPlan:
-    """The run that the backend and run flags describe.
-
-    Raises:
-        UsageError: an unknown scenario, a bad scenario file, or flags that cannot combine.
-    """
-    ov = Overrides(
-        requests=kw.get("requests"),
-        duration_s=kw.get("duration"),
-        concurrency=kw.get("concurrency"),
-        rate=kw.get("rate"),
-        arrival=kw.get("arrival"),
-        max_tokens=kw.get("max_tokens"),
-        temperature=kw.get("temperature"),
-        seed=kw.get("seed"),
-        api=kw.get("api"),
-        prompt=kw.get("prompt"),
-        warmup=kw.get("warmup"),
-        unique_prompts=kw.get("unique_prompts"),
-    )
-    if ov.arrival in ("constant", "poisson") and ov.rate is None and not kw.get("scenario"):
-        raise UsageError(f"--arrival {ov.arrival} needs --rate REQ_PER_S")
-    if ov.arrival == "closed" and ov.rate is not None:
-        raise UsageError("--rate needs --arrival constant or poisson, not closed")
-    if ov.prompt is not None and not ov.prompt.strip():
-        raise UsageError("--prompt must not be empty")
-    try:
-        if kw.get("scenario"):
-            scenario = apply_overrides(load_scenario(kw["scenario"]), ov)
-        else:
-            scenario = single_step(ov)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    timeouts = Timeouts()
-    if kw.get("timeout"):
-        t = kw["timeout"]
-        timeouts = dataclasses.replace(timeouts, first_token_s=t, between_chunks_s=t)
-    return RecordPlan(
-        scenario=scenario,
-        backend=kw.get("backend") or "auto",
-        url=kw.get("url"),
-        model=kw.get("model"),
-        api_key_env=kw.get("api_key_env"),
-        name=kw.get("name") or "",
-        store_tokens=not kw.get("no_tokens"),
-        sample_hz=kw.get("sample_hz"),
-        timeouts=timeouts,
-        server_pid=kw.get("server_pid"),
-        flags=_given_flags(kw),
     )

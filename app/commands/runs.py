@@ -13,9 +13,10 @@ from rich.table import Table
 from rich.text import Text
 from sqlite_utils import Database
 
-from llmtop.app.commands.common import db_option, fmt_num, open_db
-from llmtop.app.report.fmt import local_time
-from llmtop.errors import UsageError
+from llmtop.app.commands.common import db_option, open_db
+from llmtop.core import fmt
+from llmtop.core.errors import UsageError
+from llmtop.core.fmt import local_time
 from llmtop.storage import queries
 from llmtop.storage.maintenance import delete_runs
 from llmtop.storage.queries import RunRow
@@ -216,8 +217,8 @@ def runs(
             str(r.id), local_time(r.started_at), r.name,
             Text(r.status, style=STATUS_STYLE.get(r.status, "")), r.backend, r.model, r.scenario,
             str(r.n_requests), Text(str(r.n_errors), style="red" if r.n_errors else ""),
-            fmt_num(o.ttft_ms.p50 if o else None), fmt_num(o.e2e_ms.p95 if o else None),
-            fmt_num(o.decode_tps.mean if o else None), fmt_num(o.out_tok_per_s if o else None),
+            fmt.num(o.ttft_ms.p50 if o else None), fmt.num(o.e2e_ms.p95 if o else None),
+            fmt.num(o.decode_tps.mean if o else None), fmt.num(o.out_tok_per_s if o else None),
         ])  # fmt: skip
     columns = [
         ("id", "right"), ("started", "left"), ("name", "left"), ("status", "left"),

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from llmtop.app.commands.run_options import OneLineErrors
-from llmtop.errors import UsageError
+from llmtop.core.errors import UsageError
 from llmtop.scenarios.loader import builtin_names, builtin_text, load_scenario
 from llmtop.scenarios.model import Scenario
 

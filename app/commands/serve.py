@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from llmtop.errors import SourceError
+from llmtop.core.errors import SourceError
 
 ENGINE_MAIN = (
     "import torch, sys; from llmtop.engine.serve_main import main; sys.exit(main(sys.argv[1:]))"

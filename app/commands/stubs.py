@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from llmtop.errors import UsageError
+from llmtop.core.errors import UsageError
 
 
 def not_yet(what: str, issue: int) -> None:

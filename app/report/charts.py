@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from textual_plotext import Plot
 
-from llmtop.app.report.fmt import short
+from llmtop.core.fmt import num, tick
 from llmtop.storage.queries import Histogram
 
 PALETTE: tuple[str, ...] = ("cyan", "magenta", "orange", "green", "blue", "red", "yellow")
@@ -62,10 +62,10 @@ def _titled(title: str, width: int, canvas: str) -> str:
 
 def _ticks(lo: float, hi: float, count: int = 5) -> tuple[list[float], list[str]]:
     if hi <= lo:
-        return [lo], [short(lo)]
+        return [lo], [tick(lo)]
     step = (hi - lo) / (count - 1)
     ticks = [lo + i * step for i in range(count)]
-    return ticks, [short(t) for t in ticks]
+    return ticks, [tick(t) for t in ticks]
 
 
 def note_chart(title: str, reason: str, *, width: int, height: int = 5) -> str:
@@ -98,7 +98,7 @@ def histogram_chart(
     if hist.n == 0:
         return note_chart(title, "no successful requests to chart", width=width)
     centers = [(a + b) / 2 for a, b in zip(hist.edges, hist.edges[1:], strict=False)]
-    legend = " · ".join(f"{m.label} {short(m.value)}" for m in markers)
+    legend = " · ".join(f"{m.label} {num(m.value)}" for m in markers)
     title = f"{title} · {legend}" if legend else title
     p = _plot(width, height)
     p.bar(centers, list(hist.counts), width=1.0, color=color)
@@ -132,7 +132,7 @@ def scatter_chart(
     """
     if not points:
         return note_chart(title, "no values to chart", width=width)
-    legend = " · ".join(f"{m.label} {short(m.value)}" for m in markers)
+    legend = " · ".join(f"{m.label} {num(m.value)}" for m in markers)
     title = f"{title} · {legend}" if legend else title
     xs = [x for x, _ in points]
     ys = [y for _, y in points]
@@ -228,7 +228,7 @@ def bar_chart(
         )
         ends = []
     top = (max(max(v) for v in values) if not stacked else max(ends)) or 1.0
-    texts = [f" {short(end)}{unit}" for end in ends]
+    texts = [f" {num(end)}{unit}" for end in ends]
     # Room right of the longest bar for its value: the plotting area is what the category
     # labels and the frame leave of the width.
     area = max(width - max(len(label) for label in labels) - 3, 10)

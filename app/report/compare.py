@@ -4,7 +4,7 @@ A change counts only when it is both real and large enough to matter:
 - real: the bootstrap interval of the difference (from each run's stored per-request values,
   seeded, so the verdict is stable) excludes zero; a difference the requests' own spread explains
   is "within noise". ITL gaps are resampled as what they are, groups per request that move
-  together (metrics.clustered_n_eff), not as independent values, which would make intervals
+  together (noise.clustered_n_eff), not as independent values, which would make intervals
   several times too narrow;
 - large enough: at least ``threshold`` (5 % by default) of the baseline, because two runs on a
   shared machine drift by a few percent for reasons no resampling of one run can see.
@@ -21,10 +21,10 @@ from typing import Literal
 
 from sqlite_utils import Database
 
-from llmtop.app.report import fmt
-from llmtop.collectors import metrics
-from llmtop.collectors.metrics import Slo
-from llmtop.errors import UsageError
+from llmtop.app.report import noise
+from llmtop.core import fmt, metrics
+from llmtop.core.errors import UsageError
+from llmtop.core.metrics import Slo
 from llmtop.storage import queries
 from llmtop.storage.queries import RunRow, StepSummary
 
@@ -94,7 +94,7 @@ SPECS: tuple[Spec, ...] = (
         lambda s: s.error_rate,
         "lower",
         share="error",
-        show=fmt.pct,
+        show=fmt.share,
     ),
     Spec(
         "goodput",
@@ -103,7 +103,7 @@ SPECS: tuple[Spec, ...] = (
         lambda s: s.goodput,
         "higher",
         share="goodput",
-        show=fmt.pct,
+        show=fmt.share,
     ),
     Spec("cpu_pct_mean", "Resources", "CPU % (mean)", lambda s: s.cpu_pct_mean, None),
     Spec(
@@ -169,7 +169,7 @@ class RunSample:
     slo: Slo
     groups: dict[str, list[list[float]]] = field(default_factory=dict)
     """Sources whose values come in groups (``itl_ms``: one list per request), resampled with
-    the spread that grouping gives (metrics.clustered_n_eff)."""
+    the spread that grouping gives (noise.clustered_n_eff)."""
 
 
 def _share_values(sample: RunSample, kind: str) -> list[float]:
@@ -194,25 +194,25 @@ def judge(
     interval = None
     if spec.share is not None:
         va, vb = _share_values(base, spec.share), _share_values(cand, spec.share)
-        interval = metrics.bootstrap_diff_ci(va, vb, "mean", confidence=confidence)
+        interval = noise.bootstrap_diff_ci(va, vb, "mean", confidence=confidence)
         relative = None
         small = abs(delta) < SHARE_THRESHOLD
     else:
         if spec.source is not None and spec.source in base.groups and spec.source in cand.groups:
-            interval = metrics.clustered_diff_ci(
+            interval = noise.clustered_diff_ci(
                 base.groups[spec.source],
                 cand.groups[spec.source],
                 spec.statistic,
                 confidence=confidence,
             )
         elif spec.source is not None:
-            interval = metrics.bootstrap_diff_ci(
+            interval = noise.bootstrap_diff_ci(
                 base.values.get(spec.source, []),
                 cand.values.get(spec.source, []),
                 spec.statistic,
                 confidence=confidence,
             )
-        relative = metrics.relative_change(float(a), float(b))
+        relative = noise.relative_change(float(a), float(b))
         small = abs(relative) < threshold if relative is not None else delta == 0
     if interval is not None and interval[0] <= 0 <= interval[1]:
         return Change(delta, relative, interval, "noise", "interval contains zero")

@@ -9,9 +9,9 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from llmtop.app.report import fmt
 from llmtop.app.report.compare import Change, Comparison, Row
 from llmtop.app.report.text_formats import md_table
+from llmtop.core import fmt
 
 VERDICT_STYLE = {
     "better": "bold green",
@@ -36,7 +36,7 @@ def change_text(row: Row, change: Change | None) -> str:
     if row.spec.share is not None:
         amount = f"{change.delta * 100:+.1f} pp"
     elif change.relative is not None:
-        amount = fmt.signed_pct(change.relative)
+        amount = fmt.signed_share(change.relative)
     else:
         amount = f"{change.delta:+g}"
     word = VERDICT_WORD[change.verdict]

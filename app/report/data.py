@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from sqlite_utils import Database
 
-from llmtop.errors import UsageError
+from llmtop.core.errors import UsageError
 from llmtop.storage import queries
 from llmtop.storage.queries import Histogram, RunSummary, StepSummary
 

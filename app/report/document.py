@@ -22,7 +22,7 @@ from rich.text import Text
 from llmtop.app.report.data import ReportData
 from llmtop.app.report.scenario_charts import ChartRows, finding, fit_charts, standard_charts
 from llmtop.app.report.tables import header, key_numbers, summary_table
-from llmtop.errors import UsageError
+from llmtop.core.errors import UsageError
 
 CHART_HEIGHT = 16
 MIN_CHART_WIDTH = 54

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from llmtop.app.report import fmt
 from llmtop.app.report.charts import (
     Marker,
     Series,
@@ -24,7 +23,7 @@ from llmtop.app.report.charts import (
     scatter_chart,
 )
 from llmtop.app.report.data import Breakdown, Group, ReportData
-from llmtop.collectors import metrics
+from llmtop.core import fmt, metrics
 
 ChartFn = Callable[[int, int], str]
 """Draws one chart at (width, height) columns and lines."""
@@ -283,8 +282,8 @@ def finding(data: ReportData) -> str | None:
         if a is None or z is None:
             return None
         return (
-            f"Prefill is {fmt.pct(a, 0)} of latency for '{b.groups[0].label}' and "
-            f"{fmt.pct(z, 0)} for '{b.groups[-1].label}'."
+            f"Prefill is {fmt.share(a)} of latency for '{b.groups[0].label}' and "
+            f"{fmt.share(z)} for '{b.groups[-1].label}'."
         )
     if b.dimension == "concurrency":
         tput = _ratio(first.req_per_s, last.req_per_s)
@@ -300,11 +299,11 @@ def finding(data: ReportData) -> str | None:
         if len(means) < 2:
             return None
         spread = (max(means) - min(means)) / min(means)
-        return f"Mean E2E latency differs by {fmt.pct(spread)} across temperatures."
+        return f"Mean E2E latency differs by {fmt.share(spread)} across temperatures."
     if b.dimension == "rate":
         points = [(g.offered_rate or 0.0, g.summary.goodput) for g in b.groups]
         best = metrics.sustainable_rate(points, GOODPUT_TARGET)
-        target = fmt.pct(GOODPUT_TARGET, 0)
+        target = fmt.share(GOODPUT_TARGET)
         if best is None:
             return f"Goodput was below {target} at every offered rate."
         return f"SLOs held for ≥ {target} of requests up to {best:g} req/s offered."

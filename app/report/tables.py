@@ -18,10 +18,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from llmtop.app.report import fmt
 from llmtop.app.report.data import step_rates
-from llmtop.collectors import metrics
-from llmtop.collectors.metrics import Slo
+from llmtop.core import fmt, metrics
+from llmtop.core.metrics import Slo
 from llmtop.storage.queries import RunSummary, StepSummary
 
 Getter = Callable[[StepSummary], float | int | None]
@@ -76,14 +75,14 @@ ROWS: tuple[Row, ...] = (
     Row("E2E latency ms", "p50", lambda s: s.e2e_ms.p50, slo="e2e_ms"),
     Row("E2E latency ms", "p95", lambda s: s.e2e_ms.p95, slo="e2e_ms"),
     Row("E2E latency ms", "p99", lambda s: s.e2e_ms.p99, slo="e2e_ms"),
-    Row("E2E latency ms", "prefill share", _prefill, fmt.pct),
+    Row("E2E latency ms", "prefill share", _prefill, fmt.share),
     Row("Throughput", "decode tok/s (mean)", lambda s: s.decode_tps.mean),
     Row("Throughput", "decode tok/s (p50)", lambda s: s.decode_tps.p50),
     Row("Throughput", "server tok/s (mean)", lambda s: s.server_tps.mean),
     Row("Throughput", "requests/s", lambda s: s.req_per_s),
     Row("Throughput", "output tok/s", lambda s: s.out_tok_per_s),
-    Row("Throughput", "error rate", lambda s: s.error_rate, fmt.pct),
-    Row("Throughput", "goodput", lambda s: s.goodput, fmt.pct),
+    Row("Throughput", "error rate", lambda s: s.error_rate, fmt.share),
+    Row("Throughput", "goodput", lambda s: s.goodput, fmt.share),
     Row("Resources", "CPU % (mean)", lambda s: s.cpu_pct_mean),
     Row("Resources", "memory used (peak)", lambda s: s.mem_used_peak, fmt.size),
     Row("Resources", "server RSS (peak)", lambda s: s.server_rss_peak, fmt.size),
@@ -226,7 +225,7 @@ def key_numbers(o: StepSummary) -> str | None:
         parts.append(f"TTFT mean {fmt.num(o.ttft_ms.mean)} ms")
     share = metrics.prefill_share(o.ttft_ms.mean, o.e2e_ms.mean)
     if share is not None:
-        parts.append(f"prefill {fmt.pct(share, 0)} of latency")
+        parts.append(f"prefill {fmt.share(share)} of latency")
     if o.decode_tps.mean is not None:
         parts.append(f"{fmt.num(o.decode_tps.mean)} decode tok/s")
     if o.req_per_s is not None:

@@ -6,11 +6,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llmtop.app.report import fmt
 from llmtop.app.report.data import ReportData
 from llmtop.app.report.scenario_charts import GOODPUT_TARGET, finding
 from llmtop.app.report.tables import column_title, columns, slo_text
-from llmtop.collectors import metrics
+from llmtop.core import fmt, metrics
 from llmtop.storage.queries import StepSummary
 
 
@@ -33,7 +32,7 @@ MD_COLUMNS: tuple[MdColumn, ...] = (
     MdColumn("req/s", lambda s: s.req_per_s),
     MdColumn("output tok/s", lambda s: s.out_tok_per_s),
 )
-GOODPUT_COLUMN = MdColumn("goodput", lambda s: s.goodput, fmt.pct)
+GOODPUT_COLUMN = MdColumn("goodput", lambda s: s.goodput, fmt.share)
 
 
 def md_escape(text: str) -> str:

@@ -13,7 +13,6 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer
 
-from llmtop.app.widgets import fmt
 from llmtop.app.widgets.histogram import Histogram
 from llmtop.app.widgets.metric_trend import MetricTrend
 from llmtop.app.widgets.percentile_table import PercentileTable
@@ -21,7 +20,8 @@ from llmtop.app.widgets.requests_table import RequestsTable
 from llmtop.app.widgets.resources_panel import ResourcesPanel
 from llmtop.app.widgets.server_panel import ServerPanel
 from llmtop.app.widgets.status_line import RunStatus, StatusLine
-from llmtop.collectors.snapshot import EMPTY_SNAPSHOT, Snapshot
+from llmtop.core import fmt
+from llmtop.live.snapshot import EMPTY_SNAPSHOT, Snapshot
 
 HISTOGRAM_EVERY_S = 0.5
 """One histogram redraws at most every half second, the two taking turns (each once a second):
@@ -67,7 +67,7 @@ class DashboardScreen(Screen[None]):
                     with Horizontal(id="dash-trends"):
                         yield MetricTrend("TTFT", "ms", id="ttft-trend", classes="panel")
                         yield MetricTrend(
-                            "decode", "tok/s", formatter=fmt.rate, id="tps-trend", classes="panel"
+                            "decode", "tok/s", formatter=fmt.num, id="tps-trend", classes="panel"
                         )
                     yield PercentileTable(id="percentiles", classes="panel")
                     with Horizontal(id="dash-dists"):

@@ -2,12 +2,13 @@
 
 Bad values are shown on their field (it turns red) with one line saying what is wrong; the
 form never closes on a value that ``llmtop record`` would refuse, because it builds the same
-plan (``LaunchSettings.plan``) before it answers.
+plan (recorder/flags.py ``plan_from_flags``) before it answers; a refused flag names its
+field (``FlagError.flag``), which turns red.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -18,15 +19,16 @@ from textual.validation import Function, Integer, Number, Validator
 from textual.widgets import Button, Input, Label, Select, Static
 from textual.worker import Worker, WorkerState
 
-from llmtop.app.launch import BACKENDS, LaunchSettings
-from llmtop.errors import LlmtopError
+from llmtop.core.errors import LlmtopError
+from llmtop.recorder.flags import BACKENDS, FlagError, RunFlags, plan_from_flags
 from llmtop.scenarios.loader import builtin_names, load_scenario
 
 FILE = "__file__"
 """The scenario choice meaning: the TOML file named in the next field."""
 
+InputKind = Literal["integer", "number"]
 # field id -> (flag, label, input type, validators)
-NUMBER_FIELDS: dict[str, tuple[str, str, str, list[Validator]]] = {
+NUMBER_FIELDS: dict[str, tuple[str, str, InputKind, list[Validator]]] = {
     "requests": ("requests", "requests", "integer", [Integer(minimum=1)]),
     "concurrency": ("concurrency", "concurrency", "integer", [Integer(minimum=1, maximum=4096)]),
     "rate": ("rate", "rate req/s", "number", [Number(minimum=0.001)]),
@@ -40,7 +42,7 @@ def _url_ok(value: str) -> bool:
     return value == "" or value.startswith(("http://", "https://"))
 
 
-class LauncherScreen(ModalScreen[LaunchSettings | None]):
+class LauncherScreen(ModalScreen[RunFlags | None]):
     """Start a run; answers the settings, or ``None`` when cancelled."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -48,7 +50,7 @@ class LauncherScreen(ModalScreen[LaunchSettings | None]):
         Binding("ctrl+s", "start", "Start", show=True),
     ]
 
-    def __init__(self, settings: LaunchSettings, *, running: bool = False) -> None:
+    def __init__(self, settings: RunFlags, *, running: bool = False) -> None:
         super().__init__()
         self.settings = settings
         self.running = running
@@ -83,14 +85,14 @@ class LauncherScreen(ModalScreen[LaunchSettings | None]):
             yield Static("", id="scenario-about")
             with Grid(id="launch-flags", classes="form"):
                 for field_id, (flag, label, kind, validators) in NUMBER_FIELDS.items():
-                    value = s.get(flag)
+                    value = getattr(s, flag)
                     yield Label(label)
                     yield Input("" if value is None else f"{value:g}", placeholder="default",
                                 type=kind, id=field_id, compact=True, validators=validators,
-                                valid_empty=True)  # type: ignore[arg-type]  # fmt: skip
+                                valid_empty=True)  # fmt: skip
             with Horizontal(id="launch-name"):
                 yield Label("name")
-                yield Input(s.get("name", ""), placeholder="a label for this run", id="name",
+                yield Input(s.name, placeholder="a label for this run", id="name",
                             compact=True)  # fmt: skip
             yield Static("", id="launch-error")
             with Horizontal(id="launch-buttons"):
@@ -148,8 +150,8 @@ class LauncherScreen(ModalScreen[LaunchSettings | None]):
 
     @work(exclusive=True, group="models", exit_on_error=False)
     async def fetch_models(self) -> list[str]:
-        from llmtop.app.live import watch_target
         from llmtop.collectors.backends import make_backend
+        from llmtop.recorder.watcher import watch_target
 
         backend = str(self.query_one("#backend", Select).value)
         url = self.query_one("#url", Input).value.strip() or None
@@ -190,7 +192,7 @@ class LauncherScreen(ModalScreen[LaunchSettings | None]):
             widget.add_class("-invalid")
             widget.focus()
 
-    def collect(self) -> LaunchSettings | None:
+    def collect(self) -> RunFlags | None:
         """The settings in the form, or ``None`` after showing what is wrong."""
         for widget in self.query(".-invalid"):
             widget.remove_class("-invalid")
@@ -218,18 +220,23 @@ class LauncherScreen(ModalScreen[LaunchSettings | None]):
             flags[flag] = (int(text) if kind == "integer" else float(text)) if text else None
         settings = self.settings.replace(**flags)  # a field left empty drops its flag
         try:
-            settings.plan()
-        except LlmtopError as e:
-            text = str(e)
-            field_id = (
-                "scenario-file"
-                if "scenario" in text and self._scenario_ref().endswith(".toml")
-                else ("rate" if "--rate" in text or "--arrival" in text else None)
-            )
-            self._error(text, field_id)
+            plan_from_flags(settings)
+        except FlagError as e:
+            self._error(str(e), self._field_of(e.flag))
             return None
         self._error("")
         return settings
+
+    def _field_of(self, flag: str | None) -> str | None:
+        """The form field that holds ``flag``, or ``None`` when the form has none for it."""
+        if flag == "scenario":
+            return (
+                "scenario-file" if self.query_one("#scenario", Select).value == FILE else "scenario"
+            )
+        for field_id, (name, *_) in NUMBER_FIELDS.items():
+            if name == flag:
+                return field_id
+        return flag if flag in ("backend", "url", "model", "name") else None
 
     @on(Button.Pressed, "#start")
     def action_start(self) -> None:

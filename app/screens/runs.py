@@ -11,9 +11,9 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Static
 
 from llmtop.app.messages import CompareRequested, RunSelected
-from llmtop.app.report.fmt import local_time
 from llmtop.app.screens.base import LlmtopScreen
 from llmtop.app.widgets.runs_table import RunItem, RunsTable
+from llmtop.core.fmt import local_time
 from llmtop.storage import queries
 from llmtop.storage.db import open_readonly
 
@@ -32,7 +32,7 @@ def load_run_items(db_path: Path | None, limit: int = HISTORY_LIMIT) -> tuple[Ru
             items.append(
                 RunItem(
                     id=r.id,
-                    started=local_time(r.started_at, seconds=True),
+                    started=local_time(r.started_at, with_seconds=True),
                     name=r.name,
                     status=r.status,
                     backend=r.backend,

@@ -10,8 +10,8 @@ from textual.app import RenderResult
 from textual.reactive import reactive
 from textual_plotext import PlotextPlot
 
-from llmtop.app.widgets import fmt
-from llmtop.collectors.metrics import EMPTY_STATS, Stats
+from llmtop.core import fmt
+from llmtop.core.metrics import EMPTY_STATS, Stats
 
 TAIL_FACTOR = 3.0
 """The x axis stops at P99 when the maximum is this many times beyond it, so one stall does not
@@ -73,7 +73,7 @@ class Histogram(PlotextPlot):
         self.border_subtitle = (
             ""
             if stats.n == 0
-            else f"p50 [b]{fmt.ms(stats.p50)}[/]  p99 [b]{fmt.ms(stats.p99)}[/]  "
+            else f"p50 [b]{fmt.num(stats.p50)}[/]  p99 [b]{fmt.num(stats.p99)}[/]  "
             f"[dim]n={stats.n:,}[/]"
         )
 
@@ -99,7 +99,7 @@ class Histogram(PlotextPlot):
         # nudging is not the same from one process to the next.
         n_ticks = 3 if self.size.width >= 36 else 2
         xt = [lo + (hi - lo) * k / (n_ticks - 1) for k in range(n_ticks)]
-        plt.xticks(xt, [fmt.ms(x) for x in xt])
+        plt.xticks(xt, [fmt.tick(x) for x in xt])
         top = max(counts)
         yt = list(range(0, top + 1, nice_step(top)))
         plt.yticks(yt, [f"{y:,}" for y in yt])

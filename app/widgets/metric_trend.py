@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 from textual.reactive import reactive
 
-from llmtop.app.widgets import fmt
 from llmtop.app.widgets.trend import Trend
-from llmtop.collectors.metrics import EMPTY_STATS, Stats
+from llmtop.core import fmt
+from llmtop.core.metrics import EMPTY_STATS, Stats
 
 
 class MetricTrend(Trend):
@@ -27,7 +27,7 @@ class MetricTrend(Trend):
         title: str,
         unit: str,
         *,
-        formatter: Callable[[float | None], str] = fmt.ms,
+        formatter: Callable[[float | None], str] = fmt.num,
         id: str | None = None,
         classes: str | None = None,
     ) -> None:

@@ -13,15 +13,15 @@ from textual.app import RenderResult
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from llmtop.app.widgets import fmt
-from llmtop.collectors.metrics import Slo, Stats
-from llmtop.collectors.snapshot import RunTable
+from llmtop.core import fmt
+from llmtop.core.metrics import Slo, Stats
+from llmtop.live.snapshot import RunTable
 
 ROWS: tuple[tuple[str, str, str, Callable[[float | None], str]], ...] = (
-    ("TTFT", "ms", "ttft_ms", fmt.ms),
-    ("TPOT", "ms", "tpot_ms", fmt.ms),
-    ("E2E", "ms", "e2e_ms", fmt.ms),
-    ("decode", "tok/s", "decode_tps", fmt.rate),
+    ("TTFT", "ms", "ttft_ms", fmt.num),
+    ("TPOT", "ms", "tpot_ms", fmt.num),
+    ("E2E", "ms", "e2e_ms", fmt.num),
+    ("decode", "tok/s", "decode_tps", fmt.num),
 )
 COLUMNS = ("mean", "p50", "p90", "p95", "p99")
 
@@ -85,8 +85,8 @@ class PercentileTable(Widget):
             goodput.stylize(good if t.goodput >= 0.99 else bad)
         slo = slo_text(t.slo)
         out = Text.assemble(
-            ("req/s ", head), fmt.rate(t.req_per_s), "   ",
-            ("tok/s ", head), fmt.rate(t.out_tok_per_s), "   ",
+            ("req/s ", head), fmt.num(t.req_per_s), "   ",
+            ("tok/s ", head), fmt.num(t.out_tok_per_s), "   ",
             ("errors ", head), errors, "   ",
             ("goodput ", head), goodput,
         )  # fmt: skip

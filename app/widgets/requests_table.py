@@ -16,8 +16,8 @@ from textual.app import RenderResult
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from llmtop.app.widgets import fmt
-from llmtop.collectors.snapshot import LiveRequest
+from llmtop.core import fmt
+from llmtop.live.snapshot import LiveRequest
 
 COLUMNS: tuple[tuple[str, int, str], ...] = (
     ("#", 5, "right"),
@@ -35,8 +35,8 @@ def request_cells(r: LiveRequest) -> tuple[str, ...]:
     """The cells of one request, as text."""
     state = "warm-up" if r.warmup and r.status == "ok" else r.status
     return (
-        str(r.request_id), r.step, r.prompt_label, state, fmt.ms(r.ttft_ms), f"{r.tokens:,}",
-        fmt.rate(r.decode_tps), fmt.ms(r.e2e_ms), r.error or "",
+        str(r.request_id), r.step, r.prompt_label, state, fmt.num(r.ttft_ms), f"{r.tokens:,}",
+        fmt.num(r.decode_tps), fmt.num(r.e2e_ms), r.error or "",
     )  # fmt: skip
 
 

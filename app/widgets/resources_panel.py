@@ -14,9 +14,9 @@ from textual.color import Color
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from llmtop.app.widgets import fmt
 from llmtop.app.widgets.trend import EIGHTHS, render_bars
-from llmtop.collectors.snapshot import Gpu, Resources
+from llmtop.core import fmt
+from llmtop.live.snapshot import Gpu, Resources
 
 LABEL_W = 10
 VALUE_W = 16

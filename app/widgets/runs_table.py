@@ -11,7 +11,7 @@ from textual.reactive import reactive
 from textual.widgets import DataTable
 
 from llmtop.app.messages import CompareRequested, RunSelected
-from llmtop.app.widgets import fmt
+from llmtop.core import fmt
 
 COLUMNS = (
     " ", "id", "started", "name", "status", "backend", "model", "scenario", "reqs", "errs",
@@ -80,10 +80,10 @@ class RunsTable(DataTable[object]):
                     justify="right",
                     style=f"bold {theme.error}" if r.errors else "",
                 ),
-                Text(fmt.ms(r.ttft_p50_ms), justify="right"),
-                Text(fmt.ms(r.e2e_p95_ms), justify="right"),
-                Text(fmt.rate(r.decode_tps), justify="right"),
-                Text(fmt.rate(r.out_tok_per_s), justify="right"),
+                Text(fmt.num(r.ttft_p50_ms), justify="right"),
+                Text(fmt.num(r.e2e_p95_ms), justify="right"),
+                Text(fmt.num(r.decode_tps), justify="right"),
+                Text(fmt.num(r.out_tok_per_s), justify="right"),
                 key=str(r.id),
             )
         if self.runs:

@@ -14,9 +14,9 @@ from textual.app import RenderResult
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from llmtop.app.widgets import fmt
 from llmtop.app.widgets.trend import render_bars
-from llmtop.collectors.snapshot import ServerView
+from llmtop.core import fmt
+from llmtop.live.snapshot import ServerView
 
 LABEL_W = 10
 VALUE_W = 8
@@ -55,8 +55,8 @@ class ServerPanel(Widget):
             if s.models:
                 parts.append(self._models(s, label, muted))
             for name, value, series, top, f in (
-                ("running", s.running, s.running_series, None, lambda v: fmt.num(v, 0)),
-                ("waiting", s.waiting, s.waiting_series, None, lambda v: fmt.num(v, 0)),
+                ("running", s.running, s.running_series, None, fmt.count),
+                ("waiting", s.waiting, s.waiting_series, None, fmt.count),
                 ("KV cache", s.kv_cache_pct, s.kv_cache_series, 100.0, fmt.pct),
             ):
                 if value is None:

@@ -11,7 +11,7 @@ from textual.app import RenderResult
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from llmtop.app.widgets import fmt
+from llmtop.core import fmt
 
 STATES = (
     "idle",
@@ -88,7 +88,7 @@ class StatusLine(Widget):
             left.append(s.step, value)
         if s.elapsed_s is not None:
             left.append("  ", muted)
-            left.append(fmt.duration(s.elapsed_s), value)
+            left.append(fmt.clock(s.elapsed_s), value)
         if s.run_id is not None:
             left.append(f"  {s.done:,} done", muted)
         width = self.size.width

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llmtop.app.app import DashboardConfig, LlmtopApp
-from llmtop.app.launch import LaunchSettings
+from llmtop.recorder.flags import RunFlags
 from llmtop.storage.db import open_database
 
 TTFT_MS = 200.0
@@ -52,7 +52,7 @@ def make_app(db_path: Path, config_dir: Path, **flags: object) -> LlmtopApp:
         DashboardConfig(
             db_path=db_path,
             config_dir=config_dir,
-            launch=LaunchSettings(flags),
+            launch=RunFlags(**flags),
             start_now=start_now,
             watch=watch,
             tick_s=0.05,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from conftest import make_app, on_screen, refused_url, wait_for
 from textual.widgets import Input, Select, Static
 
-from llmtop.app.launch import LaunchSettings
 from llmtop.app.screens.launcher import LauncherScreen
+from llmtop.recorder.flags import RunFlags, plan_from_flags
 from llmtop.storage import queries
 from llmtop.storage.db import open_readonly
 
@@ -15,7 +15,7 @@ from llmtop.storage.db import open_readonly
 async def test_bad_values_stay_on_their_field(tmp_path, db_path):
     app = make_app(db_path, tmp_path / "cfg", backend="ollama", url=refused_url(), model="m",
                    requests=7)  # fmt: skip
-    answers: list[LaunchSettings | None] = []
+    answers: list[RunFlags | None] = []
     async with app.run_test(size=(80, 24)) as pilot:
         app.push_screen(LauncherScreen(app.launch_settings), answers.append)
         await wait_for(pilot, on_screen(app, LauncherScreen))
@@ -50,7 +50,7 @@ async def test_a_bad_scenario_file_is_shown_with_its_line(tmp_path, db_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\n[[steps]]\nname = "a"\nrequests = -3\n')
     app = make_app(db_path, tmp_path / "cfg", backend="ollama", url=refused_url(), model="m")
-    answers: list[LaunchSettings | None] = []
+    answers: list[RunFlags | None] = []
     async with app.run_test(size=(100, 30)) as pilot:
         app.push_screen(LauncherScreen(app.launch_settings), answers.append)
         await wait_for(pilot, on_screen(app, LauncherScreen))
@@ -70,7 +70,7 @@ async def test_start_answers_the_flags_record_would_get(tmp_path, db_path):
     url = refused_url()
     app = make_app(db_path, tmp_path / "cfg", backend="ollama", url=url, model="m", requests=7,
                    seed=3)  # fmt: skip
-    answers: list[LaunchSettings | None] = []
+    answers: list[RunFlags | None] = []
     async with app.run_test(size=(100, 30)) as pilot:
         app.push_screen(LauncherScreen(app.launch_settings), answers.append)
         await wait_for(pilot, on_screen(app, LauncherScreen))
@@ -84,19 +84,19 @@ async def test_start_answers_the_flags_record_would_get(tmp_path, db_path):
         await wait_for(pilot, lambda: answers != [])
     (settings,) = answers
     assert settings is not None
-    assert dict(settings.flags) == {
+    assert settings.given() == {
         "backend": "ollama", "url": url, "model": "m",
         "scenario": "concurrency", "concurrency": 4, "max_tokens": 16, "name": "four workers",
         "seed": 3,
     }  # fmt: skip
-    plan = settings.plan()
+    plan = plan_from_flags(settings)
     assert plan.scenario.name == "concurrency" and plan.name == "four workers"
     assert {s.concurrency for s in plan.scenario.steps} == {4}
 
 
 async def test_escape_cancels(tmp_path, db_path):
     app = make_app(db_path, tmp_path / "cfg", backend="ollama", url=refused_url())
-    answers: list[LaunchSettings | None] = []
+    answers: list[RunFlags | None] = []
     async with app.run_test(size=(80, 24)) as pilot:
         app.push_screen(LauncherScreen(app.launch_settings), answers.append)
         await wait_for(pilot, on_screen(app, LauncherScreen))

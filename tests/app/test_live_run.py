@@ -5,10 +5,13 @@ it in the runs screen, compare two runs, switch theme."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 from conftest import ITL_MS, MODEL, TTFT_MS, make_app, on_screen, wait_for
 from support.cli import run_llmtop
+from textual.notifications import Notify
 from textual.widgets import Input, Select
 
 from llmtop.app.screens.compare import CompareScreen
@@ -151,6 +154,31 @@ async def test_quitting_mid_run_closes_it_cancelled(fake_server, db_path, tmp_pa
     # the app waited for the recording to close the run: cancelled, what arrived kept
     run = queries.get_run(open_readonly(db_path), run_id)
     assert run is not None and run.status == "cancelled" and 1 <= run.n_requests < 100
+
+
+async def test_a_killed_recording_process_is_reported_with_its_exit_code(
+    fake_server, db_path, tmp_path
+):
+    """The child that measures dies (OOM killer, kill -9): the dashboard says how it ended."""
+    app = make_app(db_path, tmp_path / "cfg", backend="ollama", url=fake_server.url, model=MODEL,
+                   requests=1000, max_tokens=12, scenario=None)  # fmt: skip
+    notes: list[str] = []
+
+    def seen(message: object) -> None:
+        if isinstance(message, Notify):
+            notes.append(message.notification.message)
+
+    async with app.run_test(size=(100, 30), message_hook=seen) as pilot:
+        assert app.start_run(app.launch_settings)
+        await wait_for(pilot, lambda: app.aggregator.snapshot().table.ok >= 1)
+        recording = app.session.recording
+        assert recording is not None and recording.pid is not None
+        os.kill(recording.pid, signal.SIGKILL)
+        await wait_for(pilot, lambda: finished(app))
+        assert app.run_status.state == "failed"
+        await wait_for(pilot, lambda: any("exit code" in n for n in notes))
+    (note,) = [n for n in notes if "exit code" in n]
+    assert "killed by SIGKILL, exit code -9" in note, note
 
 
 async def test_watching_a_server_between_runs(fake_server, db_path, tmp_path):

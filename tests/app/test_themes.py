@@ -10,7 +10,7 @@ from conftest import make_app, wait_for
 from support.cli import assert_one_line_error, run_llmtop
 
 from llmtop.app.app import DashboardConfig, LlmtopApp
-from llmtop.errors import UsageError
+from llmtop.core.errors import UsageError
 from llmtop.themes.loader import (
     DEFAULT_THEME,
     load_themes,

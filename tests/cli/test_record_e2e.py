@@ -12,7 +12,7 @@ import pytest
 from support.cli import run_llmtop
 from support.servers import Behavior, FakeServer
 
-from llmtop.scenarios.runner import arrival_offsets, step_rng
+from llmtop.recorder.runner import arrival_offsets, step_rng
 from llmtop.storage import queries
 from llmtop.storage.db import open_readonly
 

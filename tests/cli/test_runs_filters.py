@@ -16,7 +16,7 @@ from support.runs import FakeRequest, write_run
 
 from llmtop.app.cli import main
 from llmtop.app.commands.runs import parse_since
-from llmtop.errors import UsageError
+from llmtop.core.errors import UsageError
 from llmtop.storage.db import open_database
 from llmtop.storage.writer import RunInfo
 

@@ -18,10 +18,10 @@ import pytest
 from support.collect import Sink
 from support.servers import Behavior, FakeServer, raise_priority, restore_priority
 
-from llmtop.collectors.base import GenerationRequest
-from llmtop.collectors.metrics import itl_ms, ttft_ms
 from llmtop.collectors.ollama import OllamaBackend
 from llmtop.collectors.openai_compat import OpenAIBackend
+from llmtop.core.metrics import itl_ms, ttft_ms
+from llmtop.core.requests import GenerationRequest
 
 pytestmark = pytest.mark.slow
 

@@ -10,11 +10,11 @@ import pytest
 from support.collect import Sink, wait_until
 from support.servers import Behavior, FakeServer, refused_url
 
-from llmtop.collectors.base import GenerationRequest, Timeouts
-from llmtop.collectors.events import TokenReceived
 from llmtop.collectors.ollama import OllamaBackend
 from llmtop.collectors.openai_compat import OpenAIBackend
-from llmtop.errors import SourceError
+from llmtop.core.errors import SourceError
+from llmtop.core.events import TokenReceived
+from llmtop.core.requests import GenerationRequest, Timeouts
 
 FAULTY = {
     "cut": Behavior(tokens=10, fault="cut", fault_after=3, itl_ms=2),

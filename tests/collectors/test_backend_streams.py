@@ -12,11 +12,11 @@ import pytest
 from support.collect import Sink
 from support.servers import Behavior, FakeServer
 
-from llmtop.collectors.base import GenerationRequest
-from llmtop.collectors.events import RequestFinished
 from llmtop.collectors.ollama import OllamaBackend
 from llmtop.collectors.openai_compat import OpenAIBackend
-from llmtop.errors import UsageError
+from llmtop.core.errors import UsageError
+from llmtop.core.events import RequestFinished
+from llmtop.core.requests import GenerationRequest
 from llmtop.storage.writer import EventWriter, RunInfo
 
 MODELS = {

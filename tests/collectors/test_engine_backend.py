@@ -21,13 +21,13 @@ from support.servers import Behavior, FakeServer, refused_url
 from yarl import URL
 
 from llmtop.collectors.backends import AutoBackend, make_backend
-from llmtop.collectors.base import GenerationRequest
 from llmtop.collectors.engine import EngineBackend, EngineLaunch
-from llmtop.collectors.events import RequestFinished
-from llmtop.collectors.metrics import decode_tps, server_tps
 from llmtop.collectors.ollama import OllamaBackend, ollama_base_url
 from llmtop.collectors.openai_compat import OpenAIBackend
-from llmtop.errors import SourceError, UsageError
+from llmtop.core.errors import SourceError, UsageError
+from llmtop.core.events import RequestFinished
+from llmtop.core.metrics import decode_tps, server_tps
+from llmtop.core.requests import GenerationRequest
 
 STANDIN = [
     sys.executable, servers.__file__, "--port", "{port}", "--startup-delay", "0.2",

@@ -7,8 +7,8 @@ import types
 
 import pytest
 
-from llmtop.collectors.events import GpuSampled, SourceDown
 from llmtop.collectors.gpu import GpuReading, GpuSampler, NvmlUnavailable, PynvmlNvml, inventory
+from llmtop.core.events import GpuSampled, SourceDown
 
 GIB = 1 << 30
 

@@ -10,17 +10,17 @@ import httpx
 import pytest
 from support.servers import FakeServer, refused_url
 
-from llmtop.collectors.events import ServerSampled, SourceDown
-from llmtop.collectors.metrics import histogram_quantile
 from llmtop.collectors.server_metrics import (
     ServerMetricsSampler,
-    canonical_values,
     histogram_values,
     parse_ollama_ps,
     parse_prometheus,
     server_kind,
     server_root,
 )
+from llmtop.core.events import ServerSampled, SourceDown
+from llmtop.core.metrics import histogram_quantile
+from llmtop.core.server_series import canonical_values
 
 INF = float("inf")
 

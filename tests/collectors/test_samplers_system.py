@@ -14,8 +14,8 @@ import psutil
 import pytest
 from support.servers import FakeServer, refused_url
 
-from llmtop.collectors.events import ResourcesSampled, SourceDown
 from llmtop.collectors.system import SystemSampler, host_info, is_local_host, local_port
+from llmtop.core.events import ResourcesSampled, SourceDown
 
 MIB = 1 << 20
 

@@ -234,8 +234,8 @@ async def test_dashboard_beside_recorder(tmp_path):
     """A recorder writes the file while the dashboard records its own run into it and lists
     the runs from it; both runs are whole, the recorder's stopped cleanly with Ctrl-C."""
     from llmtop.app.app import DashboardConfig, LlmtopApp
-    from llmtop.app.launch import LaunchSettings
     from llmtop.app.widgets.runs_table import RunsTable
+    from llmtop.recorder.flags import RunFlags
 
     db = tmp_path / "shared.db"
     with FakeServer({"m": Behavior(tokens=16, itl_ms=1)}, process=True) as srv:
@@ -245,7 +245,7 @@ async def test_dashboard_beside_recorder(tmp_path):
         )  # fmt: skip
         try:
             wait_until(lambda: _ok_requests(db) >= 10, what="the recorder's first requests")
-            launch = LaunchSettings({"backend": "ollama", "url": srv.url, "model": "m",
+            launch = RunFlags(**{"backend": "ollama", "url": srv.url, "model": "m",
                                      "requests": 40, "concurrency": 2, "name": "dashboard"})  # fmt: skip
             app = LlmtopApp(DashboardConfig(db_path=db, config_dir=tmp_path / "cfg", launch=launch,
                                             start_now=True, watch=False, tick_s=0.05))  # fmt: skip

@@ -34,14 +34,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from llmtop.collectors import openai_compat, streaming
-from llmtop.collectors.base import GenerationRequest
-from llmtop.collectors.events import (
-    Event,
-    RequestFailed,
-    RequestFinished,
-    RequestStarted,
-    TokenReceived,
-)
 from llmtop.collectors.ollama import NdjsonParser
 from llmtop.collectors.openai_compat import SseParser
 from llmtop.collectors.streaming import (
@@ -52,6 +44,14 @@ from llmtop.collectors.streaming import (
     StreamParser,
     read_stream,
 )
+from llmtop.core.events import (
+    Event,
+    RequestFailed,
+    RequestFinished,
+    RequestStarted,
+    TokenReceived,
+)
+from llmtop.core.requests import GenerationRequest
 
 FUZZ = settings(
     max_examples=300,

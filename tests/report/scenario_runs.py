@@ -13,7 +13,7 @@ from typing import Any
 
 from support.runs import FakeRequest, write_run
 
-from llmtop.collectors.events import ServerTimings
+from llmtop.core.events import ServerTimings
 from llmtop.storage.writer import RunInfo
 
 SCENARIOS: tuple[str, ...] = (

@@ -9,7 +9,7 @@ from support.runs import FakeRequest, write_run
 
 from llmtop.app.report.compare import load_comparison, shared_steps
 from llmtop.app.report.compare_view import comparison_json, comparison_renderables
-from llmtop.errors import UsageError
+from llmtop.core.errors import UsageError
 from llmtop.storage.db import open_readonly
 
 LATENCY_SOURCES = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "decode_tps")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from llmtop.app.report.fmt import local_time
+from llmtop.core.fmt import local_time
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def kolkata() -> Iterator[None]:
 
 def test_stored_utc_is_shown_in_local_time(kolkata):
     assert local_time("2026-11-24T23:45:10.123+00:00") == "2026-11-25 05:15"
-    assert local_time("2026-11-24T23:45:10.123+00:00", seconds=True) == "2026-11-25 05:15:10"
+    assert local_time("2026-11-24T23:45:10.123+00:00", with_seconds=True) == "2026-11-25 05:15:10"
 
 
 def test_text_that_is_not_a_time_is_shown_as_it_is(kolkata):

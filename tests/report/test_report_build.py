@@ -10,11 +10,11 @@ import pytest
 from report.render import plain, table_cells
 from report.scenario_runs import SCENARIOS
 
-from llmtop.app.report import fmt
 from llmtop.app.report.data import load_report, pick_dimension
 from llmtop.app.report.document import render_file, report_renderables
 from llmtop.app.report.tables import summary_table
 from llmtop.app.report.text_formats import report_json, report_markdown
+from llmtop.core import fmt
 from llmtop.storage import queries
 from llmtop.storage.db import open_readonly
 
@@ -82,7 +82,7 @@ def test_findings_are_worked_out_from_the_numbers(reports):
     _, data = reports
     text = plain(*report_renderables(data["basic"], 140))
     # short: TTFT mean 101.2 of E2E mean 484.5 ms (21 %); long: 421.2 of 823.5 ms (51 %)
-    assert "Prefill is 21% of latency for 'short' and 51% for 'long'." in text
+    assert "Prefill is 20.9% of latency for 'short' and 51.1% for 'long'." in text
     rate = plain(*report_renderables(data["rate-sweep"], 140))
     # TTFT SLO 300 ms: 2 req/s still at 280 (+-6) ms, 4 req/s at 600 ms
     assert "up to 2 req/s offered" in rate
@@ -112,7 +112,7 @@ def test_table_numbers_are_the_storage_queries(reports, name):
     assert cells[("Requests", "ok")] == [str(s.ok) for s in expected_cols]
     for key, get in STAT_ROWS.items():
         assert cells[key] == [fmt.num(get(s)) for s in expected_cols], key
-    goodput = [fmt.pct(s.goodput) for s in expected_cols]
+    goodput = [fmt.share(s.goodput) for s in expected_cols]
     assert cells[("Throughput", "goodput")] == goodput
 
 

@@ -6,7 +6,7 @@ import tomllib
 
 import pytest
 
-from llmtop.errors import UsageError
+from llmtop.core.errors import UsageError
 from llmtop.scenarios.loader import builtin_names, builtin_text, load_scenario, parse_scenario
 from llmtop.scenarios.model import Overrides, apply_overrides, single_step
 from llmtop.scenarios.toml_lines import key_lines

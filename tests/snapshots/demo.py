@@ -6,9 +6,8 @@ from __future__ import annotations
 import math
 
 from llmtop.app.app import DashboardConfig, LlmtopApp
-from llmtop.app.launch import LaunchSettings
 from llmtop.app.widgets.status_line import RunStatus
-from llmtop.collectors.events import (
+from llmtop.core.events import (
     Event,
     GpuSampled,
     RequestFailed,
@@ -20,7 +19,8 @@ from llmtop.collectors.events import (
     SourceDown,
     TokenReceived,
 )
-from llmtop.collectors.metrics import Slo
+from llmtop.core.metrics import Slo
+from llmtop.recorder.flags import RunFlags
 
 MS = 1_000_000
 T0 = 1_000_000_000_000
@@ -83,8 +83,8 @@ class DemoApp(LlmtopApp):
         self, *, mid_run: bool = True, theme: str = "llmtop-dark", config_dir=None, db_path=None
     ) -> None:
         # Port 9 (discard) has no listener here: the launcher's model list fails at once.
-        launch = LaunchSettings(
-            {"backend": "ollama", "url": "http://127.0.0.1:9", "model": "llama3.2:1b"}
+        launch = RunFlags(
+            **{"backend": "ollama", "url": "http://127.0.0.1:9", "model": "llama3.2:1b"}
         )
         super().__init__(DashboardConfig(db_path=db_path, theme=theme, config_dir=config_dir,
                                          launch=launch, watch=False, tick_s=3600))  # fmt: skip

@@ -10,7 +10,7 @@ import sys
 import pytest
 from support.runs import FakeRequest, write_run
 
-from llmtop.errors import StorageError
+from llmtop.core.errors import StorageError
 from llmtop.storage.db import mark_dead_runs, open_database, open_readonly
 from llmtop.storage.schema import TABLES, known_migrations, schema_version
 
@@ -84,7 +84,7 @@ def test_runs_of_dead_processes_become_interrupted(tmp_path):
 
 WRITER_SCRIPT = r"""
 import asyncio, sys
-from llmtop.collectors.events import TokenReceived
+from llmtop.core.events import TokenReceived
 from llmtop.storage.writer import EventWriter, RunInfo
 
 async def main(path):

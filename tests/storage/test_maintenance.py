@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from support.runs import FakeRequest, write_run
 
-from llmtop.errors import StorageError, UsageError
+from llmtop.core.errors import StorageError, UsageError
 from llmtop.storage.db import open_database
 from llmtop.storage.maintenance import delete_runs
 from llmtop.storage.schema import TABLES

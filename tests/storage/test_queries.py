@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from support.runs import FakeRequest, write_run
 
-from llmtop.collectors.events import ServerTimings
-from llmtop.collectors.metrics import Slo
+from llmtop.core.events import ServerTimings
+from llmtop.core.metrics import Slo
 from llmtop.storage import queries
 from llmtop.storage.db import open_database
 from llmtop.storage.writer import RunInfo

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from support.runs import FakeRequest, write_run
 
-from llmtop.collectors.events import ServerTimings
+from llmtop.core.events import ServerTimings
 from llmtop.storage import queries
 from llmtop.storage.db import open_database
 from llmtop.storage.writer import RunInfo

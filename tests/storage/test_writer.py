@@ -8,8 +8,8 @@ import sqlite3
 import pytest
 from support.runs import MS, FakeRequest, request_events
 
-from llmtop.collectors.events import ServerTimings, TokenReceived
-from llmtop.errors import StorageError
+from llmtop.core.errors import StorageError
+from llmtop.core.events import ServerTimings, TokenReceived
 from llmtop.storage.writer import EventWriter, RunInfo
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from llmtop.collectors.events import (
+from llmtop.core.events import (
     Event,
     RequestFailed,
     RequestFinished,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmtop.collectors.events import (
+from llmtop.core.events import (
     Event,
     RequestFailed,
     RequestFinished,

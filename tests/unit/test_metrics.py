@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from llmtop.collectors import metrics
-from llmtop.collectors.events import RequestFinished, ServerTimings
-from llmtop.collectors.metrics import Slo
+from llmtop.core import metrics
+from llmtop.core.events import RequestFinished, ServerTimings
+from llmtop.core.metrics import Slo
 
 MS = 1_000_000
 T0 = 5_000_000_000  # an arbitrary perf_counter origin

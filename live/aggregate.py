@@ -6,7 +6,7 @@ drains the deque, folds the events and builds a new ``Snapshot``, or returns the
 unchanged (the same object) when nothing arrived, so an idle dashboard does no work.
 
 Every number is a pure function of the events: windows are measured against the newest event's
-``t_ns``, never the wall clock, and every statistic comes from collectors/metrics.py with the same
+``t_ns``, never the wall clock, and every statistic comes from core/metrics.py with the same
 selection as storage/queries.py (measured requests, warm-up excluded), so the live table of a run
 equals its stored summary.
 """
@@ -18,8 +18,8 @@ import threading
 from collections import deque
 from typing import assert_never
 
-from llmtop.collectors import metrics
-from llmtop.collectors.events import (
+from llmtop.core import metrics
+from llmtop.core.events import (
     Event,
     GpuSampled,
     RequestFailed,
@@ -30,9 +30,9 @@ from llmtop.collectors.events import (
     SourceDown,
     TokenReceived,
 )
-from llmtop.collectors.metrics import EMPTY_STATS, Slo
-from llmtop.collectors.server_metrics import canonical_values
-from llmtop.collectors.snapshot import (
+from llmtop.core.metrics import EMPTY_STATS, Slo
+from llmtop.core.server_series import canonical_values
+from llmtop.live.snapshot import (
     EMPTY_SNAPSHOT,
     Gpu,
     LiveRequest,
@@ -65,7 +65,7 @@ MAX_FINISHED = 50
 
 OLLAMA_LOADED = "ollama:loaded:"
 """``ollama:loaded:<model>:size`` and ``...:size_vram``, bytes. Every other server value is read
-through server_metrics.canonical_values, the one map of what each server calls a quantity."""
+through core/server_series.canonical_values, the one map of what each server calls a quantity."""
 
 
 def _scaled(value: float | None, factor: float) -> float | None:

@@ -1,12 +1,12 @@
 """What the live aggregator hands the UI: an immutable ``Snapshot`` of frozen dataclasses and
 tuples, so assigning a new one to a reactive always means "changed" and nothing is mutated in
-place. Built by collectors/aggregate.py; read by the dashboard's widgets."""
+place. Built by live/aggregate.py; read by the dashboard's widgets."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmtop.collectors.metrics import EMPTY_STATS, Slo, Stats
+from llmtop.core.metrics import EMPTY_STATS, Slo, Stats
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,11 @@ import random
 import statistics
 
 import pytest
-from scripted_backend import ScriptedBackend
+from support.scripted_backend import ScriptedBackend
 
-from llmtop.collectors.events import RequestStarted
+from llmtop.core.events import RequestStarted
+from llmtop.recorder.runner import Runner, arrival_offsets, step_rng
 from llmtop.scenarios.model import Prompt, Scenario, Step
-from llmtop.scenarios.runner import Runner, arrival_offsets, step_rng
 
 P = (Prompt("a", "alpha"),)
 

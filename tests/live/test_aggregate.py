@@ -8,8 +8,7 @@ import threading
 import pytest
 from support.runs import FakeRequest, request_events, write_run
 
-from llmtop.collectors.aggregate import MAX_ITL, WINDOW_NS, Aggregator
-from llmtop.collectors.events import (
+from llmtop.core.events import (
     GpuSampled,
     RequestFailed,
     RequestFinished,
@@ -20,7 +19,8 @@ from llmtop.collectors.events import (
     SourceDown,
     TokenReceived,
 )
-from llmtop.collectors.metrics import Slo
+from llmtop.core.metrics import Slo
+from llmtop.live.aggregate import MAX_ITL, WINDOW_NS, Aggregator
 from llmtop.storage import queries
 from llmtop.storage.db import open_database
 
@@ -260,6 +260,6 @@ def test_the_aggregator_does_not_load_textual():
     import subprocess
     import sys
 
-    code = "import sys, llmtop.collectors.aggregate; print('textual' in sys.modules)"
+    code = "import sys, llmtop.live.aggregate; print('textual' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

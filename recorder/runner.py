@@ -20,7 +20,8 @@ import random
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-from llmtop.collectors.base import Backend, Emit, GenerationRequest
+from llmtop.collectors.base import Backend
+from llmtop.core.requests import Emit, GenerationRequest
 from llmtop.scenarios.model import Arrival, Scenario, Step
 
 BeforeRequest = Callable[[], Awaitable[None]]

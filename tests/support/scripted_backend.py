@@ -13,15 +13,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from llmtop.collectors.base import Emit, GenerationRequest
-from llmtop.collectors.events import (
+from llmtop.core.errors import SourceError
+from llmtop.core.events import (
     RequestFailed,
     RequestFinished,
     RequestStarted,
     ServerTimings,
     TokenReceived,
 )
-from llmtop.errors import SourceError
+from llmtop.core.requests import Emit, GenerationRequest
 
 MS = 1_000_000
 

@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from llmtop.collectors.base import Backend
-from llmtop.collectors.events import Event
 from llmtop.collectors.gpu import GpuSampler, Nvml, inventory
 from llmtop.collectors.server_metrics import ServerMetricsSampler
 from llmtop.collectors.system import SystemSampler, host_info, local_port
-from llmtop.errors import SourceError, StorageError, UsageError
-from llmtop.scenarios.plan import FailureKind, RecordPlan, RecordResult, default_backend_factory
-from llmtop.scenarios.runner import Runner
-from llmtop.scenarios.tally import LiveTally
+from llmtop.core.errors import SourceError, StorageError, UsageError
+from llmtop.core.events import Event
+from llmtop.recorder.plan import FailureKind, RecordPlan, RecordResult, default_backend_factory
+from llmtop.recorder.runner import Runner
+from llmtop.recorder.tally import LiveTally
 from llmtop.storage.db import resolve_db_path
 from llmtop.storage.writer import EventWriter, RunInfo
 

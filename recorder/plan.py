@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from llmtop.collectors.base import Backend, Timeouts
+from llmtop.collectors.base import Backend
 from llmtop.collectors.system import DEFAULT_HZ
+from llmtop.core.requests import Timeouts
 from llmtop.scenarios.model import Scenario
 
 FailureKind = Literal["source", "usage", "storage", "requests"]

@@ -6,13 +6,13 @@ import asyncio
 import sqlite3
 import threading
 
-from scripted_backend import ScriptedBackend
+from support.scripted_backend import ScriptedBackend
 
-from llmtop.collectors.events import RequestStarted, SourceDown, TokenReceived
-from llmtop.collectors.metrics import Slo
+from llmtop.core.events import RequestStarted, SourceDown, TokenReceived
+from llmtop.core.metrics import Slo
+from llmtop.recorder.recording import Recording, RecordingThread, RecordPlan
 from llmtop.scenarios.loader import load_scenario
 from llmtop.scenarios.model import Overrides, Prompt, Scenario, Step, apply_overrides
-from llmtop.scenarios.recording import Recording, RecordingThread, RecordPlan
 from llmtop.storage import queries
 from llmtop.storage.db import open_readonly
 

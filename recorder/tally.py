@@ -10,14 +10,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from llmtop.collectors.events import (
+from llmtop.core.events import (
     Event,
     RequestFailed,
     RequestFinished,
     RequestStarted,
     TokenReceived,
 )
-from llmtop.collectors.metrics import Slo, meets_slo, request_metrics
+from llmtop.core.metrics import Slo, meets_slo, request_metrics
 from llmtop.scenarios.model import Step
 
 

@@ -1,0 +1,67 @@
+"""The measuring side of the dashboard, off the UI's event loop and out of its process.
+
+While a run goes, a ``RecordingProcess`` (recorder/child_process.py) records it in a child
+process and streams its events back; between runs a ``Watcher`` (recorder/watcher.py) samples
+the machine and the server with no run. Either way the events reach the UI only through
+``Aggregator.add`` (a deque append); the UI reads snapshots on its own tick.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmtop.live.aggregate import Aggregator
+from llmtop.recorder.child_process import RecordingProcess
+from llmtop.recorder.recording import RecordPlan
+from llmtop.recorder.watcher import Watcher, watch_target
+
+
+class LiveSession:
+    """The aggregator, the current run (if any) and the watcher between runs."""
+
+    def __init__(self, db_path: Path | None, *, watch: bool = True) -> None:
+        self.db_path = db_path
+        self.aggregator = Aggregator()
+        self.recording: RecordingProcess | None = None
+        self.watcher: Watcher | None = None
+        self.watch_enabled = watch
+
+    @property
+    def running(self) -> bool:
+        return self.recording is not None and self.recording.is_alive()
+
+    def watch(self, backend: str, url: str | None) -> None:
+        """(Re)start watching the server at ``url`` (unless a run is going or watching is off)."""
+        self.stop_watching()
+        if not self.watch_enabled or self.running:
+            return
+        target, kind = watch_target(backend, url)
+        self.watcher = Watcher(target, kind, self.aggregator.add)
+        self.watcher.start()
+
+    def stop_watching(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+
+    def start_run(self, plan: RecordPlan) -> RecordingProcess:
+        """Start recording ``plan``; its events feed the aggregator from the reader thread."""
+        if self.running:
+            raise RuntimeError("a run is already going")
+        self.stop_watching()
+        self.aggregator.clear_run()
+        self.aggregator.set_slo(plan.scenario.slo)
+        self.recording = RecordingProcess(plan, self.db_path, self.aggregator.add)
+        self.recording.start()
+        return self.recording
+
+    def stop_run(self) -> None:
+        if self.recording is not None:
+            self.recording.stop()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop everything; a run in progress is closed as cancelled, what it received kept."""
+        self.stop_watching()
+        if self.recording is not None:
+            self.recording.stop()
+            self.recording.join(timeout)

@@ -1,0 +1,1 @@
+"""The shared vocabulary: events, metric definitions, requests, errors, formatting; imports nothing of llmtop."""

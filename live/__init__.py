@@ -1,0 +1,1 @@
+"""The live aggregator and the immutable snapshots the dashboard's widgets read."""
