@@ -20,7 +20,7 @@ import platformdirs
 from textual.color import ColorParseError
 from textual.theme import Theme
 
-from llmtop.errors import UsageError
+from llmtop.core.errors import UsageError
 
 THEMES_DIR = Path(__file__).resolve().parent
 STYLESHEET = THEMES_DIR / "base.tcss"
