@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.llmtop-installed
 # a multi-GB CUDA build from the index. Override with `make TORCH=torch==X.Y.Z`.
 TORCH  ?= torch==2.13.0
 
-.PHONY: run test lint format bench bench-engine clean
+.PHONY: run test lint typecheck format bench bench-engine clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,12 +21,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/llmtop
 
-test: $(STAMP) lint
+test: $(STAMP) lint typecheck
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# mypy over the whole package, through a symlink tree that follows pyproject's package-dir.
+typecheck: $(STAMP)
+	$(BIN)/python tools/typecheck.py
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -67,7 +67,7 @@ class LlmtopApp(App[None]):
     """htop for LLM inference."""
 
     TITLE = "llmtop"
-    CSS_PATH: ClassVar[list[str | Path]] = [STYLESHEET]  # type: ignore[misc]
+    CSS_PATH = STYLESHEET
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
         Binding("t", "next_theme", "Theme"),

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from llmtop.core.errors import UsageError
 from llmtop.core.requests import Api, Timeouts
 from llmtop.recorder.plan import RecordPlan
 from llmtop.scenarios.loader import load_scenario
-from llmtop.scenarios.model import Overrides, apply_overrides, single_step
+from llmtop.scenarios.model import Arrival, Overrides, apply_overrides, single_step
 
 BACKENDS: tuple[str, ...] = ("auto", "ollama", "openai", "engine")
-Arrival = Literal["closed", "constant", "poisson"]
 
 
 class FlagError(UsageError):

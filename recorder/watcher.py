@@ -76,7 +76,7 @@ class Watcher:
                 return
             self._loop = asyncio.get_running_loop()
             self._main_task = asyncio.current_task()
-        samplers = [
+        samplers: list[SystemSampler | GpuSampler | ServerMetricsSampler] = [
             SystemSampler(None, hz=self.hz, server_port=local_port(self.url)),
             GpuSampler(None, hz=self.hz),
             ServerMetricsSampler(None, self.url, self.kind, hz=self.hz),

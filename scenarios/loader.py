@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from llmtop.core.errors import UsageError
 from llmtop.core.metrics import Slo
@@ -24,6 +24,7 @@ from llmtop.scenarios.model import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_PROMPT,
     DEFAULT_REQUESTS,
+    Arrival,
     Prompt,
     Scenario,
     Step,
@@ -258,7 +259,7 @@ def _step(
         duration_s=duration,
         concurrency=concurrency,
         rate=rate,
-        arrival=arrival,
+        arrival=cast(Arrival, arrival),  # one of ARRIVALS: _choice checked it
         # not Step.max_tokens: on a slotted dataclass that is the field's descriptor
         max_tokens=values.get("max_tokens", DEFAULT_MAX_TOKENS),
         temperature=values.get("temperature"),

@@ -82,7 +82,7 @@ class StepSummary:
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for name in self.__slots__:  # type: ignore[attr-defined]
+        for name in self.__slots__:
             value = getattr(self, name)
             out[name] = value.as_dict() if isinstance(value, Stats) else value
         return out
@@ -173,7 +173,8 @@ def list_runs(
     limit: int | None = None,
 ) -> list[RunRow]:
     """Runs, newest first, filtered by exact model/backend/scenario and ISO start time."""
-    where, args = [], []
+    where: list[str] = []
+    args: list[object] = []
     for col, value in (("model", model), ("backend", backend), ("scenario", scenario)):
         if value is not None:
             where.append(f"{col} = ?")

@@ -26,7 +26,7 @@ TABLES: tuple[str, ...] = (
 
 @MIGRATIONS()
 def m001_initial(db: Database) -> None:
-    db["runs"].create(
+    db.table("runs").create(
         {
             "id": int,
             "name": str,
@@ -48,7 +48,7 @@ def m001_initial(db: Database) -> None:
         pk="id",
         not_null={"status"},
     )
-    db["requests"].create(
+    db.table("requests").create(
         {
             "run_id": int,
             "id": int,  # 1, 2, ... within the run
@@ -97,7 +97,7 @@ def m001_initial(db: Database) -> None:
         ) WITHOUT ROWID
         """
     )
-    db["samples"].create(
+    db.table("samples").create(
         {
             "run_id": int,
             "t_ns": int,
@@ -109,7 +109,7 @@ def m001_initial(db: Database) -> None:
             "per_core_json": str,
         }
     )
-    db["gpu_samples"].create(
+    db.table("gpu_samples").create(
         {
             "run_id": int,
             "t_ns": int,
@@ -122,15 +122,15 @@ def m001_initial(db: Database) -> None:
             "temp_c": float,
         }
     )
-    db["server_samples"].create(
+    db.table("server_samples").create(
         {"run_id": int, "t_ns": int, "source": str, "key": str, "value": float}
     )
-    db["source_down"].create({"run_id": int, "t_ns": int, "source": str, "reason": str})
-    db["requests"].create_index(["run_id", "step"])
-    db["samples"].create_index(["run_id", "t_ns"])
-    db["gpu_samples"].create_index(["run_id", "t_ns"])
-    db["server_samples"].create_index(["run_id", "t_ns"])
-    db["runs"].create_index(["status"])
+    db.table("source_down").create({"run_id": int, "t_ns": int, "source": str, "reason": str})
+    db.table("requests").create_index(["run_id", "step"])
+    db.table("samples").create_index(["run_id", "t_ns"])
+    db.table("gpu_samples").create_index(["run_id", "t_ns"])
+    db.table("server_samples").create_index(["run_id", "t_ns"])
+    db.table("runs").create_index(["status"])
 
 
 def schema_version() -> int:

@@ -191,7 +191,9 @@ class EventWriter:
         def insert() -> int:
             assert self._db is not None
             with self._db.atomic():
-                return int(self._db["runs"].insert(row).last_pk)
+                pk = self._db.table("runs").insert(row).last_pk
+                assert pk is not None
+                return int(pk)
 
         return await self._call(insert), t0_ns
 

@@ -57,6 +57,6 @@ def export(
     except OSError as e:
         raise UsageError(f"cannot write {output}: {e.strerror}") from None
     with target as out:
-        n = export_rows(db, out, table=table, run_ids=ids, fmt=fmt)  # type: ignore[arg-type]
+        n = export_rows(db, out, table=table, run_ids=ids, fmt=fmt)
     if output:
         click.echo(f"wrote {n:,} {table} rows to {output}", err=True)

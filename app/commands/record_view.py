@@ -105,6 +105,7 @@ class ProgressView:
             task = self._step_task(i)
             finished = i < t.current
             counts = f"ok {s.ok}" + (f" [red]err {s.errors}[/]" if s.errors else " err 0")
+            done: float | None
             if s.planned_requests:
                 done = s.planned_requests if finished else s.done
                 amount = f"{s.done}/{s.planned_requests} req"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import click
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 from sqlite_utils import Database
@@ -35,7 +36,9 @@ DROP_ORDER = ("scenario", "backend", "model", "out tok/s", "status", "decode tok
 """Columns left out, first to last, when the terminal is too narrow for them all."""
 
 
-def fitting_columns(names: list[str], cells: list[list[object]], width: int) -> set[int]:
+def fitting_columns(
+    names: Sequence[str], cells: Sequence[Sequence[object]], width: int
+) -> set[int]:
     """Indexes of the columns that fit ``width``, dropping ``DROP_ORDER`` first.
 
     A column needs its widest value (names capped at ``NAME_WIDTH``) or its header, whichever
@@ -209,7 +212,7 @@ def runs(
         else:
             click.echo("no runs yet: record one with 'llmtop record'", err=True)
         return
-    cells = []
+    cells: list[list[str | Text]] = []
     for r in rows:
         s = summaries[r.id]
         o = s.overall if s else None
@@ -220,7 +223,7 @@ def runs(
             fmt.num(o.ttft_ms.p50 if o else None), fmt.num(o.e2e_ms.p95 if o else None),
             fmt.num(o.decode_tps.mean if o else None), fmt.num(o.out_tok_per_s if o else None),
         ])  # fmt: skip
-    columns = [
+    columns: list[tuple[str, JustifyMethod]] = [
         ("id", "right"), ("started", "left"), ("name", "left"), ("status", "left"),
         ("backend", "left"), ("model", "left"), ("scenario", "left"), ("reqs", "right"),
         ("errs", "right"), ("TTFT p50 ms", "right"), ("E2E p95 ms", "right"),
@@ -233,7 +236,7 @@ def runs(
     table = Table(box=None, header_style="bold")
     for i, (col, justify) in enumerate(columns):
         if i in shown:
-            table.add_column(col, justify=justify, no_wrap=True, overflow="ellipsis",  # type: ignore[arg-type]
+            table.add_column(col, justify=justify, no_wrap=True, overflow="ellipsis",
                              max_width=NAME_WIDTH)  # fmt: skip
     cells = [[c for i, c in enumerate(row) if i in shown] for row in cells]
     for row in cells:

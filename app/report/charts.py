@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from textual_plotext import Plot
 
@@ -108,7 +109,7 @@ def histogram_chart(
     ticks, labels = _ticks(hist.edges[0], hist.edges[-1])
     p.xticks(ticks, labels)
     counts = _count_ticks(max(hist.counts))
-    p.yticks(counts, [str(c) for c in counts])
+    p.yticks([float(c) for c in counts], [str(c) for c in counts])
     p.ylim(0, counts[-1])
     p.xlabel(xlabel)
     return _titled(title, width, p.build())
@@ -182,7 +183,7 @@ def line_chart(
     for m in markers:
         p.hline(m.value, m.color)
         top = max(top, m.value)
-    p.xticks(xs, list(labels))
+    p.xticks([float(x) for x in xs], list(labels))
     p.xlim(0.7, len(labels) + 0.3)
     p.ylim(0, y_max if y_max is not None else (top or 1.0) * HEADROOM)
     if xlabel:
@@ -214,18 +215,17 @@ def bar_chart(
     p = _plot(width, min(height, natural) if height else natural)
     names = [s.name for s in series]
     colors = [s.color for s in series]
+    # textual-plotext's stub says ``label`` and one color; plotext's stacked and grouped bars
+    # take ``labels`` and a color per series (what they do at run time), hence a plain dict.
+    several: dict[str, Any] = {"labels": names, "color": colors, "orientation": "horizontal"}
     if stacked:
-        p.stacked_bar(
-            list(labels), values, labels=names, color=colors, orientation="horizontal", width=0.5
-        )
+        p.stacked_bar(list(labels), values, width=0.5, **several)
         ends = [sum(col) for col in zip(*values, strict=True)]
     elif len(series) == 1:
         p.bar(list(labels), values[0], color=colors[0], orientation="horizontal", width=0.5)
         ends = values[0]
     else:
-        p.multiple_bar(
-            list(labels), values, labels=names, color=colors, orientation="horizontal", width=0.7
-        )
+        p.multiple_bar(list(labels), values, width=0.7, **several)
         ends = []
     top = (max(max(v) for v in values) if not stacked else max(ends)) or 1.0
     texts = [f" {num(end)}{unit}" for end in ends]

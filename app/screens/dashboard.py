@@ -34,11 +34,11 @@ class DashboardScreen(Screen[None]):
     """Live numbers of the current run and of the machine and server beside it."""
 
     AUTO_FOCUS = ""  # the requests table takes focus (and shows its cursor) when clicked
-    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [
+    HORIZONTAL_BREAKPOINTS = [
         (0, "-narrow"),
         (110, "-wide"),
     ]
-    VERTICAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-short"), (42, "-tall")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (42, "-tall")]
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("l", "app.open_launcher", "Launch"),
         Binding("s", "app.stop_run", "Stop"),

@@ -102,6 +102,6 @@ class Histogram(PlotextPlot):
         plt.xticks(xt, [fmt.tick(x) for x in xt])
         top = max(counts)
         yt = list(range(0, top + 1, nice_step(top)))
-        plt.yticks(yt, [f"{y:,}" for y in yt])
+        plt.yticks([float(y) for y in yt], [f"{y:,}" for y in yt])
         plt.xlabel(f"{self.unit}{'  (tail beyond P99 in the last bar)' if clip else ''}")
         return super().render()

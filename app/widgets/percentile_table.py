@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from rich.console import Group
+from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 from textual.app import RenderResult
@@ -74,7 +75,7 @@ class PercentileTable(Widget):
             )
         return Group(grid, Text(""), self._totals(t, head))
 
-    def _totals(self, t: RunTable, head: object) -> Text:
+    def _totals(self, t: RunTable, head: Style) -> Text:
         good = self.get_component_rich_style("percentile-table--good")
         bad = self.get_component_rich_style("percentile-table--bad")
         errors = Text(f"{t.errors:,}", style=bad if t.errors else "")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_app, wait_for
+from support.dashboard import make_app, wait_for
 
 from llmtop.app.widgets.percentile_table import PercentileTable
 from llmtop.storage import queries

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_app, on_screen, wait_for
+from support.dashboard import make_app, on_screen, wait_for
 from support.runs import FakeRequest, write_run
 
 from llmtop.app.screens.compare import CompareScreen

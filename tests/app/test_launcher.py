@@ -3,7 +3,7 @@ stays open), and answers the settings ``llmtop record`` would accept."""
 
 from __future__ import annotations
 
-from conftest import make_app, on_screen, refused_url, wait_for
+from support.dashboard import make_app, on_screen, refused_url, wait_for
 from textual.widgets import Input, Select, Static
 
 from llmtop.app.screens.launcher import LauncherScreen

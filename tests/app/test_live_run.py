@@ -9,8 +9,8 @@ import os
 import signal
 
 import pytest
-from conftest import ITL_MS, MODEL, TTFT_MS, make_app, on_screen, wait_for
 from support.cli import run_llmtop
+from support.dashboard import ITL_MS, MODEL, TTFT_MS, make_app, on_screen, wait_for
 from textual.notifications import Notify
 from textual.widgets import Input, Select
 

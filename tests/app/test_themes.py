@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_app, wait_for
 from support.cli import assert_one_line_error, run_llmtop
+from support.dashboard import make_app, wait_for
 
 from llmtop.app.app import DashboardConfig, LlmtopApp
 from llmtop.core.errors import UsageError
