@@ -51,6 +51,19 @@ class RequestStarted:
     max_tokens: int | None = None
     warmup: bool = False
     params: dict[str, Any] = field(default_factory=dict)
+    # Who asked what: set for requests a proxy observed (``llmtop proxy``); for requests llmtop
+    # sent itself the run says the model, and ``params["api"]`` the API.
+    model: str = ""
+    api: str = ""
+    """``chat`` or ``generate``."""
+    path: str = ""
+    """The HTTP path the client asked for (``/api/chat``, ``/v1/completions``)."""
+    client: str = ""
+    """The client's address, ``host:port``."""
+    prompt_hash: str = ""
+    """A SHA-256 prefix of the prompt as sent: tells repeated prompts apart without keeping them."""
+    prompt: str | None = None
+    """The prompt itself (JSON: the messages, or prompt and system), kept only when asked."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,8 @@ class RunRow:
     error: str | None
     n_requests: int = 0
     n_errors: int = 0
+    kind: str = "recorded"
+    """``recorded`` (llmtop sent the requests) or ``observed`` (a proxy timed real clients')."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,7 @@ class RunSummary:
                 "started_at": r.started_at,
                 "ended_at": r.ended_at,
                 "status": r.status,
+                "kind": r.kind,
                 "scenario": r.scenario,
                 "backend": r.backend,
                 "base_url": r.base_url,
@@ -151,6 +154,7 @@ def _run_row(row: dict[str, Any]) -> RunRow:
         error=row["error"],
         n_requests=row.get("n_requests") or 0,
         n_errors=row.get("n_errors") or 0,
+        kind=row.get("kind") or "recorded",
     )
 
 

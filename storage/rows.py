@@ -29,6 +29,7 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "chunks", "concurrency", "temperature", "max_tokens", "warmup", "t_start_ns", "t_first_ns",
     "t_end_ns", "ttft_ms", "e2e_ms", "tpot_ms", "decode_tps", "overall_tps", "server_ttft_ms",
     "server_tps", "load_ms", "done_reason", "status", "error_kind", "http_status", "error",
+    "model", "api", "path", "client", "prompt_hash", "prompt", "params_json", "t_last_ns",
 )  # fmt: skip
 UPSERT_REQUEST = (
     f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
@@ -108,6 +109,13 @@ class RowBuilder:
                         max_tokens=ev.max_tokens,
                         warmup=int(ev.warmup),
                         t_start_ns=ev.t_ns,
+                        model=ev.model or None,
+                        api=ev.api or ev.params.get("api"),
+                        path=ev.path or None,
+                        client=ev.client or None,
+                        prompt_hash=ev.prompt_hash or None,
+                        prompt=ev.prompt,
+                        params_json=json.dumps(ev.params, default=str) if ev.params else None,
                     )
                 case RequestFinished():
                     m = request_metrics(ev)
@@ -116,6 +124,7 @@ class RowBuilder:
                         status="ok",
                         t_start_ns=ev.t_start_ns,
                         t_first_ns=ev.t_first_ns,
+                        t_last_ns=ev.t_last_ns,
                         t_end_ns=ev.t_ns,
                         chunks=ev.chunks,
                         output_tokens=m.output_tokens,
@@ -140,6 +149,7 @@ class RowBuilder:
                         http_status=ev.http_status,
                         t_end_ns=ev.t_ns,
                         t_first_ns=ev.t_first_ns,
+                        t_last_ns=ev.t_last_ns,
                         chunks=ev.chunks,
                         output_tokens=ev.tokens_counted,
                         ttft_ms=None if start is None else ttft_ms(start, ev.t_first_ns),

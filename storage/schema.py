@@ -133,6 +133,25 @@ def m001_initial(db: Database) -> None:
     db.table("runs").create_index(["status"])
 
 
+@MIGRATIONS()
+def m002_observed(db: Database) -> None:
+    """Runs of kind ``observed`` (``llmtop proxy``: real clients' traffic) and what replay needs.
+
+    ``runs.kind``: ``recorded`` (llmtop sent the requests) or ``observed``. Requests gain who
+    asked (``client``, an address), what (``model``, ``api``: chat or generate, ``path``), the
+    prompt's SHA-256 prefix (``prompt_hash``; the text itself, ``prompt``, only when the proxy
+    was told ``--store-prompts``), the sampling settings as sent (``params_json``), and the last
+    content chunk's time (``t_last_ns``, so TPOT can be recomputed from the row alone).
+    """
+    db.table("runs").add_column("kind", str, not_null_default="recorded")
+    requests = db.table("requests")
+    for name, kind in (("model", str), ("api", str), ("path", str), ("client", str),
+                       ("prompt_hash", str), ("prompt", str), ("params_json", str),
+                       ("t_last_ns", int)):  # fmt: skip
+        requests.add_column(name, kind)
+    db.table("runs").create_index(["kind", "status"])
+
+
 def schema_version() -> int:
     """The number of migrations this llmtop knows: the schema version it writes."""
     return len(MIGRATIONS._migrations)

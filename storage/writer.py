@@ -52,6 +52,7 @@ FLUSH_ROWS = 5_000
 MAX_PENDING_ROWS = 200_000
 
 RUN_STATUSES = ("running", "finished", "cancelled", "interrupted", "failed")
+RUN_KINDS = ("recorded", "observed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,8 @@ class RunInfo:
     """What a run is, written once when it starts."""
 
     name: str = ""
+    kind: str = "recorded"
+    """``recorded`` (llmtop sent the requests) or ``observed`` (a proxy timed real clients')."""
     scenario: str = ""
     backend: str = ""
     base_url: str = ""
@@ -176,6 +179,7 @@ class EventWriter:
             "name": info.name,
             "started_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "status": "running",
+            "kind": info.kind,
             "scenario": info.scenario,
             "backend": info.backend,
             "base_url": info.base_url,

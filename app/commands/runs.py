@@ -191,6 +191,7 @@ def runs(
                     "started_at": r.started_at,
                     "ended_at": r.ended_at,
                     "status": r.status,
+                    "kind": r.kind,
                     "scenario": r.scenario,
                     "backend": r.backend,
                     "base_url": r.base_url,
