@@ -22,6 +22,7 @@ from llmtop.app.commands import (
     compare,
     doctor,
     export,
+    proxy,
     record,
     report,
     run_options,
@@ -127,6 +128,7 @@ main.add_command(serve.serve)
 main.add_command(report.report)
 main.add_command(compare.compare)
 main.add_command(record.record)
+main.add_command(proxy.proxy)
 main.add_command(scenarios.scenarios)
 main.add_command(doctor.doctor)
 for command in stubs.COMMANDS:
