@@ -7,9 +7,11 @@ import os
 import queue
 import re
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,7 @@ class ProxyProcess:
     """A running ``llmtop proxy`` child: where it listens, its run, everything it printed."""
 
     proc: subprocess.Popen[str]
+    db: Path = Path()
     url: str = ""
     upstream: str = ""
     backend: str = ""
@@ -43,6 +46,28 @@ class ProxyProcess:
         for t in self._threads:
             t.join(5)
         return code
+
+    def rows(self, sql: str, *params: object) -> list[tuple[object, ...]]:
+        """Rows of ``sql`` from its database, read-only (it may be writing)."""
+        con = sqlite3.connect(f"{self.db.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()
+
+    def wait_rows(
+        self, sql: str, *params: object, until: Callable[[list[tuple[object, ...]]], bool],
+        timeout: float = 20,
+    ) -> list[tuple[object, ...]]:  # fmt: skip
+        """Poll ``sql`` until ``until(rows)`` (what it writes is on disk within 250 ms)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.rows(sql, *params)
+            if until(rows):
+                return rows
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not in the database in {timeout}s: {rows}")
+            time.sleep(0.05)
 
     def __enter__(self) -> ProxyProcess:
         return self
@@ -75,7 +100,7 @@ def start_proxy(
         text=True,
         env={**os.environ, "NO_COLOR": "1", **(env or {})},
     )
-    pp = ProxyProcess(proc)
+    pp = ProxyProcess(proc, db)
     lines: queue.Queue[tuple[str, str]] = queue.Queue()
     for stream, sink, tag in ((proc.stdout, pp.stdout, "out"), (proc.stderr, pp.stderr, "err")):
         t = threading.Thread(target=_pump, args=(stream, sink, lines, tag), daemon=True)
