@@ -21,7 +21,7 @@ from textual.theme import Theme
 
 from llmtop.app.live_session import LiveSession
 from llmtop.app.screens.dashboard import DashboardScreen
-from llmtop.app.widgets.status_line import RunStatus
+from llmtop.app.widgets.status_line import STATES, RunStatus
 from llmtop.core.errors import LlmtopError, UsageError
 from llmtop.live.aggregate import Aggregator
 from llmtop.live.snapshot import Snapshot
@@ -61,6 +61,8 @@ class DashboardConfig:
     tick_s: float = TICK_S
     watch: bool = True
     """Sample the machine and the server between runs (off for snapshot tests)."""
+    follow: bool = True
+    """Between runs, show a proxy's observed run when one records into the database."""
 
 
 class LlmtopApp(App[None]):
@@ -77,7 +79,9 @@ class LlmtopApp(App[None]):
     def __init__(self, config: DashboardConfig | None = None) -> None:
         super().__init__()
         self.config = config or DashboardConfig()
-        self.session = LiveSession(self.config.db_path, watch=self.config.watch)
+        self.session = LiveSession(
+            self.config.db_path, watch=self.config.watch, follow=self.config.follow
+        )
         self.launch_settings = self.config.launch
         self.run_status = RunStatus(
             backend=self.launch_settings.backend,
@@ -166,6 +170,8 @@ class LlmtopApp(App[None]):
             self.dashboard.snapshot = snap
         if self.session.recording is not None:
             self._follow_run()
+        elif self.session.follower is not None:
+            self._follow_observed(snap)
 
     def _follow_run(self) -> None:
         rec = self.session.recording
@@ -192,6 +198,31 @@ class LlmtopApp(App[None]):
         if not rec.is_alive():
             status = self._run_ended(status)
         self._set_status(status)
+
+    def _follow_observed(self, snap: Snapshot) -> None:
+        """The status line of a proxy's run that another process records (recorder/follower.py)."""
+        follower = self.session.follower
+        assert follower is not None
+        run = follower.run
+        status = self.run_status
+        if run is not None:
+            elapsed = None
+            if run.t0_ns is not None and time.perf_counter_ns() > run.t0_ns:
+                elapsed = float((time.perf_counter_ns() - run.t0_ns) // 1_000_000_000)
+            t = snap.table
+            self._set_status(
+                RunStatus(
+                    backend=run.backend, url=run.base_url, model=status.model,
+                    state="observing", run_id=run.run_id, run_name=run.name,
+                    scenario=f"proxy {run.listen}".strip(), elapsed_s=elapsed,
+                    done=t.ok + t.errors + t.cancelled,
+                )
+            )  # fmt: skip
+        elif status.state == "observing" and follower.ended is not None:
+            ended, how = follower.ended
+            if ended.run_id == status.run_id:
+                self._set_status(replace(status, state=how if how in STATES else "finished"))
+                self.session.resume_watcher()
 
     def _run_ended(self, status: RunStatus) -> RunStatus:
         rec = self.session.recording
@@ -296,10 +327,14 @@ def open_dashboard(db_path: str | None, theme: str | None, flags: dict[str, obje
     """
     import sys
 
+    from llmtop.app.commands.proxy import dashboard_proxy_args
     from llmtop.storage.db import open_database, resolve_db_path
 
     settings = RunFlags.from_options(flags)
     start_now = bool(settings.scenario)
+    proxy_args = dashboard_proxy_args(flags)
+    if start_now and proxy_args:
+        raise UsageError("--proxy watches real clients; it does not start a --scenario run")
     if start_now:
         plan_from_flags(settings)  # refuse bad flags or a bad scenario file now, as `record` does
     path = resolve_db_path(db_path)
@@ -309,7 +344,20 @@ def open_dashboard(db_path: str | None, theme: str | None, flags: dict[str, obje
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("the dashboard needs a terminal; for runs without one use 'llmtop record'")
     open_database(path).close()  # create or migrate it once; screens then read it read-only
-    app.run()
-    if app.run_status.run_id is not None:
+    child = None
+    if proxy_args:
+        from llmtop.app.proxy_child import ProxyChild
+
+        child = ProxyChild([*proxy_args, "--db", str(path)])
+        child.start()  # one line and exit 1 if it cannot (the port is taken...)
+    try:
+        app.run()
+    finally:
+        if child is not None:
+            child.stop()
+    if child is not None and child.run_id is not None:
+        print(f"llmtop: proxy on {child.url} stopped; its run #{child.run_id} is kept; "
+              f"see 'llmtop report {child.run_id}'")  # fmt: skip
+    elif app.run_status.run_id is not None:
         print(f"llmtop: last run #{app.run_status.run_id} {app.run_status.state}; "
               f"see 'llmtop report {app.run_status.run_id}'")  # fmt: skip

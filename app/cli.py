@@ -107,12 +107,15 @@ def internal_error(e: Exception) -> None:
               help="Dashboard theme: llmtop-dark, llmtop-light, llmtop-high-contrast, yours.")  # fmt: skip
 @run_options.backend_options
 @run_options.run_options
+@proxy.dashboard_options
 @click.pass_context
 def main(ctx: click.Context, db_path: str | None, theme: str | None, **flags: Any) -> None:
     """htop for LLM inference: live TTFT, TPS, latency and resources of any model server.
 
     With no command, opens the dashboard; with --scenario it starts that run at once (the
-    backend and run flags are those of 'llmtop record').
+    backend and run flags are those of 'llmtop record'); with --proxy --upstream URL it runs
+    'llmtop proxy' in front of that server and shows what its clients see. A proxy that runs
+    elsewhere on the same database is shown too.
     """
     ctx.ensure_object(dict)
     ctx.obj["db_path"] = db_path

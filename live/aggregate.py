@@ -14,6 +14,7 @@ equals its stored summary.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import threading
 from collections import deque
 from typing import assert_never
@@ -61,6 +62,8 @@ MAX_SAMPLES = 240
 """Resource and server samples kept per series: two minutes at the samplers' 2 Hz."""
 MAX_FINISHED = 50
 """Finished requests kept for the requests panel, newest first."""
+RECENT_NS = 60 * metrics.NS_PER_S
+"""Goodput over the last minute (``RunTable.goodput_recent``): SLO attainment now."""
 
 
 OLLAMA_LOADED = "ollama:loaded:"
@@ -259,6 +262,7 @@ class Aggregator:
         self._e2e_recent: deque[float] = deque(maxlen=MAX_VALUES)
         self._itl_recent: deque[float] = deque(maxlen=MAX_ITL)
         self._judged: list[tuple[bool, float | None, float | None, float | None]] = []
+        self._judged_at: deque[tuple[int, bool, float | None, float | None, float | None]] = deque()
         self._ok = self._errors = self._cancelled = self._warmup = self._out_tokens = 0
         self._t_from: int | None = None
         self._t_to: int | None = None
@@ -341,6 +345,7 @@ class Aggregator:
             self._itl_dirty = True
         self._window.append((ev.t_ns, m.ttft_ms, m.decode_tps))
         self._judged.append((True, m.ttft_ms, m.tpot_ms, m.e2e_ms))
+        self._judged_at.append((ev.t_ns, True, m.ttft_ms, m.tpot_ms, m.e2e_ms))
         self._table_dirty = True
 
     def _finish_failed(self, ev: RequestFailed, o: _Open | None) -> None:
@@ -364,12 +369,24 @@ class Aggregator:
         else:
             self._errors += 1
             self._judged.append((False, ttft, None, e2e))
+            self._judged_at.append((ev.t_ns, False, ttft, None, e2e))
         self._table_dirty = True
 
     # --- building ----------------------------------------------------------------------------
 
+    def _recent_goodput(self) -> float | None:
+        """Goodput of the requests that ended within ``RECENT_NS`` of the newest event."""
+        recent = self._judged_at
+        if self._t_ns is not None:
+            while recent and recent[0][0] < self._t_ns - RECENT_NS:
+                recent.popleft()
+        return metrics.goodput(self._slo, (j[1:] for j in recent))
+
     def _run_table(self) -> RunTable:
+        recent = self._recent_goodput()
         if not self._table_dirty and self._table.slo == self._slo:
+            if recent != self._table.goodput_recent:
+                self._table = dataclasses.replace(self._table, goodput_recent=recent)
             return self._table
         judged = self._ok + self._errors
         self._table = RunTable(
@@ -386,6 +403,7 @@ class Aggregator:
             out_tok_per_s=metrics.rate_per_s(self._out_tokens, self._t_from, self._t_to),
             error_rate=self._errors / judged if judged else None,
             goodput=metrics.goodput(self._slo, self._judged),
+            goodput_recent=recent,
             slo=self._slo,
         )
         self._table_dirty = False

@@ -48,6 +48,9 @@ class RunTable:
     out_tok_per_s: float | None = None
     error_rate: float | None = None
     goodput: float | None = None
+    goodput_recent: float | None = None
+    """Goodput of the requests that ended in the last minute (``RECENT_NS``): whether the SLOs
+    hold now, where ``goodput`` says whether they held over the whole run."""
     slo: Slo = field(default_factory=Slo)
 
 

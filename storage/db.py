@@ -134,7 +134,8 @@ def check_schema(db: Database, path: Path) -> None:
         )
 
 
-def _alive(pid: int | None, started_at: float | None) -> bool:
+def alive(pid: int | None, started_at: float | None) -> bool:
+    """Whether the process that recorded a run (its pid and start time) still runs."""
     if not pid:
         return False
     try:
@@ -155,7 +156,7 @@ def mark_dead_runs(db: Database) -> list[int]:
     dead = [
         row["id"]
         for row in db.query("select id, pid, pid_started_at from runs where status = 'running'")
-        if not _alive(row["pid"], row["pid_started_at"])
+        if not alive(row["pid"], row["pid_started_at"])
     ]
     if not dead:
         return []

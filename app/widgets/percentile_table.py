@@ -85,6 +85,10 @@ class PercentileTable(Widget):
         if t.goodput is not None:
             goodput.stylize(good if t.goodput >= 0.99 else bad)
         slo = slo_text(t.slo)
+        if t.slo.is_set and t.goodput_recent is not None:
+            goodput.append("  last min ", style=head)
+            goodput.append(fmt.share(t.goodput_recent),
+                           style=good if t.goodput_recent >= 0.99 else bad)  # fmt: skip
         out = Text.assemble(
             ("req/s ", head), fmt.num(t.req_per_s), "   ",
             ("tok/s ", head), fmt.num(t.out_tok_per_s), "   ",

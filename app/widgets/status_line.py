@@ -17,6 +17,7 @@ STATES = (
     "idle",
     "starting",
     "running",
+    "observing",
     "stopping",
     "finished",
     "cancelled",

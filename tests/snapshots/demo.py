@@ -87,7 +87,8 @@ class DemoApp(LlmtopApp):
             **{"backend": "ollama", "url": "http://127.0.0.1:9", "model": "llama3.2:1b"}
         )
         super().__init__(DashboardConfig(db_path=db_path, theme=theme, config_dir=config_dir,
-                                         launch=launch, watch=False, tick_s=3600))  # fmt: skip
+                                         launch=launch, watch=False, follow=False,
+                                         tick_s=3600))  # fmt: skip
         self.mid_run = mid_run
         if mid_run:
             self.aggregator.set_slo(Slo(ttft_ms=250, tpot_ms=25))
