@@ -179,6 +179,7 @@ class ProxyServer:
             keepalive_timeout=self.limits.idle_timeout_s,
             auto_decompress=False,
             access_log=None,
+            lingering_time=0,  # a refused body is not read to its end
         )
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
@@ -228,8 +229,7 @@ class ProxyServer:
         limit = self.limits.max_body_bytes
         size = request.content_length
         if size is not None and size > limit:
-            request.protocol.force_close()  # do not read (or wait for) the body
-            return self._refuse_size(request, f"{size:,} bytes")
+            return self._refuse_size(request, f"{size:,} bytes")  # the body is never read
         if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         parts: list[bytes] = []
@@ -237,7 +237,6 @@ class ProxyServer:
         while data := await request.content.readany():
             got += len(data)
             if got > limit:
-                request.protocol.force_close()
                 return self._refuse_size(request, "more than that")
             parts.append(data)
         return b"".join(parts)
@@ -247,7 +246,9 @@ class ProxyServer:
             f"llmtop proxy: the request body is too large: {size}, the limit is "
             f"{self.limits.max_body_bytes:,} bytes (llmtop proxy --max-body-bytes)"
         )
-        return self._error(request.path, 413, message)
+        refusal = self._error(request.path, 413, message)
+        refusal.force_close()  # the rest of the body is not waited for (lingering_time=0)
+        return refusal
 
     @staticmethod
     def _error(path: str, status: int, message: str) -> web.Response:
