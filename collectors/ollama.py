@@ -163,7 +163,9 @@ class OllamaBackend:
         if req.stop:
             options["stop"] = list(req.stop)
         body: dict[str, Any] = {"model": req.model, "stream": True}
-        if req.api == "chat":
+        if req.api == "chat" and req.messages:
+            body["messages"] = [{"role": role, "content": text} for role, text in req.messages]
+        elif req.api == "chat":
             messages = [{"role": "system", "content": req.system}] if req.system else []
             body["messages"] = [*messages, {"role": "user", "content": req.prompt}]
         else:

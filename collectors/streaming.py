@@ -132,7 +132,8 @@ class RequestState:
             self.emit(
                 RequestStarted(
                     r.run_id, r.request_id, t_ns, step=r.step, prompt_label=r.prompt_label,
-                    prompt_chars=len(r.prompt) + len(r.system or ""), concurrency=r.concurrency,
+                    prompt_chars=len(r.prompt) + len(r.system or "")
+                    + sum(len(text) for _, text in r.messages), concurrency=r.concurrency,
                     temperature=r.temperature, max_tokens=r.max_tokens, warmup=r.warmup,
                     params=self.params,
                 )

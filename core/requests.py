@@ -43,6 +43,9 @@ class GenerationRequest:
     warmup: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     """Backend-specific options passed through as they are (e.g. Ollama ``num_ctx``)."""
+    messages: tuple[tuple[str, str], ...] = ()
+    """A whole conversation, ``(role, content)`` each, sent as it is instead of ``system`` and
+    ``prompt`` (a replayed chat); chat API only."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,9 @@ so a flag means the same thing wherever it is given. A flag that cannot work rai
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from llmtop.core.errors import UsageError
@@ -18,6 +20,9 @@ from llmtop.core.requests import Api, Timeouts
 from llmtop.recorder.plan import RecordPlan
 from llmtop.scenarios.loader import load_scenario
 from llmtop.scenarios.model import Arrival, Overrides, apply_overrides, single_step
+from llmtop.scenarios.replay import replay_scenario, run_items, trace_items
+from llmtop.storage import queries
+from llmtop.storage.db import open_readonly
 
 BACKENDS: tuple[str, ...] = ("auto", "ollama", "openai", "engine")
 
@@ -60,6 +65,12 @@ class RunFlags:
     sample_hz: float | None = None
     timeout: float | None = None
     """Seconds a request may stay silent (before its first token, and between chunks)."""
+    replay: int | None = None
+    """A stored run whose requests are sent again at their offsets."""
+    replay_speed: float | None = None
+    """Offsets divided by this (2: twice as fast)."""
+    trace: str | None = None
+    """A Mooncake-format JSONL trace to send."""
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> RunFlags:
@@ -84,12 +95,14 @@ class RunFlags:
         return out
 
 
-def plan_from_flags(flags: RunFlags) -> RecordPlan:
-    """The run that the flags describe.
+def plan_from_flags(flags: RunFlags, db_path: str | Path | None = None) -> RecordPlan:
+    """The run that the flags describe (``db_path``: where ``--replay`` finds its run).
 
     Raises:
         FlagError: an unknown scenario, a bad scenario file, or flags that cannot combine.
     """
+    if flags.replay is not None or flags.trace is not None or flags.replay_speed is not None:
+        return _replay_plan(flags, db_path)
     ov = Overrides(
         requests=flags.requests,
         duration_s=flags.duration,
@@ -138,3 +151,58 @@ def plan_from_flags(flags: RunFlags) -> RecordPlan:
         server_pid=flags.server_pid,
         flags=flags.given(),
     )
+
+
+REPLAY_EXCLUDES = ("scenario", "requests", "concurrency", "duration", "rate", "arrival",
+                   "max_tokens", "temperature", "seed", "prompt", "warmup", "unique_prompts")  # fmt: skip
+"""Flags that say what to send: a replay sends what it replays."""
+
+
+def _replay_plan(flags: RunFlags, db_path: str | Path | None) -> RecordPlan:
+    """``--replay RUN`` or ``--trace FILE``, at ``--replay-speed``."""
+    if flags.replay is not None and flags.trace is not None:
+        raise FlagError("choose one of --replay RUN and --trace FILE", "replay")
+    if flags.replay is None and flags.trace is None:
+        raise FlagError("--replay-speed goes with --replay RUN or --trace FILE", "replay_speed")
+    given = [name for name in REPLAY_EXCLUDES if getattr(flags, name) not in (None, False)]
+    if given:
+        what = "--replay" if flags.replay is not None else "--trace"
+        flag = "--" + given[0].replace("_", "-")
+        raise FlagError(f"{flag} does not go with {what}: it sends the requests it replays", given[0])  # fmt: skip
+    speed = 1.0 if flags.replay_speed is None else flags.replay_speed
+    if flags.trace is not None:
+        items = trace_items(flags.trace, api=flags.api or "chat")
+        scenario = replay_scenario(items, name=f"trace {Path(flags.trace).name}",
+                                   source=str(flags.trace), speed=speed)  # fmt: skip
+    else:
+        run_id = flags.replay
+        assert run_id is not None
+        db = open_readonly(db_path)
+        try:
+            run = queries.get_run(db, run_id)
+            if run is None:
+                raise FlagError(f"--replay {run_id}: no such run in {db_path or 'the database'} (see 'llmtop runs')", "replay")  # fmt: skip
+            items = run_items(queries.request_rows(db, run_id))
+        finally:
+            db.conn.close()
+        if flags.api is not None:
+            items = [dataclasses.replace(it, api=flags.api) for it in items]
+        scenario = replay_scenario(items, name=f"replay of run {run_id}", source=f"run {run_id}",
+                                   speed=speed)  # fmt: skip
+    models = Counter(it.model for it in scenario.steps[0].replay if it.model)
+    model = flags.model or (models.most_common(1)[0][0] if models else None)
+    if flags.model is not None:  # one model for every request
+        step = scenario.steps[0]
+        step = dataclasses.replace(
+            step, replay=tuple(dataclasses.replace(it, model=None) for it in step.replay)
+        )
+        scenario = dataclasses.replace(scenario, steps=(step,))
+    timeouts = Timeouts()
+    if flags.timeout:
+        timeouts = dataclasses.replace(timeouts, first_token_s=flags.timeout, between_chunks_s=flags.timeout)  # fmt: skip
+    return RecordPlan(
+        scenario=scenario, backend=flags.backend, url=flags.url, model=model,
+        api_key_env=flags.api_key_env, name=flags.name, store_tokens=not flags.no_tokens,
+        sample_hz=flags.sample_hz, timeouts=timeouts, server_pid=flags.server_pid,
+        flags=flags.given(),
+    )  # fmt: skip

@@ -22,9 +22,13 @@ from dataclasses import dataclass
 
 from llmtop.collectors.base import Backend
 from llmtop.core.requests import Emit, GenerationRequest
-from llmtop.scenarios.model import Arrival, Scenario, Step
+from llmtop.scenarios.model import Arrival, ReplayItem, Scenario, Step
 
 BeforeRequest = Callable[[], Awaitable[None]]
+SPIN_S = 0.002
+"""A replayed request is slept for until this long before it is due, then the loop is yielded
+to until it is: asyncio's timers wake up to a millisecond late (epoll rounds its timeout up),
+and a replay aims to start each request within a couple of ms of its offset (bench/proxy.py)."""
 
 
 def step_rng(seed: int | None, step_index: int) -> random.Random:
@@ -133,7 +137,9 @@ class Runner:
         loop = asyncio.get_running_loop()
         started = loop.time()
         before = self.sent
-        if step.open_loop:
+        if step.replay:
+            await self._replay(step, started)
+        elif step.open_loop:
             await self._open_loop(step, step_index, started)
         else:
             await self._closed_loop(step, started)
@@ -157,6 +163,28 @@ class Runner:
         async with asyncio.TaskGroup() as tg:
             for _ in range(step.concurrency or 1):
                 tg.create_task(worker())
+
+    def replay_request(self, step: Step, item: ReplayItem) -> GenerationRequest:
+        """A replayed request: its own API, model, prompt and settings."""
+        return GenerationRequest(
+            run_id=self.run_id, request_id=next(self._ids), model=item.model or self.model,
+            prompt=item.prompt, api=item.api, system=item.system, max_tokens=item.max_tokens,
+            temperature=item.temperature, top_p=item.top_p, top_k=item.top_k, seed=item.seed,
+            step=step.name, prompt_label=item.label, messages=item.messages,
+        )  # fmt: skip
+
+    async def _replay(self, step: Step, started: float) -> None:
+        """Each request of ``step.replay`` at ``started`` + its offset, whatever came before."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.TaskGroup() as tg:
+            for item in step.replay:
+                due = started + item.offset_s
+                if due - loop.time() > SPIN_S:
+                    await asyncio.sleep(due - loop.time() - SPIN_S)
+                while loop.time() < due:
+                    await asyncio.sleep(0)
+                await self.before_request()
+                tg.create_task(self._send(self.replay_request(step, item)))
 
     async def _open_loop(self, step: Step, step_index: int, started: float) -> None:
         assert step.rate is not None

@@ -14,13 +14,15 @@ from typing import Any, Literal
 from llmtop.core.metrics import Slo
 from llmtop.core.requests import Api
 
-Arrival = Literal["closed", "constant", "poisson"]
+Arrival = Literal["closed", "constant", "poisson", "replay"]
 """How requests arrive in a step.
 
 ``closed``: ``concurrency`` workers, each sending its next request when the last one ended
 (concurrency 1 is sequential). ``constant``: one request every ``1 / rate`` seconds.
 ``poisson``: exponential gaps with mean ``1 / rate`` (seeded, so reproducible). The open-loop
 kinds send on schedule whatever the server's state, which is how overload shows up.
+``replay``: each request of ``Step.replay`` at its own offset (scenarios/replay.py; not a TOML
+choice: it comes from ``record --replay`` and ``--trace``).
 """
 
 ARRIVALS: tuple[str, ...] = ("closed", "constant", "poisson")
@@ -38,6 +40,27 @@ class Prompt:
     text: str
     tokens: int | None = None
     """The length asked for when the text was generated (``{ tokens = N }``), else ``None``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayItem:
+    """One request of a replay, due ``offset_s`` after the replay starts."""
+
+    offset_s: float
+    api: Api = "chat"
+    model: str | None = None
+    """``None``: the run's model (``--model``, or the server's only one)."""
+    prompt: str = ""
+    system: str | None = None
+    messages: tuple[tuple[str, str], ...] = ()
+    """A conversation as it was sent, ``(role, content)`` each; replaces prompt and system."""
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    label: str = "replay"
+    """The prompt label its requests get: ``stored``, ``generated`` or ``trace``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +86,8 @@ class Step:
     unique_prompts: bool = False
     """Prefix each prompt with its request number, so no server-side prefix cache can reuse
     an earlier request's prefill and TTFT shows the full prompt's cost."""
+    replay: tuple[ReplayItem, ...] = ()
+    """With ``arrival = "replay"``: the requests, each with its offset, prompt and settings."""
 
     @property
     def open_loop(self) -> bool:
@@ -83,6 +108,7 @@ class Step:
             "seed": self.seed,
             "api": self.api,
             "unique_prompts": self.unique_prompts,
+            **({"replayed": len(self.replay)} if self.replay else {}),
         }
 
     def describe(self) -> str:
@@ -93,7 +119,9 @@ class Step:
             amount = f"{self.requests} request{'s' * (self.requests != 1)}"
         else:
             amount = f"{self.duration_s:g} s"
-        if self.open_loop:
+        if self.replay:
+            load = "each at its recorded offset"
+        elif self.open_loop:
             load = f"{self.arrival} arrivals at {self.rate:g} req/s"
             if self.concurrency is not None:
                 load += f" (at most {self.concurrency} in flight)"

@@ -19,7 +19,7 @@ INSTRUCTION_TOKENS = 12
 
 MAX_TOKENS = 131_072
 
-_WORDS = tuple(
+WORDS = tuple(
     """
     the of and to in is that for it as with was on be by at this are from or have an they which
     one you were all we there would their will when who been has more if no out so what up its
@@ -32,6 +32,7 @@ _WORDS = tuple(
     line price water light point order market power group number service level report
     """.split()  # noqa: SIM905 - a word list reads best as words
 )
+"""Words of one token each (with their leading space) in the common BPE vocabularies."""
 
 
 def generated_text(tokens: int, label: str = "") -> str:
@@ -58,14 +59,14 @@ def generated_text(tokens: int, label: str = "") -> str:
         if left == 1 or sentence == 1:
             # the period ends a sentence and costs a token; a lone token left is a word
             if left == 1 and sentence > 1:
-                words.append(rng.choice(_WORDS))
+                words.append(rng.choice(WORDS))
                 left -= 1
                 break
-            words.append(rng.choice(_WORDS) + ".")
+            words.append(rng.choice(WORDS) + ".")
             left -= 2
             sentence = 0
             continue
-        words.append(rng.choice(_WORDS))
+        words.append(rng.choice(WORDS))
         left -= 1
         sentence -= 1
     text = " ".join(words)

@@ -216,6 +216,11 @@ def _requests(db: Database, run_id: int) -> list[dict[str, Any]]:
     return list(db.query("select * from requests where run_id = ? order by id", [run_id]))
 
 
+def request_rows(db: Database, run_id: int) -> list[dict[str, Any]]:
+    """Every request row of a run, in id order (what a replay sends again)."""
+    return _requests(db, run_id)
+
+
 def itl_by_request(
     db: Database, run_id: int, request_ids: Iterable[int] | None = None
 ) -> dict[int, list[float]]:

@@ -19,7 +19,12 @@ from rich.console import Console
 
 from llmtop.app.commands.common import db_option, db_path_of
 from llmtop.app.commands.record_view import ProgressView, print_summary, summary_json
-from llmtop.app.commands.run_options import OneLineErrors, backend_options, run_options
+from llmtop.app.commands.run_options import (
+    OneLineErrors,
+    backend_options,
+    replay_options,
+    run_options,
+)
 from llmtop.core.errors import LlmtopError, SourceError, StorageError, UsageError
 from llmtop.recorder.flags import RunFlags, plan_from_flags
 from llmtop.recorder.recording import Recording, RecordResult
@@ -37,6 +42,7 @@ class Interrupted(LlmtopError):
 @click.command(cls=OneLineErrors)
 @backend_options
 @run_options
+@replay_options
 @db_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
@@ -50,9 +56,11 @@ def record(ctx: click.Context, db_path: str | None, quiet: bool, as_json: bool, 
       llmtop record --scenario basic --requests 100
       llmtop record --scenario rate-sweep --backend openai --url http://127.0.0.1:8000/v1
       llmtop record --prompt "Write a haiku" --concurrency 8 --duration 60 --json
+      llmtop record --replay 12 --replay-speed 2 --backend openai --url http://host:8000/v1
+      llmtop record --trace mooncake.jsonl --model llama3.2:1b
     """
-    plan = plan_from_flags(RunFlags.from_options(kw))
     path = db_path_of(ctx, db_path)
+    plan = plan_from_flags(RunFlags.from_options(kw), path)
     recording = Recording(plan, path)
     show_progress = not quiet and sys.stderr.isatty()
     result = asyncio.run(_record(recording, show_progress))

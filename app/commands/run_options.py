@@ -195,3 +195,36 @@ def run_options(f: F) -> F:
             ),
         ],
     )
+
+
+def replay_options(f: F) -> F:
+    """``--replay RUN --replay-speed X --trace FILE.jsonl`` (``record`` only)."""
+    return _apply(
+        f,
+        [
+            click.option(
+                "--replay",
+                type=click.IntRange(min=1),
+                default=None,
+                metavar="RUN",
+                help="Send a stored run's requests again, each at its offset from the first "
+                "(open loop), with its API, model, settings, output length, and prompt when "
+                "it was kept (else one of its length).",
+            ),
+            click.option(
+                "--replay-speed",
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                metavar="X",
+                help="With --replay or --trace: divide the offsets by X (2 = twice as fast).",
+            ),
+            click.option(
+                "--trace",
+                type=click.Path(dir_okay=False),
+                default=None,
+                metavar="FILE.jsonl",
+                help="Send a Mooncake-format trace: timestamp (ms), input_length, output_length, "
+                "hash_ids (shared 512-token prefixes).",
+            ),
+        ],
+    )
