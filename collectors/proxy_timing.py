@@ -5,11 +5,11 @@ or generate), the model, whether it streams, its sampling settings, and its prom
 hash; the prompt itself only when the proxy was told to keep prompts. Headers are never read
 here, so an API key cannot reach an event.
 
-The answer is timed while it is relayed (``relay_timed``): every read from the upstream is
-stamped as it returns, fed to the same ``NdjsonParser``/``SseParser`` through the same
-``read_stream`` as ``record`` (so TTFT, ITL and the token counts mean exactly what they mean
-there), and only then forwarded. Timing never changes what the client gets: a parser that gives
-up records the request as failed and the bytes keep flowing.
+The answer is timed beside the relay (``time_answer``): its decoded body is read, each read
+stamped as it returns, by the same ``read_stream`` into the same ``NdjsonParser``/``SseParser``
+as ``record`` (so TTFT, ITL and the token counts mean exactly what they mean there). The bytes
+themselves reach the client without waiting for any of this; a parser that gives up records the
+request as failed and nothing else changes.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-import aiohttp
 
 from llmtop.collectors.http import error_from_body, one_line
 from llmtop.collectors.ollama import NdjsonParser
@@ -51,7 +49,7 @@ MAX_DOCUMENT = 32 << 20
 whatever its size; a larger one is recorded as a protocol error)."""
 
 Read = Callable[[], Awaitable[bytes]]
-Write = Callable[[bytes], Awaitable[None]]
+"""One read of an answer's decoded body: ``b""`` at its end, ``ConnectionResetError`` if cut."""
 
 
 def endpoint(method: str, path: str) -> tuple[Wire, Api] | None:
@@ -218,40 +216,54 @@ def error_body(path: str, status: int, message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
-class UpstreamCut(Exception):
-    """The upstream's body ended before it was complete: the client must see the same cut."""
+async def _drain(readany: Read) -> None:
+    while await readany():
+        pass
 
 
-async def relay(read: Read, write: Write) -> None:
-    """Forward a body untimed, to its end."""
-    while data := await _read(read, None):
-        await write(data)
-
-
-async def _read(read: Read, st: RequestState | None) -> bytes:
+async def time_answer(
+    readany: Read, st: ObservedState, status: int, reason: str, content_type: str
+) -> None:
+    """Time one answer from its decoded body, as it arrives (its bytes reach the client on
+    their own; nothing here can hold them back). Ends with the body; records exactly one end
+    of the request: finished, failed (``http_status``, ``protocol``: a cut, a stream the
+    parser refuses), never an exception."""
     try:
-        return await read()
-    except (aiohttp.ClientPayloadError, aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
-        if st is not None and not st.done:
+        if status >= 400:
+            await _time_error(readany, st, status, reason)
+            return
+        parser = st.parser()
+        mode = parser.accepts(content_type.lower())
+        if mode is None:
+            st.fail("protocol", f"unexpected Content-Type {content_type!r} from POST {st.obs.path}")
+        elif mode == "document":
+            await _time_document(readany, st, parser)
+        else:
+            try:
+                await read_stream(readany, parser, st)
+            except StreamError as e:
+                st.fail(e.kind, e.message, e.http_status)
+        await _drain(readany)
+        if not st.done:
+            st.fail(
+                "protocol", f"the answer ended without its final chunk after {st.chunks} chunks"
+            )
+    except ConnectionResetError:
+        if not st.done:
             st.fail(
                 "protocol",
                 f"stream cut after {st.chunks} chunks: the upstream closed the connection "
                 "before the final chunk",
             )
-        raise UpstreamCut from None
 
 
-async def relay_error(
-    read: Read, write: Write, st: ObservedState, status: int, reason: str
-) -> None:
-    """Forward an error answer (HTTP >= 400), recording it as ``http_status`` with the
-    upstream's own message (from the first ``MAX_ERROR_BODY`` bytes)."""
+async def _time_error(readany: Read, st: ObservedState, status: int, reason: str) -> None:
+    """An error answer (HTTP >= 400): ``http_status`` with the upstream's own message."""
     head = b""
     try:
-        while data := await _read(read, None):
+        while data := await readany():
             if len(head) < MAX_ERROR_BODY:
                 head += data[: MAX_ERROR_BODY - len(head)]
-            await write(data)
     finally:
         st.fail(
             "http_status",
@@ -261,59 +273,17 @@ async def relay_error(
         )
 
 
-async def relay_timed(read: Read, write: Write, st: ObservedState, content_type: str) -> None:
-    """Forward a successful answer while timing it; see the module docstring.
-
-    Raises:
-        UpstreamCut: the upstream's body was cut (recorded ``protocol``); cut the client's too.
-    """
-    parser = st.parser()
-    mode = parser.accepts(content_type.lower())
-    if mode is None:
-        st.fail("protocol", f"unexpected Content-Type {content_type!r} from POST {st.obs.path}")
-        await relay(read, write)
-        return
-    if mode == "document":
-        await _relay_document(read, write, st, parser)
-        return
-    pending = b""
-
-    async def timed_read() -> bytes:
-        # Forward the previous read only now: read_stream stamps each read as it returns, so
-        # the stamp is the upstream's arrival, not after our write to a (maybe slow) client.
-        nonlocal pending
-        if pending:
-            data, pending = pending, b""
-            await write(data)
-        pending = await _read(read, st)
-        return pending
-
-    try:
-        await read_stream(timed_read, parser, st)
-    except StreamError as e:
-        st.fail(e.kind, e.message, e.http_status)
-    if pending:
-        await write(pending)
-    while data := await _read(read, st):
-        await write(data)
-    if not st.done:  # the body went on after a parser gave up, then ended without a final chunk
-        st.fail("protocol", f"the answer ended without its final chunk after {st.chunks} chunks")
-
-
-async def _relay_document(
-    read: Read, write: Write, st: ObservedState, parser: StreamParser
-) -> None:
+async def _time_document(readany: Read, st: ObservedState, parser: StreamParser) -> None:
     """A non-streamed OpenAI answer: one chunk when it has all arrived (TTFT = E2E), as
     ``record`` counts a server that ignores ``stream``."""
     parts: list[bytes] = []
     size = 0
     t = time.perf_counter_ns()
-    while data := await _read(read, st):
+    while data := await readany():
         t = time.perf_counter_ns()
         size += len(data)
         if size <= MAX_DOCUMENT:
             parts.append(data)
-        await write(data)
     if size > MAX_DOCUMENT:
         st.fail("protocol", f"an answer of {size:,} bytes, more than llmtop reads to time one")
         return

@@ -41,10 +41,25 @@ TOKEN_BUCKETS_S = (
 OUTPUT_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
+class _Model:
+    """One model's labelled children (a ``labels()`` lookup costs microseconds: done once)."""
+
+    __slots__ = ("e2e", "in_flight", "itl", "name", "output_tokens", "tpot", "ttft")
+
+    def __init__(self, m: ClientMetrics, model: str) -> None:
+        self.name = model
+        self.ttft = m.ttft.labels(model)
+        self.e2e = m.e2e.labels(model)
+        self.tpot = m.tpot.labels(model)
+        self.itl = m.itl.labels(model)
+        self.output_tokens = m.output_tokens.labels(model)
+        self.in_flight = m.in_flight.labels(model)
+
+
 class _Open:
     __slots__ = ("counts", "model", "times")
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: _Model) -> None:
         self.model = model
         self.times: list[int] = []
         self.counts: list[int] = []
@@ -69,6 +84,13 @@ class ClientMetrics:
         self.errors = Counter("llmtop_proxy_errors", "Failed generation requests by error kind", ["model", "kind"], registry=r)  # fmt: skip
         self.in_flight = Gauge("llmtop_proxy_requests_in_flight", "Generation requests being relayed now", ["model"], registry=r)  # fmt: skip
         self._open: dict[int, _Open] = {}
+        self._models: dict[str, _Model] = {}
+
+    def _model(self, name: str) -> _Model:
+        m = self._models.get(name)
+        if m is None:
+            m = self._models[name] = _Model(self, name)
+        return m
 
     def add(self, ev: Event) -> None:
         """Fold one event (cheap for tokens; the histograms move when a request ends)."""
@@ -79,33 +101,34 @@ class ClientMetrics:
                     o.times.append(ev.t_ns)
                     o.counts.append(ev.n_tokens)
             case RequestStarted():
-                self._open[ev.request_id] = _Open(ev.model)
-                self.in_flight.labels(ev.model).inc()
+                model = self._model(ev.model)
+                self._open[ev.request_id] = _Open(model)
+                model.in_flight.inc()
             case RequestFinished():
                 o = self._open.pop(ev.request_id, None)
-                model = o.model if o else ""
+                c = o.model if o else self._model("")
                 if o is not None:
-                    self.in_flight.labels(model).dec()
+                    c.in_flight.dec()
                 m = metrics.request_metrics(ev)
-                self.requests.labels(model, "ok").inc()
-                self.e2e.labels(model).observe(m.e2e_ms / 1000)
-                self.output_tokens.labels(model).observe(m.output_tokens)
+                self.requests.labels(c.name, "ok").inc()
+                c.e2e.observe(m.e2e_ms / 1000)
+                c.output_tokens.observe(m.output_tokens)
                 if m.ttft_ms is not None:
-                    self.ttft.labels(model).observe(m.ttft_ms / 1000)
+                    c.ttft.observe(m.ttft_ms / 1000)
                 if m.tpot_ms is not None:
-                    self.tpot.labels(model).observe(m.tpot_ms / 1000)
+                    c.tpot.observe(m.tpot_ms / 1000)
                 if o is not None:
-                    itl = self.itl.labels(model)
+                    observe = c.itl.observe
                     for gap_ms in metrics.itl_ms(o.times, o.counts, m.output_tokens):
-                        itl.observe(gap_ms / 1000)
+                        observe(gap_ms / 1000)
             case RequestFailed():
                 o = self._open.pop(ev.request_id, None)
-                model = o.model if o else ""
+                c = o.model if o else self._model("")
                 if o is not None:
-                    self.in_flight.labels(model).dec()
+                    c.in_flight.dec()
                 status = "cancelled" if ev.error_kind == "cancelled" else "error"
-                self.requests.labels(model, status).inc()
-                self.errors.labels(model, ev.error_kind).inc()
+                self.requests.labels(c.name, status).inc()
+                self.errors.labels(c.name, ev.error_kind).inc()
             case ResourcesSampled() | GpuSampled() | ServerSampled() | SourceDown():
                 pass
             case _:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from llmtop.collectors.backends import ollama_answers
 from llmtop.collectors.gpu import GpuSampler
@@ -202,13 +201,13 @@ class ProxyRun:
 
     # --- local endpoints ---------------------------------------------------------------------
 
-    async def _metrics(self, request: web.BaseRequest) -> web.StreamResponse:
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+    def _metrics(self) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE, self.metrics.render()
 
-    async def _health(self, request: web.BaseRequest) -> web.StreamResponse:
+    def _health(self) -> tuple[int, str, bytes]:
         in_flight = self._server.in_flight if self._server else 0
         body = {"run_id": self.run_id, "upstream": self.origin, "in_flight": in_flight}
-        return web.Response(text=json.dumps(body), content_type="application/json")
+        return 200, "application/json", json.dumps(body).encode()
 
     # --- the run -----------------------------------------------------------------------------
 

@@ -1,14 +1,13 @@
-"""The proxy's HTTP side: every request relayed to the upstream unchanged, generations timed.
+"""The proxy's HTTP side: every request relayed to the upstream, every answer back unchanged,
+generations timed on the way (recorder/proxy_http.py does the HTTP; see there why not aiohttp).
 
-Built on aiohttp's low-level ``web.Server`` (its C HTTP parser, no router) and one aiohttp
-client session towards the upstream; see bench/proxy.py for what it costs. What passes through
-unchanged: the method, the path and query as the client wrote them, every header but the
-hop-by-hop ones (RFC 9110 7.6.1: ``Connection`` and those it names, ``Keep-Alive``,
-``Transfer-Encoding``, ``TE``, ``Upgrade``, ``Proxy-*``) and ``Host`` (the upstream's own), the
-body, the status and reason, the response headers, and the body bytes in the order they came
-(re-chunked per read when the upstream chunks). One change, for timed requests only:
-``Accept-Encoding: identity`` goes upstream, since a compressed token stream cannot be timed
-and a compressing server would hold tokens back.
+What the client gets is exactly what the upstream sent: status line, headers (as spelled, in
+order, duplicates kept, none added), body bytes and their chunking. What the upstream gets is
+the client's request with its own Host, no ``Expect``, a chunked body sent with a length, and,
+for a timed generation only, ``Accept-Encoding: identity`` (a compressed token stream cannot
+be timed, and a compressing server would hold tokens back). The proxy answers itself only when
+there is no answer to relay: 502 (upstream unreachable or closed before answering), 504
+(connect timeout), 413 (body over the limit), in the client API's error shape.
 
 ``/llmtop/...`` is the proxy's own (``/llmtop/metrics``, ``/llmtop/health``); every other path
 belongs to the upstream.
@@ -18,37 +17,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp import hdrs, web
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
-
-from llmtop.collectors.http import KEEPALIVE_S, SendTrace, connect_reason, one_line
-from llmtop.collectors.proxy_timing import (
-    ObservedState,
-    UpstreamCut,
-    error_body,
-    observe,
-    relay,
-    relay_error,
-    relay_timed,
-)
+from llmtop.collectors.http import KEEPALIVE_S
+from llmtop.collectors.proxy_timing import ObservedState, error_body, observe, time_answer
 from llmtop.core.requests import Emit
+from llmtop.recorder.proxy_http import (
+    BodyReader,
+    ClientConnection,
+    ConnectFailed,
+    Exchange,
+    Request,
+    UpstreamPool,
+    response_bytes,
+)
 
 LOCAL_PREFIX = "/llmtop/"
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-     "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
-)  # fmt: skip
-NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect"}
-"""Request headers the proxy does not copy upstream: aiohttp writes Host and Content-Length for
-the upstream connection, and the body is already read (no 100-continue to wait for)."""
+LocalHandler = Callable[[], tuple[int, str, bytes]]
+"""A proxy's own endpoint: ``(status, content type, body)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,71 +49,44 @@ class ProxyLimits:
     """Largest request body (images in a chat can be megabytes); a larger one gets 413 before
     it is read."""
     idle_timeout_s: float = 300.0
-    """A connection that sends nothing for this long is closed (before its first request too)."""
+    """How long a connection may take to send a complete request (from when it opens, and
+    between requests): silent and slow (slowloris) connections are closed after it."""
     connect_timeout_s: float = 10.0
     """Connecting to the upstream; nothing else is limited (a model may think for minutes, and
     the client decides how long it waits)."""
 
 
-def _client_address(request: web.BaseRequest) -> str:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    if not peer:
-        return ""
-    host, port = peer[0], peer[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _copy_headers(
-    src: CIMultiDictProxy[str], drop: frozenset[str], raw: tuple[tuple[bytes, bytes], ...]
-) -> CIMultiDict[str]:
-    """The headers of ``raw`` (names spelled as they came: aiohttp respells those it knows in
-    ``src``) without ``drop`` and without those the ``Connection`` header names, in order."""
-    named = {t.strip().lower() for v in src.getall(hdrs.CONNECTION, ()) for t in v.split(",") if t}
-    skip = drop | named
-    # aiohttp writes header text as UTF-8: decoding as UTF-8 gives back the same bytes (bytes
-    # that are not UTF-8, which no API sends, would become U+FFFD).
-    pairs = ((k.decode("utf-8", "replace"), v.decode("utf-8", "replace")) for k, v in raw)
-    return CIMultiDict((k, v) for k, v in pairs if k.lower() not in skip)
-
-
-class _Passthrough(web.StreamResponse):
-    """A response that adds no ``Date`` or ``Server`` header the upstream did not send (aiohttp
-    adds both when absent); relies on aiohttp 3's ``_prepare_headers`` (tests check the headers
-    arrive as the upstream sent them)."""
-
-    _upstream_has: frozenset[str] = frozenset()
-
-    async def _prepare_headers(self) -> None:
-        await super()._prepare_headers()
-        for name in (hdrs.DATE, hdrs.SERVER):
-            if name.lower() not in self._upstream_has:
-                self._headers.popall(name, None)
-
-
-async def _on_chunk_sent(session: object, ctx: Any, params: object) -> None:
-    sent = ctx.trace_request_ctx
-    if isinstance(sent, SendTrace):
-        sent.written(time.perf_counter_ns())
-
-
-async def _on_reuse(session: object, ctx: Any, params: object) -> None:
-    sent = ctx.trace_request_ctx
-    if isinstance(sent, SendTrace):
-        sent.reused = True
-
-
-def _ignore(t_ns: int) -> None:
-    return None
+def _upstream_request(req: Request, host: bytes, prefix: bytes, identity: bool) -> bytes:
+    """The head sent upstream: the client's, with the upstream's Host (see the docstring)."""
+    lines = [b"%s %s%s HTTP/%s" % (req.method.encode(), prefix, req.target, req.version.encode())]
+    for name, value in req.headers:
+        low = name.lower()
+        if low == b"host":
+            value = host
+        elif (
+            low == b"expect"
+            or (identity and low == b"accept-encoding")
+            or (req.chunked and low == b"transfer-encoding")
+        ):
+            continue
+        lines.append(name + b": " + value)
+    if req.header(b"host") is None:
+        lines.append(b"Host: " + host)
+    if req.chunked:
+        lines.append(b"Content-Length: %d" % len(req.body))
+    if identity:
+        lines.append(b"Accept-Encoding: identity")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 class ProxyServer:
     """Relays requests to ``upstream``; emits the events of each generation it times.
 
     Args:
-        upstream: the upstream's origin (``http://host:port``, no path).
+        upstream: the upstream's origin (``http://host:port``, optionally a path prefix).
         run_id: the observed run every event belongs to.
         emit: where events go (the run's writer and metrics).
-        local: handlers of the proxy's own paths, by path (``/llmtop/metrics``).
+        local: the proxy's own endpoints, by path (``/llmtop/metrics``).
         timing_allowed: asked before each generation; ``False`` relays it untimed (the run's
             disk is behind).
     """
@@ -136,9 +99,10 @@ class ProxyServer:
         emit: Emit,
         store_prompts: bool = False,
         limits: ProxyLimits | None = None,
-        local: dict[str, Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]] | None = None,
+        local: dict[str, LocalHandler] | None = None,
         timing_allowed: Callable[[], bool] | None = None,
     ) -> None:
+        parts = urlsplit(upstream)
         self.upstream = upstream
         self.run_id = run_id
         self.emit = emit
@@ -147,12 +111,21 @@ class ProxyServer:
         self.local = local or {}
         self.timing_allowed = timing_allowed
         self.stopping = False
-        self._ids = itertools.count(1)
-        self._session: aiohttp.ClientSession | None = None
-        self._server: web.Server | None = None
-        self._listener: asyncio.Server | None = None
         self.in_flight = 0
-        """Generations being relayed now."""
+        """Requests being relayed now."""
+        tls = parts.scheme == "https"
+        port = parts.port or (443 if tls else 80)
+        self._host = (parts.netloc.rpartition("@")[2]).encode("idna")
+        self._prefix = parts.path.rstrip("/").encode()
+        self._pool = UpstreamPool(
+            parts.hostname or "127.0.0.1", port, tls=tls,
+            connect_timeout_s=self.limits.connect_timeout_s, keepalive_s=KEEPALIVE_S,
+        )  # fmt: skip
+        self._ids = itertools.count(1)
+        self._connections: set[ClientConnection] = set()
+        self._listener: asyncio.Server | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -162,31 +135,18 @@ class ProxyServer:
         Raises:
             OSError: the address cannot be bound (in use, not this machine's).
         """
-        trace = aiohttp.TraceConfig()
-        trace.on_request_chunk_sent.append(_on_chunk_sent)
-        trace.on_connection_reuseconn.append(_on_reuse)
-        trace.freeze()
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.limits.connect_timeout_s),
-            trace_configs=[trace],
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        )
-        self._server = web.Server(
-            self.handle,
-            handler_cancellation=True,  # a client that hangs up cancels its upstream request
-            keepalive_timeout=self.limits.idle_timeout_s,
-            auto_decompress=False,
-            access_log=None,
-            lingering_time=0,  # a refused body is not read to its end
-        )
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
-            self._server, host, port, reuse_address=True, backlog=1024, start_serving=False
+            self._protocol, host, port, reuse_address=True, backlog=1024, start_serving=False
         )
-        sock = self._listener.sockets[0]
-        return int(sock.getsockname()[1])
+        return int(self._listener.sockets[0].getsockname()[1])
+
+    def _protocol(self) -> ClientConnection:
+        return ClientConnection(
+            self.handle, max_body=self.limits.max_body_bytes,
+            idle_timeout_s=self.limits.idle_timeout_s, refuse=self._refuse_size,
+            connections=self._connections,
+        )  # fmt: skip
 
     async def serve(self) -> None:
         """Start accepting connections (after ``start``)."""
@@ -198,153 +158,106 @@ class ProxyServer:
         self.stopping = True
         if self._listener is not None:
             self._listener.close()
-        if self._server is not None:
-            await self._server.shutdown(grace_s)
-        if self._session is not None:
-            await self._session.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                await self._idle.wait()
+        for conn in list(self._connections):
+            conn.abort()
+        self._pool.close()
+        await asyncio.sleep(0)  # let the cancelled handlers record their ends
 
     # --- one request -----------------------------------------------------------------------
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        path = request.path
-        if path.startswith(LOCAL_PREFIX):
-            local = self.local.get(path.rstrip("/"))
-            if local is None:
-                return web.Response(status=404, text=f"llmtop proxy: no {path} here\n")
-            return await local(request)
-        body = await self._read_body(request)
-        if isinstance(body, web.StreamResponse):
-            return body
-        obs = observe(request.method, path, body, store_prompts=self.store_prompts)
-        if obs is None or (self.timing_allowed is not None and not self.timing_allowed()):
-            return await self._forward(request, body, None)
-        st = ObservedState(self.run_id, next(self._ids), obs, _client_address(request), self.emit)
-        self.in_flight += 1
-        try:
-            return await self._forward(request, body, st)
-        finally:
-            self.in_flight -= 1
-
-    async def _read_body(self, request: web.BaseRequest) -> bytes | web.StreamResponse:
-        limit = self.limits.max_body_bytes
-        size = request.content_length
-        if size is not None and size > limit:
-            return self._refuse_size(request, f"{size:,} bytes")  # the body is never read
-        if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        parts: list[bytes] = []
-        got = 0
-        while data := await request.content.readany():
-            got += len(data)
-            if got > limit:
-                return self._refuse_size(request, "more than that")
-            parts.append(data)
-        return b"".join(parts)
-
-    def _refuse_size(self, request: web.BaseRequest, size: str) -> web.StreamResponse:
+    def _refuse_size(self, req: Request, size: str) -> bytes:
         message = (
             f"llmtop proxy: the request body is too large: {size}, the limit is "
             f"{self.limits.max_body_bytes:,} bytes (llmtop proxy --max-body-bytes)"
         )
-        refusal = self._error(request.path, 413, message)
-        refusal.force_close()  # the rest of the body is not waited for (lingering_time=0)
-        return refusal
+        return response_bytes(413, error_body(req.path, 413, message), "application/json",
+                              close=True)  # fmt: skip
 
-    @staticmethod
-    def _error(path: str, status: int, message: str) -> web.Response:
-        return web.Response(
-            status=status, body=error_body(path, status, message), content_type="application/json"
-        )
-
-    async def _send(
-        self, request: web.BaseRequest, body: bytes, st: ObservedState | None
-    ) -> aiohttp.ClientResponse | web.Response:
-        """The upstream's response, or the error answer when there is none."""
-        assert self._session is not None
-        headers = _copy_headers(request.headers, NOT_FORWARDED, request.raw_headers)
-        if st is not None:
-            headers[hdrs.ACCEPT_ENCODING] = "identity"
-        url = URL(self.upstream + request.raw_path, encoded=True)
-        data = body if request.body_exists else None
-        where = f"the upstream {self.upstream}"
-        for attempt in range(2):
-            sent = SendTrace(st.written if st is not None else _ignore)
-            try:
-                return await self._session.request(
-                    request.method, url, data=data, headers=headers, allow_redirects=False,
-                    trace_request_ctx=sent,
-                )  # fmt: skip
-            except aiohttp.ClientConnectorError as e:
-                kind, status = "connect", 502
-                message = f"llmtop proxy: cannot connect to {where}: {connect_reason(e)}"
-            except aiohttp.ConnectionTimeoutError:
-                kind, status = "timeout", 504
-                message = (
-                    f"llmtop proxy: connecting to {where} timed out after "
-                    f"{self.limits.connect_timeout_s:g} s"
-                )
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
-                if sent.reused and attempt == 0:
-                    continue  # it closed an idle kept-alive connection as we reused it
-                kind, status = "protocol", 502
-                message = f"llmtop proxy: {where} closed the connection before answering ({one_line(e)})"  # fmt: skip
-            except aiohttp.ClientResponseError as e:
-                kind, status = "protocol", 502
-                message = f"llmtop proxy: invalid HTTP response from {where}: {one_line(e.message)}"  # fmt: skip
-            if st is not None:
-                st.fail(kind, message)  # type: ignore[arg-type]
-            return self._error(request.path, status, message)
-        raise AssertionError("unreachable")
-
-    async def _forward(
-        self, request: web.BaseRequest, body: bytes, st: ObservedState | None
-    ) -> web.StreamResponse:
-        try:
-            resp = await self._send(request, body, st)
-        except asyncio.CancelledError:
-            if st is not None:
-                st.fail("cancelled", self._cancel_reason(st))
-            raise
-        if isinstance(resp, web.Response):
-            return resp
-        out = _Passthrough(status=resp.status, reason=resp.reason)
-        out._upstream_has = frozenset(k.lower() for k in resp.headers)
-        out.headers.extend(_copy_headers(resp.headers, HOP_BY_HOP, resp.raw_headers))
-        if resp.headers.get(hdrs.TRANSFER_ENCODING, "").lower().endswith("chunked"):
-            out.headers.popall(hdrs.CONTENT_LENGTH, None)
-        clean = False
-        try:
-            await out.prepare(request)
-            read, write = resp.content.readany, out.write
-            if st is None:
-                await relay(read, write)
-            elif resp.status >= 400:
-                await relay_error(read, write, st, resp.status, resp.reason or "")
+    async def handle(self, req: Request, conn: ClientConnection) -> bool:
+        """Answer ``req``; returns whether ``conn`` may serve another request."""
+        path = req.path
+        if path.startswith(LOCAL_PREFIX):
+            local = self.local.get(path.rstrip("/"))
+            if local is None:
+                body = f"llmtop proxy: no {path} here\n".encode()
+                conn.write(response_bytes(404, body, "text/plain; charset=utf-8", close=False))
             else:
-                await relay_timed(read, write, st, resp.headers.get(hdrs.CONTENT_TYPE, ""))
-            await out.write_eof()
-            clean = True
-        except UpstreamCut:
-            if request.transport is not None:
-                request.transport.close()  # the client sees the body end early, as we did
-        except ConnectionError:  # the client went away (before the cancellation reached us)
-            if st is not None:
-                st.fail("cancelled", self._cancel_reason(st))
+                status, ctype, body = local()
+                conn.write(response_bytes(status, body, ctype, close=False))
+            return True
+        obs = observe(req.method, path, req.body, store_prompts=self.store_prompts)
+        if obs is not None and self.timing_allowed is not None and not self.timing_allowed():
+            obs = None
+        st = None
+        if obs is not None:
+            st = ObservedState(self.run_id, next(self._ids), obs, conn.client, self.emit)
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._relay(req, conn, st)
         except asyncio.CancelledError:
             if st is not None:
-                st.fail("cancelled", self._cancel_reason(st))
+                why = "the proxy stopped" if self.stopping else "the client closed the connection"
+                st.fail("cancelled", f"{why} after {st.chunks} chunks")
             raise
         finally:
-            if clean:
-                resp.release()
-            else:
-                resp.close()  # closes the upstream connection: the server stops generating
-        return out
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
 
-    def _cancel_reason(self, st: ObservedState) -> str:
-        if self.stopping:
-            return f"the proxy stopped after {st.chunks} chunks"
-        return f"the client closed the connection after {st.chunks} chunks"
+    async def _relay(self, req: Request, conn: ClientConnection, st: ObservedState | None) -> bool:
+        head = _upstream_request(req, self._host, self._prefix, identity=st is not None)
+        reader: BodyReader | None = None
+        ex = Exchange(head, is_head=req.method == "HEAD", forward=conn.write,
+                      on_written=st.written if st is not None else None)  # fmt: skip
+        if st is not None:
+            reader = BodyReader(lambda on: ex.conn.hold("reader", on) if ex.conn else None)
+            ex.on_body, ex.on_end = reader.feed, reader.end
+        conn.on_pause = ex.pause
+        try:
+            try:
+                await self._pool.send(ex, req.body)
+            except ConnectFailed as e:
+                return self._unreachable(req, conn, st, e)
+            if conn.write_paused:
+                ex.pause(True)
+            if ex.cut and not ex.status:  # closed before any answer: nothing was relayed
+                message = f"llmtop proxy: the upstream {self.upstream} closed the connection before answering"  # fmt: skip
+                if st is not None:
+                    st.fail("protocol", message)
+                conn.write(response_bytes(502, error_body(req.path, 502, message),
+                                          "application/json", close=False))  # fmt: skip
+                return True
+            if st is not None and reader is not None:
+                ctype = (ex.header(b"content-type") or b"").decode("latin-1")
+                await time_answer(reader.readany, st, ex.status, ex.reason, ctype)
+            await ex.done
+        except BaseException:
+            if ex.conn is not None and ex.conn.transport is not None and not ex.done.done():
+                ex.conn.transport.abort()  # closes the upstream request: the server stops
+            raise
+        if ex.cut:
+            conn.close()  # the client sees the body end early, as we did
+            return False
+        return ex.keep_alive and not ex.close_delimited
+
+    def _unreachable(
+        self, req: Request, conn: ClientConnection, st: ObservedState | None, e: ConnectFailed
+    ) -> bool:
+        if e.kind == "timeout":
+            status = 504
+            message = f"llmtop proxy: connecting to the upstream {self.upstream} {e}"
+        else:
+            status = 502
+            message = f"llmtop proxy: cannot connect to the upstream {self.upstream}: {e}"
+        if st is not None:
+            st.fail("timeout" if e.kind == "timeout" else "connect", message)
+        conn.write(response_bytes(status, error_body(req.path, status, message),
+                                  "application/json", close=False))  # fmt: skip
+        return True
 
 
 def listen_url(host: str, port: int) -> str:
@@ -355,8 +268,6 @@ def listen_url(host: str, port: int) -> str:
 
 def is_loopback(host: str) -> bool:
     """Whether ``host`` is a loopback address or ``localhost``."""
-    import ipaddress
-
     if host == "localhost":
         return True
     with contextlib.suppress(ValueError):
