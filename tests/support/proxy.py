@@ -66,7 +66,9 @@ class ProxyProcess:
             if until(rows):
                 return rows
             if time.monotonic() > deadline:
-                raise AssertionError(f"not in the database in {timeout}s: {rows}")
+                raise AssertionError(
+                    f"not in the database in {timeout}s: {rows[:10]} ({len(rows)} rows)"
+                )
             time.sleep(0.05)
 
     def __enter__(self) -> ProxyProcess:
