@@ -26,15 +26,8 @@ from urllib.parse import urlsplit
 from llmtop.collectors.http import KEEPALIVE_S
 from llmtop.collectors.proxy_timing import ObservedState, error_body, observe, time_answer
 from llmtop.core.requests import Emit
-from llmtop.recorder.proxy_http import (
-    BodyReader,
-    ClientConnection,
-    ConnectFailed,
-    Exchange,
-    Request,
-    UpstreamPool,
-    response_bytes,
-)
+from llmtop.recorder.proxy_http import ClientConnection, Request, response_bytes
+from llmtop.recorder.proxy_upstream import BodyReader, ConnectFailed, Exchange, UpstreamPool
 
 LOCAL_PREFIX = "/llmtop/"
 LocalHandler = Callable[[], tuple[int, str, bytes]]

@@ -7,12 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.proxy import ProxyProcess, start_proxy
+from support.proxy import MODEL, TIMED, TTFT_MS, ProxyProcess, start_proxy
 from support.servers import Behavior, FakeServer
 
-MODEL = "fake"
-TIMED = "timed"
-TTFT_MS = 200.0
 ITL_MS = 20.0
 
 

@@ -14,8 +14,7 @@ import httpx
 import ollama
 import openai
 import pytest
-from conftest import MODEL
-from support.proxy import ProxyProcess, start_proxy
+from support.proxy import MODEL, ProxyProcess, start_proxy
 from support.raw_upstream import RawUpstream, exchange, parse_response
 from support.servers import Behavior, FakeServer
 

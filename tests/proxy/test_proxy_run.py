@@ -13,10 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import MODEL, TIMED, TTFT_MS
 from prometheus_client.parser import text_string_to_metric_families
 from support.cli import assert_one_line_error, run_llmtop
-from support.proxy import start_proxy
+from support.proxy import MODEL, TIMED, TTFT_MS, start_proxy
 from support.raw_upstream import free_port
 from support.servers import FakeServer
 

@@ -1,5 +1,6 @@
 """Start ``llmtop proxy`` as a child process exactly as a user does, and wait for its ready line:
-``llmtop proxy: listening on URL -> UPSTREAM (BACKEND), run #N``."""
+``llmtop proxy: listening on URL -> UPSTREAM (BACKEND), run #N``. Also the names the proxy tests
+share (here, not in a conftest: ``from conftest import`` picks whichever conftest came first)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from support.cli import llmtop_exe
+
+MODEL = "fake"
+"""The proxy tests' everyday model at the fake server (tests/proxy/conftest.py)."""
+TIMED = "timed"
+"""Their model with known timings: TTFT ``TTFT_MS``."""
+TTFT_MS = 200.0
 
 READY = re.compile(r"^llmtop proxy: listening on (\S+) -> (\S+) \((\w+)\), run #(\d+)$")
 
