@@ -236,14 +236,18 @@ def print_summary(
 
 
 def summary_json(summary: RunSummary | None, result: RecordResult) -> dict[str, Any]:
-    """What ``record --json`` prints: how the run ended, then every step's statistics."""
-    out: dict[str, Any] = {
-        "run_id": result.run_id,
+    """What ``record --json`` prints: the run in the shape ``runs --json`` and ``report --json``
+    share (``RunSummary.as_dict``), and ``recording``: how this command's run ended."""
+    out: dict[str, Any] = (
+        summary.as_dict()
+        if summary is not None
+        else {"run": {"id": result.run_id, "status": result.status, "error": result.error}}
+    )
+    out["recording"] = {
         "status": result.status,
         "error": result.error,
+        "failure": result.failure,
         "stopped_early": result.stopped_early,
         "db": str(result.db_path),
     }
-    if summary is not None:
-        out.update(summary.as_dict())
     return out

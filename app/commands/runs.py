@@ -180,29 +180,7 @@ def runs(
                              since=since_iso, limit=limit)  # fmt: skip
     summaries = {r.id: queries.run_summary(db, r.id, with_itl=False) for r in rows}
     if as_json:
-        out = []
-        for r in rows:
-            s = summaries[r.id]
-            o = s.overall if s else None
-            out.append(
-                {
-                    "id": r.id,
-                    "name": r.name,
-                    "started_at": r.started_at,
-                    "ended_at": r.ended_at,
-                    "status": r.status,
-                    "scenario": r.scenario,
-                    "backend": r.backend,
-                    "base_url": r.base_url,
-                    "model": r.model,
-                    "requests": r.n_requests,
-                    "errors": r.n_errors,
-                    "ttft_ms_p50": o.ttft_ms.p50 if o else None,
-                    "e2e_ms_p95": o.e2e_ms.p95 if o else None,
-                    "decode_tps_mean": o.decode_tps.mean if o else None,
-                    "out_tok_per_s": o.out_tok_per_s if o else None,
-                }
-            )
+        out = [s.as_dict() for r in rows if (s := summaries[r.id]) is not None]
         click.echo(json.dumps(out, indent=2))
         return
     if not rows:

@@ -47,9 +47,9 @@ def test_runs_table_and_json(dbfile):
     assert proc.returncode == 0, proc.stderr
     assert "TTFT p50 ms" in proc.stdout and "100.0" in proc.stdout
     data = json.loads(run_llmtop("--db", str(dbfile), "runs", "--json").stdout)
-    assert [r["id"] for r in data] == [2, 1]
-    assert data[0]["requests"] == 2 and data[0]["errors"] == 1
-    assert data[1]["ttft_ms_p50"] == pytest.approx(100.0)
+    assert [r["run"]["id"] for r in data] == [2, 1]
+    assert data[0]["run"]["requests"] == 2 and data[0]["run"]["errors"] == 1
+    assert data[1]["overall"]["ttft_ms"]["p50"] == pytest.approx(100.0)
 
 
 def test_export_defaults_to_last_run_and_stdout(dbfile):

@@ -84,13 +84,39 @@ def test_a_named_api_key_variable_that_is_unset_exits_2(server, tmp_path):
     assert_one_line_error(proc, 2, "LLMTOP_TEST_NO_SUCH_KEY")
 
 
+def _keys(value: object) -> object:
+    """The shape of a JSON value: its keys, recursively (lists by their first item)."""
+    if isinstance(value, dict):
+        return {k: _keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_keys(value[0])] if value else []
+    return None
+
+
+def test_record_runs_and_report_print_one_shape_of_a_run(server, tmp_path):
+    db = tmp_path / "shape.db"
+    proc = record(server, db, "--requests", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    recorded = json.loads(proc.stdout)
+    (listed,) = json.loads(run_llmtop("runs", "--json", "--db", str(db)).stdout)
+    reported = json.loads(run_llmtop("report", "--json", "--db", str(db)).stdout)
+    shared = ("run", "slo", "overall", "steps")
+    for out in (recorded, listed, reported):
+        assert {k: _keys(out[k]) for k in shared} == {k: _keys(listed[k]) for k in shared}
+        assert out["run"] == listed["run"]
+    assert recorded["overall"]["ttft_ms"] == reported["overall"]["ttft_ms"]
+    assert set(listed) == set(shared)  # runs adds nothing; record and report add their own keys
+    assert "recording" in recorded and "breakdown" in reported
+
+
 def test_json_summary_warmup_left_out_and_flags_stored(server, tmp_path):
     proc = record(server, tmp_path / "j.db", "--requests", "3", "--warmup", "2", "--json",
                   "--name", "smoke", "--temperature", "0.3")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # not a terminal: no progress bar noise
     out = json.loads(proc.stdout)
-    assert (out["run_id"], out["status"], out["error"]) == (1, "finished", None)
+    assert (out["run"]["id"], out["run"]["status"], out["run"]["error"]) == (1, "finished", None)
+    assert out["recording"]["status"] == "finished" and out["recording"]["failure"] is None
     assert out["run"]["name"] == "smoke" and out["run"]["backend"] == "ollama"
     assert out["overall"]["n"] == 3 and out["overall"]["warmup"] == 2
     step = out["steps"][0]

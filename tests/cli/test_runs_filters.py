@@ -46,7 +46,7 @@ def ids(*args: str, db: str) -> list[int]:
     """The ids ``llmtop runs --json`` lists (in-process through click's runner: many calls)."""
     result = CliRunner().invoke(main, ["runs", "--json", *args, "--db", db])
     assert result.exit_code == 0, result.output
-    return [r["id"] for r in json.loads(result.stdout)]
+    return [r["run"]["id"] for r in json.loads(result.stdout)]
 
 
 def test_filters(dbfile):

@@ -284,7 +284,7 @@ def test_the_run_goes_on_and_the_summary_counts_the_errors(recorded, api):
     assert rec.proc.returncode == 0, rec.proc.stderr
     assert rec.proc.stderr == ""
     summary = json.loads(rec.proc.stdout)
-    assert summary["status"] == "finished" and summary["run"]["status"] == "finished"
+    assert summary["recording"]["status"] == "finished" and summary["run"]["status"] == "finished"
     errors = [r for r in rec.rows.values() if r["status"] == "error"]
     kinds: dict[str, int] = {}
     for r in errors:
