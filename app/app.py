@@ -188,6 +188,7 @@ class LlmtopApp(App[None]):
             step_index=p.step_index + 1 if step else None,
             elapsed_s=None if elapsed is None else float(int(elapsed)),
             done=p.done,
+            waiting=p.status or (self.run_status.waiting if state == "starting" else ""),
         )
         if not rec.is_alive():
             status = self._run_ended(status)
@@ -240,6 +241,7 @@ class LlmtopApp(App[None]):
                 backend=plan.backend, url=plan.url or "", model=plan.model or "",
                 state="starting", run_name=plan.name, scenario=plan.scenario.name,
                 step_count=len(plan.scenario.steps), elapsed_s=0.0,
+                waiting="starting the recording process",
             )
         )  # fmt: skip
         return True

@@ -34,7 +34,7 @@ import aiohttp
 from llmtop.collectors.http import one_line
 from llmtop.collectors.ollama import OllamaBackend
 from llmtop.core.errors import SourceError
-from llmtop.core.requests import Emit, GenerationRequest, Timeouts
+from llmtop.core.requests import Emit, GenerationRequest, StatusSink, Timeouts, no_status
 
 LABEL = "the llmtop engine"
 _PROBE_INTERVAL_S = 0.05
@@ -113,6 +113,8 @@ class EngineBackend:
         url: an engine that is already serving; nothing is started or stopped.
         timeouts: per-request limits.
         max_connections: pool size (``0``: one connection per concurrent request).
+        on_status: told, about once a second while the engine starts, how long it has been
+            loading and the last line it printed (loading the model, building its kernels).
     """
 
     name = "engine"
@@ -124,8 +126,10 @@ class EngineBackend:
         url: str | None = None,
         timeouts: Timeouts | None = None,
         max_connections: int = 0,
+        on_status: StatusSink = no_status,
     ) -> None:
         self.launch = launch or EngineLaunch()
+        self._on_status = on_status
         self.timeouts = timeouts or Timeouts()
         self._url = url
         self._max = max_connections
@@ -215,10 +219,17 @@ class EngineBackend:
 
     async def _wait_ready(self, url: str) -> None:
         assert self._proc is not None
-        deadline = time.monotonic() + self.launch.startup_timeout_s
+        started = time.monotonic()
+        deadline = started + self.launch.startup_timeout_s
         timeout = aiohttp.ClientTimeout(total=1.0)
+        said = ("", -1)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
+                news = (self._last_output(), int(time.monotonic() - started))
+                if news != said:
+                    said = news
+                    line, seconds = news
+                    self._on_status(f"starting {LABEL} ({seconds} s){': ' + line if line else ''}")
                 code = self._proc.poll()
                 if code is not None:
                     out = self._last_output()

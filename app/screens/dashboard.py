@@ -78,6 +78,14 @@ class DashboardScreen(Screen[None]):
             yield RequestsTable(id="requests", classes="panel")
         yield Footer()
 
+    def watch_status(self, status: RunStatus) -> None:
+        if self.is_mounted:
+            table = self.query_one(RequestsTable)
+            if status.state == "starting":
+                table.empty_hint = f"the run is starting: {status.waiting or 'a moment'}"
+            else:
+                table.empty_hint = "no requests yet: press l to launch a run"
+
     def on_mount(self) -> None:
         self.query_one("#percentiles").border_title = "this run [dim]warm-up excluded[/]"
         self.query_one("#resources").border_title = "resources"

@@ -219,6 +219,19 @@ def test_progress_is_drawn_on_a_terminal(server, tmp_path):
     assert "run 1 · temperature" in proc.stdout
 
 
+@pytest.mark.parametrize("url", ["refused", "http://not-a-url", "ftp://x"])
+def test_a_url_given_is_that_server_or_one_line_naming_it(url, tmp_path):
+    """``--url`` under ``auto`` never falls back to the bundled engine (a mistyped vLLM port
+    must not read back believable numbers from a 135M model)."""
+    url = refused_url() if url == "refused" else url
+    proc = run_llmtop("record", "--url", url, "--requests", "1", "--db", str(tmp_path / "u.db"))
+    assert_one_line_error(proc, 2 if url.startswith("ftp") else 1, url)
+    runs = (
+        queries.list_runs(open_readonly(tmp_path / "u.db")) if (tmp_path / "u.db").exists() else []
+    )
+    assert all(r.backend != "engine" for r in runs)
+
+
 def test_auto_and_engine_go_through_the_backend_factory(server, tmp_path):
     """``auto`` finds Ollama at OLLAMA_HOST; ``engine --url`` uses an engine already serving
     (the fake speaks the engine's Ollama API), so neither starts a model here."""
