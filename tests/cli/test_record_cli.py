@@ -109,6 +109,15 @@ def test_record_runs_and_report_print_one_shape_of_a_run(server, tmp_path):
     assert "recording" in recorded and "breakdown" in reported
 
 
+def test_by_default_each_worker_warms_up_once_and_is_left_out(server, tmp_path):
+    proc = record(server, tmp_path / "w.db", "--requests", "3", "--concurrency", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert (out["overall"]["n"], out["overall"]["warmup"]) == (3, 2)
+    none = record(server, tmp_path / "w.db", "--requests", "3", "--warmup", "0", "--json")
+    assert json.loads(none.stdout)["overall"]["warmup"] == 0
+
+
 def test_json_summary_warmup_left_out_and_flags_stored(server, tmp_path):
     proc = record(server, tmp_path / "j.db", "--requests", "3", "--warmup", "2", "--json",
                   "--name", "smoke", "--temperature", "0.3")  # fmt: skip
@@ -168,7 +177,8 @@ def test_ctrl_c_marks_the_run_cancelled_and_keeps_what_arrived(tmp_path):
     with FakeServer({"m": slow}) as srv:
         proc = subprocess.Popen(
             [llmtop_exe(), "record", "--backend", "ollama", "--url", srv.url, "--model", "m",
-             "--requests", "10", "--concurrency", "2", "--db", str(tmp_path / "c.db")],
+             "--requests", "10", "--concurrency", "2", "--warmup", "0",
+             "--db", str(tmp_path / "c.db")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         wait_for(lambda: sum(len(r.sends) >= 3 for r in srv.log()) >= 2)

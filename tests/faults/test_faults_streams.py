@@ -212,7 +212,8 @@ def _record(api: str, tmp_path) -> tuple[subprocess.Popen[str], FakeServer, list
     url = srv.url if api == "ollama" else srv.openai_url
     cmd = [llmtop_exe(), "record", "--backend", api, "--url", url, "--model", "fake",
            "--requests", str(len(order)), "--concurrency", "1", "--unique-prompts",
-           "--timeout", str(TIMEOUT_S), "--sample-hz", "1", "--json", "--db", str(db)]  # fmt: skip
+           "--timeout", str(TIMEOUT_S), "--sample-hz", "1", "--warmup", "0", "--json",
+           "--db", str(db)]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"} | {"NO_COLOR": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     return proc, srv, order

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import threading
 
@@ -20,6 +21,10 @@ P = (Prompt("a", "alpha"),)
 
 
 def plan_of(scenario: Scenario, **kw) -> RecordPlan:
+    """A plan of ``scenario``, without the default warm-up unless it asks for one: these tests
+    count requests exactly (warm-up has tests of its own)."""
+    if scenario.warmup is None:
+        scenario = dataclasses.replace(scenario, warmup=0)
     return RecordPlan(scenario=scenario, backend="scripted", model="m", **kw)
 
 
