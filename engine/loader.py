@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from llmtop.engine.cache_dir import default_cache_dir
 from llmtop.engine.errors import ModelLoadError
 from llmtop.engine.gguf import GGUFIndex, Q, TensorData, TensorRef, read_gguf
 from llmtop.engine.model import Attention, Block, FeedForward, LlamaConfig, Transformer
@@ -97,16 +98,6 @@ def default_model_path(package: str = MODEL_PACKAGE, filename: str = MODEL_FILE)
             f"{package.replace('_', '-')}"
         )
     return path
-
-
-def default_cache_dir() -> Path:
-    """$LLMTOP_ENGINE_CACHE, else the user cache dir (platformdirs)."""
-    env = os.environ.get("LLMTOP_ENGINE_CACHE")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("llmtop")) / "engine"
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:

@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from llmtop.engine.cache_dir import default_cache_dir
+
 SOURCES = [Path(__file__).with_name(n) for n in ("native_matmul.c", "native_attention.c")]
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512_vnni", "f16c", "fma")
 CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-mf16c", "-mfma", "-fopenmp"]
@@ -56,8 +58,6 @@ def cpu_supported() -> bool:
 
 def cache_dir() -> Path:
     """Next to the engine's index cache (so $LLMTOP_ENGINE_CACHE moves both)."""
-    from llmtop.engine.loader import default_cache_dir  # loader imports this module's users
-
     return default_cache_dir() / "kernels"
 
 
