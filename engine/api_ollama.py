@@ -39,7 +39,7 @@ from llmtop.engine.api_common import (
     until_done,
 )
 from llmtop.engine.jobs import Done, JobHandle, Piece, SamplingParams
-from llmtop.engine.service import ModelService
+from llmtop.engine.model_service import ModelService
 
 NDJSON = "application/x-ndjson"
 

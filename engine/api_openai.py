@@ -33,7 +33,7 @@ from llmtop.engine.api_common import (
     until_done,
 )
 from llmtop.engine.jobs import Done, JobHandle, Piece, SamplingParams
-from llmtop.engine.service import ModelService
+from llmtop.engine.model_service import ModelService
 
 SSE = "text/event-stream"
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for /v1/completions

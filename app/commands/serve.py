@@ -1,8 +1,8 @@
 """``llmtop serve``: the in-repo engine behind Ollama's and OpenAI's APIs, with /metrics.
 
 This command checks its options, then replaces the process (exec: same pid, same stdout) with a
-fresh interpreter that imports torch first and runs ``llmtop.engine.serve_main``: the engine
-prefills about 2x faster there than inside this CLI's interpreter (see engine/serve_main.py).
+fresh interpreter that imports torch first and runs ``llmtop.engine.program``: the engine
+prefills about 2x faster there than inside this CLI's interpreter (see engine/program.py).
 The ready line on stdout is a contract with launchers (collectors/engine.py):
 ``llmtop serve: listening on http://HOST:PORT (model NAME)``.
 """
@@ -18,7 +18,7 @@ import click
 from llmtop.core.errors import SourceError
 
 ENGINE_MAIN = (
-    "import torch, sys; from llmtop.engine.serve_main import main; sys.exit(main(sys.argv[1:]))"
+    "import torch, sys; from llmtop.engine.program import main; sys.exit(main(sys.argv[1:]))"
 )
 """torch before anything else, even before the llmtop package (faster prefill, measured)."""
 

@@ -1,5 +1,5 @@
-"""The engine server as a program: ``python -c "import torch, sys; from llmtop.engine.serve_main
-import main; sys.exit(main(sys.argv[1:]))" [options]`` (``python -m llmtop.engine.serve_main``
+"""The engine server as a program: ``python -c "import torch, sys; from llmtop.engine.program
+import main; sys.exit(main(sys.argv[1:]))" [options]`` (``python -m llmtop.engine.program``
 works too, a little slower).
 
 ``llmtop serve`` checks its options and then replaces itself (exec, same pid) with that program,
@@ -23,11 +23,11 @@ import errno
 import socket
 import sys
 
-from llmtop.engine import serving
+from llmtop.engine import assemble
 from llmtop.engine.admission import DEFAULT_MAX_QUEUE
 from llmtop.engine.api_common import DEFAULT_MAX_BODY_BYTES
 from llmtop.engine.errors import EngineError
-from llmtop.engine.server import (
+from llmtop.engine.http_server import (
     DEFAULT_IDLE_TIMEOUT_S,
     ServeOptions,
     bind_socket,
@@ -95,7 +95,7 @@ def serve(options: ServeOptions) -> None:
         raise ServeFailed(f"cannot listen on {host}:{port}: {e.strerror or e}", 1) from None
     try:
         try:
-            served = serving.load(options)
+            served = assemble.start(options)
         except EngineError as e:
             raise ServeFailed(str(e), 2) from None
 

@@ -27,7 +27,7 @@ from llmtop.engine.api_common import DEFAULT_MAX_BODY_BYTES
 from llmtop.engine.api_ollama import OllamaApi
 from llmtop.engine.api_openai import OpenAIApi
 from llmtop.engine.metrics import CONTENT_TYPE, EngineMetrics
-from llmtop.engine.service import ModelService
+from llmtop.engine.model_service import ModelService
 
 DEFAULT_IDLE_TIMEOUT_S = 30
 READY_PREFIX = "llmtop serve: listening on "

@@ -13,12 +13,12 @@ from typing import Any
 import torch
 
 from llmtop.engine.errors import ModelLoadError
+from llmtop.engine.http_server import ServeOptions
 from llmtop.engine.loader import LoadedModel, default_model_path, load_model
 from llmtop.engine.metrics import EngineMetrics, SchedulerGauges
-from llmtop.engine.runner import ModelRunner
+from llmtop.engine.model_runner import ModelRunner
+from llmtop.engine.model_service import ModelCard, ModelService, RequestLimits
 from llmtop.engine.scheduler import Scheduler
-from llmtop.engine.server import ServeOptions
-from llmtop.engine.service import ModelCard, ModelService, RequestLimits
 from llmtop.engine.tokenizer import Tokenizer
 
 BUNDLED_NAME = "smollm2"
@@ -70,7 +70,7 @@ def resolve_model(model: str) -> tuple[Path | None, str]:
     return path, path.name.removesuffix(".gguf")
 
 
-def load(options: ServeOptions) -> Served:
+def start(options: ServeOptions) -> Served:
     """Load the model and start the engine thread (which then runs the scheduler loop).
 
     The model is loaded, warmed up and run on one thread: torch work spread over two threads
