@@ -13,19 +13,15 @@ from typing import Any
 import torch
 
 from llmtop.engine.errors import ModelLoadError
-from llmtop.engine.http_server import ServeOptions
 from llmtop.engine.loader import LoadedModel, default_model_path, load_model
 from llmtop.engine.metrics import EngineMetrics, SchedulerGauges
 from llmtop.engine.model_runner import ModelRunner
 from llmtop.engine.model_service import ModelCard, ModelService, RequestLimits
 from llmtop.engine.scheduler import Scheduler
+from llmtop.engine.serve_options import DEFAULT_CONTEXT, ServeOptions
 from llmtop.engine.tokenizer import Tokenizer
 
 BUNDLED_NAME = "smollm2"
-DEFAULT_CONTEXT = 4096
-"""Tokens per sequence unless --ctx says otherwise: Ollama's default num_ctx. The KV cache holds
-``max_batch`` of them, allocated up front (and touched only as used): 8 x 4096 tokens of SmolLM2
-take 0.75 GB in float16 (1.5 GB in float32 where the engine's attention kernel is not built)."""
 
 
 @dataclass(slots=True)
