@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from llmtop.engine import native
+from llmtop.engine.cache_dir import default_cache_dir
 
 REAL_CC = shutil.which(native.compiler() or "cc")
 needs_compiler = pytest.mark.skipif(
@@ -87,3 +88,9 @@ def test_an_unusable_cache_costs_one_warning(kernel_cache, caplog):
         assert native.library() is None
     assert len(caplog.records) == 1, caplog.text
     assert "using torch's kernels" in caplog.records[0].getMessage()
+
+
+def test_the_tests_keep_out_of_the_users_cache(private_dirs):
+    """conftest's ``private_dirs``: the engine's caches are in the session's temp dir."""
+    assert native.cache_dir().is_relative_to(private_dirs)
+    assert default_cache_dir().is_relative_to(private_dirs)
