@@ -224,7 +224,8 @@ def _fused_linear(
     n, k = sum(r.shape[0] for r in refs), refs[0].shape[1]
     if blocks_kernel_available(device, dtype, n, k) and all(r.qtype in _Q4 for r in refs):
         parts = [data.q4_fields(r) for r in refs]
-        return q4_linear(*(torch.cat(p, dim=0) for p in zip(*parts, strict=True)), dtype=dtype)
+        q, d, m = (torch.cat(p, dim=0) for p in zip(*parts, strict=True))
+        return q4_linear(q, d, m, dtype=dtype)
     w = torch.cat([data.dequantize(r) for r in refs], dim=0)
     return DenseLinear(w.to(device=device, dtype=dtype))
 

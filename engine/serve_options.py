@@ -143,7 +143,7 @@ def option_specs() -> tuple[OptionSpec, ...]:
             name=f.name,
             flag=f.metadata["flag"],
             kind=int if hints[f.name] in (int, int | None) else str,
-            default=f.default,  # type: ignore[arg-type]  # every field has a plain default
+            default=f.default,  # type: ignore[arg-type]  # not MISSING: every field has a default
             help=f.metadata["help"],
             lo=f.metadata["lo"],
             hi=f.metadata["hi"],
