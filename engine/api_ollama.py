@@ -8,17 +8,18 @@ once, before the server listens).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from importlib import metadata
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from llmtop import __version__
 from llmtop.engine.api_common import (
     SEED_MAX,
     SEED_MIN,
@@ -38,7 +39,7 @@ from llmtop.engine.api_common import (
     until_done,
 )
 from llmtop.engine.jobs import Done, JobHandle, Piece, SamplingParams
-from llmtop.engine.service import ModelService
+from llmtop.engine.model_service import ModelService
 
 NDJSON = "application/x-ndjson"
 
@@ -317,7 +318,17 @@ class OllamaApi:
         )
 
     async def version(self, request: Request) -> Response:
-        return JSONResponse({"version": __version__})
+        return JSONResponse({"version": _llmtop_version()})
+
+
+@functools.cache
+def _llmtop_version() -> str:
+    """llmtop's version from its installed metadata, not from ``llmtop.__version__``: the
+    engine imports nothing of llmtop outside ``llmtop.engine`` (it is a program of its own)."""
+    try:
+        return metadata.version("llmtop")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, str]]:

@@ -95,3 +95,10 @@ def test_a_gguf_file_is_served_under_its_file_name(tmp_path):
         assert missing.status_code == 404
     finally:
         sp.stop()
+
+
+def test_the_server_keeps_its_cache_in_the_session_dir(server, private_dirs):
+    """The child inherits conftest's ``private_dirs``: its model index lands there, not in the
+    user's ~/.cache."""
+    entries = [p.name for p in (private_dirs / "cache/llmtop/engine").iterdir()]
+    assert any(name.startswith("SmolLM2") for name in entries), entries

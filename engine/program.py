@@ -1,5 +1,5 @@
-"""The engine server as a program: ``python -c "import torch, sys; from llmtop.engine.serve_main
-import main; sys.exit(main(sys.argv[1:]))" [options]`` (``python -m llmtop.engine.serve_main``
+"""The engine server as a program: ``python -c "import torch, sys; from llmtop.engine.program
+import main; sys.exit(main(sys.argv[1:]))" [options]`` (``python -m llmtop.engine.program``
 works too, a little slower).
 
 ``llmtop serve`` checks its options and then replaces itself (exec, same pid) with that program,
@@ -18,24 +18,19 @@ from __future__ import annotations
 
 import torch
 
-import argparse
 import errno
 import socket
 import sys
 
-from llmtop.engine import serving
-from llmtop.engine.admission import DEFAULT_MAX_QUEUE
-from llmtop.engine.api_common import DEFAULT_MAX_BODY_BYTES
+from llmtop.engine import assemble
 from llmtop.engine.errors import EngineError
-from llmtop.engine.server import (
-    DEFAULT_IDLE_TIMEOUT_S,
-    ServeOptions,
-    bind_socket,
-    is_loopback,
-    run,
-)
+from llmtop.engine.http_server import bind_socket, is_loopback, run
+from llmtop.engine.serve_options import ServeOptions, parse_argv
 
 assert torch  # imported for its side effect on this process only
+
+READY_PREFIX = "llmtop serve: listening on "
+"""Launchers (collectors/engine.py) wait for a stdout line starting with this; keep it stable."""
 
 
 class ServeFailed(Exception):
@@ -44,31 +39,6 @@ class ServeFailed(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
-
-
-def parse(argv: list[str] | None) -> ServeOptions:
-    p = argparse.ArgumentParser(prog="llmtop serve")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=11435)
-    p.add_argument("--model", default="smollm2")
-    p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--ctx", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
-    p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE)
-    p.add_argument("--idle-timeout", type=int, default=DEFAULT_IDLE_TIMEOUT_S)
-    a = p.parse_args(argv)
-    return ServeOptions(
-        a.host,
-        a.port,
-        a.model,
-        a.max_batch,
-        a.ctx,
-        a.threads,
-        a.max_body_bytes,
-        a.max_queue,
-        a.idle_timeout,
-    )
 
 
 def serve(options: ServeOptions) -> None:
@@ -95,14 +65,12 @@ def serve(options: ServeOptions) -> None:
         raise ServeFailed(f"cannot listen on {host}:{port}: {e.strerror or e}", 1) from None
     try:
         try:
-            served = serving.load(options)
+            served = assemble.start(options)
         except EngineError as e:
             raise ServeFailed(str(e), 2) from None
 
         def ready(url: str) -> None:
-            print(
-                f"llmtop serve: listening on {url} (model {served.service.card.name})", flush=True
-            )
+            print(f"{READY_PREFIX}{url} (model {served.service.card.name})", flush=True)
 
         run(
             sock,
@@ -116,9 +84,16 @@ def serve(options: ServeOptions) -> None:
         sock.close()
 
 
+def _parse(argv: list[str] | None) -> ServeOptions:
+    try:
+        return parse_argv(argv)
+    except ValueError as e:  # llmtop serve checked the options before it exec'd this program
+        raise ServeFailed(str(e), 2) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        serve(parse(argv))
+        serve(_parse(argv))
     except ServeFailed as e:
         print(f"llmtop: {e}", file=sys.stderr)
         return e.code

@@ -15,17 +15,13 @@ import torch
 from llmtop.engine.errors import ModelLoadError
 from llmtop.engine.loader import LoadedModel, default_model_path, load_model
 from llmtop.engine.metrics import EngineMetrics, SchedulerGauges
-from llmtop.engine.runner import ModelRunner
+from llmtop.engine.model_runner import ModelRunner
+from llmtop.engine.model_service import ModelCard, ModelService, RequestLimits
 from llmtop.engine.scheduler import Scheduler
-from llmtop.engine.server import ServeOptions
-from llmtop.engine.service import ModelCard, ModelService, RequestLimits
+from llmtop.engine.serve_options import DEFAULT_CONTEXT, ServeOptions
 from llmtop.engine.tokenizer import Tokenizer
 
 BUNDLED_NAME = "smollm2"
-DEFAULT_CONTEXT = 4096
-"""Tokens per sequence unless --ctx says otherwise: Ollama's default num_ctx. The KV cache holds
-``max_batch`` of them, allocated up front (and touched only as used): 8 x 4096 tokens of SmolLM2
-take 0.75 GB in float16 (1.5 GB in float32 where the engine's attention kernel is not built)."""
 
 
 @dataclass(slots=True)
@@ -70,7 +66,7 @@ def resolve_model(model: str) -> tuple[Path | None, str]:
     return path, path.name.removesuffix(".gguf")
 
 
-def load(options: ServeOptions) -> Served:
+def start(options: ServeOptions) -> Served:
     """Load the model and start the engine thread (which then runs the scheduler loop).
 
     The model is loaded, warmed up and run on one thread: torch work spread over two threads
