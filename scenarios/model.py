@@ -68,19 +68,6 @@ class Step:
     def open_loop(self) -> bool:
         return self.arrival != "closed"
 
-    @property
-    def workers(self) -> int:
-        """The most requests any step keeps in flight by its workers (open-loop steps without a
-        cap count as 1)."""
-        return max((s.concurrency or 1 for s in self.steps), default=1)
-
-    @property
-    def warmup_requests(self) -> int:
-        """Warm-up requests to send: ``warmup`` when set, else one per worker, so every batch
-        slot and connection a step will use is warm before the first timed request (a cold
-        start at concurrency 4 put the first four requests' model load into TTFT p95)."""
-        return self.workers if self.warmup is None else self.warmup
-
     def params(self) -> dict[str, Any]:
         """The step as stored in ``runs.params_json`` (the keys the reports read)."""
         return {
