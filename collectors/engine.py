@@ -215,7 +215,8 @@ class EngineBackend:
         self._out.seek(0)
         lines = [ln.strip() for ln in self._out.read().decode("utf-8", "replace").splitlines()]
         lines = [ln for ln in lines if ln and not ln.startswith("Traceback")]
-        return one_line(lines[-1]) if lines else ""
+        # the engine's own errors start "llmtop: " too; ours add it once
+        return one_line(lines[-1].removeprefix("llmtop: ")) if lines else ""
 
     async def _wait_ready(self, url: str) -> None:
         assert self._proc is not None
