@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.llmtop-installed
 # a multi-GB CUDA build from the index. Override with `make TORCH=torch==X.Y.Z`.
 TORCH  ?= torch==2.13.0
 
-.PHONY: run test lint typecheck format bench bench-engine clean
+.PHONY: run test lint typecheck wheel-check format bench bench-engine clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: $(STAMP)
 # mypy over the whole package, through a symlink tree that follows pyproject's package-dir.
 typecheck: $(STAMP)
 	$(BIN)/python tools/typecheck.py
+
+# The wheel, installed in a fresh venv outside the tree with its engine extra, then used.
+wheel-check:
+	bash tools/wheel_check.sh
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -55,4 +59,4 @@ bench-engine: $(STAMP) $(LLAMACPP)/.installed
 	$(BIN)/python bench/engine.py --llamacpp-python $(LLAMACPP)/bin/python
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info

@@ -44,7 +44,7 @@ def engine_available() -> str | None:
     """``None`` when the engine can run here, else why not (for ``auto`` and ``doctor``)."""
     missing = [m for m in ("torch", "gguf") if importlib.util.find_spec(m) is None]
     if missing:
-        return f"the in-repo engine needs {' and '.join(missing)}: pip install 'llmtop[engine]'"
+        return f"the in-repo engine needs {' and '.join(missing)}: pip install 'llmtop-monitor[engine]'"
     return None
 
 

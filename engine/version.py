@@ -7,7 +7,7 @@ import functools
 from importlib import metadata
 
 SERVER_NAME = "llmtop-engine"
-DISTRIBUTIONS = ("llmtop",)
+DISTRIBUTIONS = ("llmtop-monitor",)
 """The installed distribution that carries the engine (its metadata holds the version)."""
 
 
