@@ -18,16 +18,15 @@ from llmtop import __version__
 from llmtop.app.report import svg_charts
 from llmtop.app.report.chart_specs import Chart, ChartSection
 from llmtop.app.report.data import ReportData
+from llmtop.app.report.report_image import facts
 from llmtop.app.report.scenario_charts import chart_sections, nothing_to_chart
 from llmtop.app.report.tables import (
     column_title,
     columns,
     key_numbers,
     over_slo,
-    slo_text,
     table_rows,
 )
-from llmtop.core import fmt
 from llmtop.storage.queries import RunSummary
 
 NARROW_PX = 900
@@ -105,26 +104,12 @@ def _header(summary: RunSummary) -> str:
     r, o = summary.run, summary.overall
     e = html.escape
     name = f' <span class="name">{e(r.name)}</span>' if r.name else ""
-    facts = [
-        f"scenario <b>{e(r.scenario or fmt.DASH)}</b>",
-        f"model <b>{e(r.model or fmt.DASH)}</b>",
-        f"on {e(r.backend or fmt.DASH)}" + (f" at {e(r.base_url)}" if r.base_url else ""),
-        f"started {e(r.started_at[:19].replace('T', ' '))} UTC",
-        f"took {e(fmt.seconds(o.duration_s))}",
-        e(r.status),
-        f"{o.n} requests",
-    ]
-    if o.errors:
-        kinds = ", ".join(f"{k} {v}" for k, v in o.error_kinds.items())
-        facts.append(f'<span class="error">{o.errors} failed ({e(kinds)})</span>')
-    if o.warmup:
-        facts.append(f"warm-up {o.warmup}")
-    if summary.slo.is_set:
-        facts.append(f"SLO {e(slo_text(summary.slo))}")
-    out = [
-        f"<h1>llmtop report · run {r.id}{name}</h1>",
-        '<p class="facts">' + "".join(f"<span>{f}</span>" for f in facts) + "</p>",
-    ]
+    spans = [
+        f'<span class="error">{e(part)}</span>' if part.startswith(f"{o.errors} failed") else
+        f"<span>{e(part)}</span>"
+        for part in facts(summary)
+    ]  # fmt: skip
+    out = [f"<h1>llmtop report · run {r.id}{name}</h1>", f'<p class="facts">{"".join(spans)}</p>']
     if r.error:
         out.append(f'<p class="error">error: {e(r.error)}</p>')
     headline = key_numbers(o)

@@ -58,8 +58,11 @@ Block = tuple[float, Callable[[SubFigure], None]]
 """A band of the figure: its height in inches and what paints it."""
 
 
-def facts_line(summary: RunSummary) -> str:
-    """Scenario, model, server, when, how long, how it ended: one line of plain text."""
+SEP = "  ·  "
+
+
+def facts(summary: RunSummary) -> list[str]:
+    """Scenario, model, server, when, how long, how it ended, the SLOs: the header's facts."""
     r, o = summary.run, summary.overall
     parts = [
         f"scenario {r.scenario or fmt.DASH}",
@@ -71,34 +74,47 @@ def facts_line(summary: RunSummary) -> str:
         f"{o.n} requests",
     ]
     if o.errors:
-        parts.append(f"{o.errors} failed")
+        kinds = ", ".join(f"{k} {v}" for k, v in o.error_kinds.items())
+        parts.append(f"{o.errors} failed ({kinds})")
     if o.warmup:
         parts.append(f"warm-up {o.warmup}")
     if summary.slo.is_set:
         parts.append(f"SLO {slo_text(summary.slo)}")
-    return "  ·  ".join(parts)
+    return parts
 
 
-def _header(data: ReportData, title: str) -> Block:
+def fill(parts: list[str], chars: int, sep: str = SEP) -> list[str]:
+    """``parts`` joined by ``sep`` into lines of at most ``chars``, never splitting a part
+    (unless it is longer than a line on its own)."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + len(sep) + len(part) <= chars:
+            lines[-1] += sep + part
+        else:
+            lines += textwrap.wrap(part, chars) or [""]
+    return lines
+
+
+def _header(data: ReportData) -> Block:
     s = data.summary
     chars = int(WIDTH_IN * 72 / (0.55 * TEXT_PT))
-    lines = textwrap.wrap(facts_line(s), chars)
+    title = f"llmtop report  ·  run {s.run.id}" + (f"  ·  {s.run.name}" if s.run.name else "")
+    plain = fill(facts(s), chars)
     if s.run.error:
-        lines += textwrap.wrap(f"error: {s.run.error}", chars)
+        plain += textwrap.wrap(f"error: {s.run.error}", chars)
     headline = key_numbers(s.overall)
-    if headline:
-        lines += textwrap.wrap(headline, chars)
+    bold = fill(headline.split(" · "), chars) if headline else []
+    lines = [(line, False) for line in plain] + [(line, True) for line in bold]
     height = 0.55 + LINE_IN * len(lines) + 0.1
 
     def paint(sub: SubFigure) -> None:
         top = 1 - 0.12 / height
         sub.text(0.01, top, title, fontsize=TITLE_PT, weight="bold", va="top")
-        for i, line in enumerate(lines):
+        for i, (line, strong) in enumerate(lines):
             y = top - (0.42 + LINE_IN * i) / height
-            bold = headline is not None and i >= len(lines) - len(textwrap.wrap(headline, chars))
             sub.text(0.01, y, line, fontsize=TEXT_PT, va="top",
-                     color=svg_charts.INK if bold else svg_charts.MUTED,
-                     weight="bold" if bold else "normal")  # fmt: skip
+                     color=svg_charts.INK if strong else svg_charts.MUTED,
+                     weight="bold" if strong else "normal")  # fmt: skip
 
     return height, paint
 
@@ -171,10 +187,10 @@ def _section(section: ChartSection) -> list[Block]:
     return blocks
 
 
-def report_figure(data: ReportData, title: str) -> Figure:
+def report_figure(data: ReportData) -> Figure:
     """The report on one figure ``WIDTH_IN`` wide and as tall as its blocks."""
     s = data.summary
-    blocks = [_header(data, title)]
+    blocks = [_header(data)]
     empty = nothing_to_chart(data)
     if s.overall.n:
         blocks.append(_table(s))
@@ -190,10 +206,12 @@ def report_figure(data: ReportData, title: str) -> Figure:
 
 
 def report_svg(data: ReportData, title: str) -> str:
+    """The report as an SVG document; ``title`` is its ``<title>``."""
     with svg_charts.style():
-        return svg_charts.figure_svg(report_figure(data, title), title)
+        return svg_charts.figure_svg(report_figure(data), title)
 
 
-def report_png(data: ReportData, title: str) -> bytes:
+def report_png(data: ReportData, title: str = "") -> bytes:
+    """The report as a PNG image, ``PNG_DPI`` pixels an inch."""
     with svg_charts.style():
-        return svg_charts.figure_png(report_figure(data, title))
+        return svg_charts.figure_png(report_figure(data))

@@ -212,8 +212,9 @@ def line(ax: Axes, c: LineChart) -> None:
     for s, pts in drawn:
         if not pts:
             continue
+        # clip_on off: a point on the axis (goodput 0) shows whole, not halved
         ax.plot([x for x, _ in pts], [y for _, y in pts], color=color(s.color), marker="o",
-                markersize=4.5, linewidth=1.8, label=s.name)  # fmt: skip
+                markersize=4.5, linewidth=1.8, label=s.name, clip_on=False)  # fmt: skip
         top = max(top, *(y for _, y in pts))
     _reference_lines(ax, c.markers, vertical=False)
     top = max([top, *(m.value for m in c.markers)])

@@ -44,6 +44,11 @@ def svgs(reports):
     return {name: report_svg(d, f"llmtop report: {name}") for name, d in reports.items()}
 
 
+@pytest.fixture(scope="module")
+def pages(reports):
+    return {name: report_html(d, "llmtop report") for name, d in reports.items()}
+
+
 def titles(data) -> list[str]:
     return [c.title for s in chart_sections(data) for row in s.rows for c in row]
 
@@ -59,13 +64,13 @@ def styled(root: ET.Element, prop: str, hex_color: str) -> list[ET.Element]:
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
-def test_terminal_and_files_draw_the_same_charts(reports, svgs, name):
+def test_terminal_and_files_draw_the_same_charts(reports, svgs, pages, name):
     data = reports[name]
     expected = titles(data)
     assert len(expected) >= 3
     terminal = plain(*report_renderables(data, 140), width=140)
     svg_text = "\n".join(svg_texts(ET.fromstring(svgs[name])))
-    page = report_html(data, "t")
+    page = pages[name]
     in_page = [m.replace("&amp;", "&") for m in re.findall(r'<figure class="chart" data-title="([^"]*)"', page)]  # fmt: skip
     assert in_page == expected
     for title in expected:
@@ -145,7 +150,7 @@ def assert_text_apart(fig: Figure, what: str) -> None:
 def test_no_text_overlaps_or_is_cut_off(reports, name):
     data = reports[name]
     with svg_charts.style():
-        assert_text_apart(report_figure(data, "llmtop report"), f"{name} report")
+        assert_text_apart(report_figure(data), f"{name} report")
         for s in chart_sections(data):
             for row in s.rows:
                 for chart in row:
@@ -162,7 +167,7 @@ def test_png_is_the_report_at_150_dpi(reports):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", png[16:24])  # IHDR
     with svg_charts.style():
-        w_in, h_in = report_figure(data, "t").get_size_inches()
+        w_in, h_in = report_figure(data).get_size_inches()
     assert (width, height) == (round(w_in * svg_charts.PNG_DPI), round(h_in * svg_charts.PNG_DPI))
     assert width == 1920
     im = Image.open(BytesIO(png)).convert("RGB")
@@ -192,9 +197,9 @@ class _Refs(HTMLParser):
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
-def test_html_page_is_self_contained(reports, name):
+def test_html_page_is_self_contained(reports, pages, name):
     data = reports[name]
-    page = report_html(data, "llmtop report")
+    page = pages[name]
     refs = _Refs()
     refs.feed(page)
     assert page.startswith("<!DOCTYPE html>")
