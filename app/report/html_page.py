@@ -46,6 +46,7 @@ h2 { font-size: 1.2rem; margin: 28px 0 8px; }
 .card { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 16px 20px; }
 .card.fit { width: fit-content; max-width: 100%; }
 .facts { margin: 0; color: var(--muted); }
+.facts span { white-space: nowrap; }  /* a fact wraps whole, never "1 / failed" */
 .facts span + span::before { content: " · "; color: #aaa; }
 .headline { font-weight: 600; margin: 8px 0 0; }
 .error { color: var(--red); }
@@ -85,8 +86,9 @@ def inline_svg(svg: str, prefix: str) -> str:
     """An SVG document made into an element of an HTML page.
 
     The XML prologue, namespace declarations and metadata go (the HTML parser knows ``<svg>``
-    and ``xlink:href``; the figure's ``aria-label`` names the chart); every id, and each reference to one, gets ``prefix`` so two charts on one
-    page cannot point at each other's clip paths.
+    and ``xlink:href``; the figure's ``aria-label`` names the chart); every id, and each
+    reference to one, gets ``prefix`` so two charts on one page cannot point at each other's
+    clip paths.
     """
     svg = _XML_PROLOGUE.sub("", svg, count=1)
     svg = _METADATA.sub("", _NAMESPACES.sub("", svg), count=1)
@@ -105,10 +107,11 @@ def _header(summary: RunSummary) -> str:
     e = html.escape
     name = f' <span class="name">{e(r.name)}</span>' if r.name else ""
     spans = [
-        f'<span class="error">{e(part)}</span>' if part.startswith(f"{o.errors} failed") else
-        f"<span>{e(part)}</span>"
+        f'<span class="error">{e(part)}</span>'
+        if part.startswith(f"{o.errors} failed")
+        else f"<span>{e(part)}</span>"
         for part in facts(summary)
-    ]  # fmt: skip
+    ]
     out = [f"<h1>llmtop report · run {r.id}{name}</h1>", f'<p class="facts">{"".join(spans)}</p>']
     if r.error:
         out.append(f'<p class="error">error: {e(r.error)}</p>')

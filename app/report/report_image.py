@@ -112,9 +112,15 @@ def _header(data: ReportData) -> Block:
         sub.text(0.01, top, title, fontsize=TITLE_PT, weight="bold", va="top")
         for i, (line, strong) in enumerate(lines):
             y = top - (0.42 + LINE_IN * i) / height
-            sub.text(0.01, y, line, fontsize=TEXT_PT, va="top",
-                     color=svg_charts.INK if strong else svg_charts.MUTED,
-                     weight="bold" if strong else "normal")  # fmt: skip
+            sub.text(
+                0.01,
+                y,
+                line,
+                fontsize=TEXT_PT,
+                va="top",
+                color=svg_charts.INK if strong else svg_charts.MUTED,
+                weight="bold" if strong else "normal",
+            )
 
     return height, paint
 
@@ -161,8 +167,14 @@ def _table(summary: RunSummary) -> Block:
 
 def _message(text: str, red: bool = False) -> Block:
     def paint(sub: SubFigure) -> None:
-        sub.text(0.01, 0.5, text, fontsize=TEXT_PT + 1, va="center",
-                 color=svg_charts.COLORS["red"] if red else svg_charts.INK)  # fmt: skip
+        sub.text(
+            0.01,
+            0.5,
+            text,
+            fontsize=TEXT_PT + 1,
+            va="center",
+            color=svg_charts.COLORS["red"] if red else svg_charts.INK,
+        )
 
     return 0.5, paint
 

@@ -138,8 +138,13 @@ def _title(ax: Axes, title: str) -> None:
 def _reference_lines(ax: Axes, markers: Sequence[Marker], vertical: bool) -> None:
     for m in markers:
         line = ax.axvline if vertical else ax.axhline
-        line(m.value, color=color(m.color), linestyle="--", linewidth=1.3,
-             label=f"{m.label} {fmt.num(m.value)}")  # fmt: skip
+        line(
+            m.value,
+            color=color(m.color),
+            linestyle="--",
+            linewidth=1.3,
+            label=f"{m.label} {fmt.num(m.value)}",
+        )
 
 
 def _legend(ax: Axes) -> None:
@@ -161,8 +166,15 @@ def histogram(ax: Axes, c: HistogramChart) -> None:
         return note(ax, c.title, "no successful requests to chart")
     _title(ax, c.title)
     widths = [b - a for a, b in zip(h.edges, h.edges[1:], strict=False)]
-    ax.bar(h.edges[:-1], h.counts, width=widths, align="edge", color=color(c.color),
-           edgecolor="white", linewidth=0.6)  # fmt: skip
+    ax.bar(
+        h.edges[:-1],
+        h.counts,
+        width=widths,
+        align="edge",
+        color=color(c.color),
+        edgecolor="white",
+        linewidth=0.6,
+    )
     inside = [m for m in c.markers if h.edges[0] <= m.value <= h.edges[-1]]
     _reference_lines(ax, inside, vertical=True)
     pad = (h.edges[-1] - h.edges[0]) * 0.02  # a marker on the last edge stays in view
@@ -213,8 +225,16 @@ def line(ax: Axes, c: LineChart) -> None:
         if not pts:
             continue
         # clip_on off: a point on the axis (goodput 0) shows whole, not halved
-        ax.plot([x for x, _ in pts], [y for _, y in pts], color=color(s.color), marker="o",
-                markersize=4.5, linewidth=1.8, label=s.name, clip_on=False)  # fmt: skip
+        ax.plot(
+            [x for x, _ in pts],
+            [y for _, y in pts],
+            color=color(s.color),
+            marker="o",
+            markersize=4.5,
+            linewidth=1.8,
+            label=s.name,
+            clip_on=False,
+        )
         top = max(top, *(y for _, y in pts))
     _reference_lines(ax, c.markers, vertical=False)
     top = max([top, *(m.value for m in c.markers)])
@@ -250,8 +270,15 @@ def bars(ax: Axes, c: BarChart) -> None:
             ends += list(zip(at, vals, strict=True))
     for y, x in ends:
         # an offset, not a leading space: SVG viewers collapse leading whitespace
-        ax.annotate(f"{fmt.num(x)}{c.unit}", (x, y), xytext=(3, 0), textcoords="offset points",
-                    va="center", ha="left", fontsize=8.5)  # fmt: skip
+        ax.annotate(
+            f"{fmt.num(x)}{c.unit}",
+            (x, y),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            ha="left",
+            fontsize=8.5,
+        )
     top = max(x for _, x in ends) or 1.0
     ax.set_xlim(0, top * 1.22)  # room right of the longest bar for its value
     ax.set_yticks(ys, list(c.labels))
