@@ -47,7 +47,7 @@ h2 { font-size: 1.2rem; margin: 28px 0 8px; }
 .card.fit { width: fit-content; max-width: 100%; }
 .facts { margin: 0; color: var(--muted); }
 .facts span { white-space: nowrap; }  /* a fact wraps whole, never "1 / failed" */
-.facts span + span::before { content: " · "; color: #aaa; }
+.facts span + span::before { content: "· "; color: #aaa; }
 .headline { font-weight: 600; margin: 8px 0 0; }
 .error { color: var(--red); }
 .table-wrap { overflow-x: auto; }
@@ -112,7 +112,7 @@ def _header(summary: RunSummary) -> str:
         else f"<span>{e(part)}</span>"
         for part in facts(summary)
     ]
-    out = [f"<h1>llmtop report · run {r.id}{name}</h1>", f'<p class="facts">{"".join(spans)}</p>']
+    out = [f"<h1>llmtop report · run {r.id}{name}</h1>", f'<p class="facts">{" ".join(spans)}</p>']
     if r.error:
         out.append(f'<p class="error">error: {e(r.error)}</p>')
     headline = key_numbers(o)
