@@ -99,7 +99,7 @@ def main() -> None:
                 capture_output=True, text=True, check=True,
                 preexec_fn=raise_priority if args.realtime else None,
             )  # fmt: skip
-            got = starts(db, json.loads(out.stdout)["run_id"])
+            got = starts(db, json.loads(out.stdout)["run"]["id"])
             errors.append([
                 abs((g - got[0]) - (o - orig[0]) / args.speed) / 1e6
                 for g, o in zip(got, orig, strict=True)

@@ -28,7 +28,14 @@ from llmtop.collectors.server_metrics import ServerMetricsSampler
 from llmtop.collectors.system import SystemSampler, host_info, local_port
 from llmtop.core.errors import SourceError, StorageError, UsageError
 from llmtop.core.events import Event
-from llmtop.recorder.plan import FailureKind, RecordPlan, RecordResult, default_backend_factory
+from llmtop.core.requests import StatusSink, no_status
+from llmtop.recorder.plan import (
+    BackendFactory,
+    FailureKind,
+    RecordPlan,
+    RecordResult,
+    default_backend_factory,
+)
 from llmtop.recorder.runner import Runner
 from llmtop.recorder.tally import LiveTally
 from llmtop.storage.db import resolve_db_path
@@ -56,10 +63,15 @@ class Recording:
         db_path: str | Path | None = None,
         *,
         on_event: OnEvent | None = None,
-        backend_factory: Callable[[RecordPlan], Backend] = default_backend_factory,
+        backend_factory: BackendFactory = default_backend_factory,
         nvml: Nvml | None = None,
+        on_status: StatusSink = no_status,
     ) -> None:
         self.plan = plan
+        self.status = ""
+        """What the run waits for before its first request (starting the engine...); "" once
+        requests go out. Read from any thread."""
+        self._on_status = on_status
         self.db_path = resolve_db_path(db_path)
         self.tally = LiveTally.for_steps(plan.scenario.steps, plan.scenario.slo)
         self.run_id: int | None = None
@@ -94,6 +106,10 @@ class Recording:
     @property
     def stop_requested(self) -> bool:
         return self._stop_requested
+
+    def _status(self, text: str, *, notice: bool = False) -> None:
+        self.status = text
+        self._on_status(text, notice=notice)
 
     # --- events ----------------------------------------------------------------------------
 
@@ -190,7 +206,7 @@ class Recording:
 
     async def _with_writer(self, writer: EventWriter) -> RecordResult:
         try:
-            backend = self._backend_factory(self.plan)
+            backend = self._backend_factory(self.plan, self._status)
         except UsageError as e:  # a bad URL, an API key variable that is not set
             return self._result("failed", error=str(e), failure="usage")
         try:
@@ -273,7 +289,9 @@ class Recording:
     async def _steps(self, backend: Backend) -> None:
         scenario = self.plan.scenario
         assert self.run_id is not None
+        self._status(f"checking that {backend.base_url} has {self.model}")
         await backend.check(self.model)
+        self._status("starting the samplers")
         samplers = self._samplers(backend)
         tasks = [asyncio.create_task(s.run(self._emit), name=f"sampler-{s.source}") for s in samplers]  # fmt: skip
         try:
@@ -287,6 +305,7 @@ class Recording:
                 backend, run_id=self.run_id, model=self.model, emit=self._emit,
                 before_request=self._before_request,
             )  # fmt: skip
+            self.status = ""  # requests go out now: the progress is theirs
             try:
                 await runner.warmup(scenario)
                 for i, step in enumerate(scenario.steps):
@@ -355,11 +374,17 @@ class RecordingThread:
         on_event: OnEvent | None = None,
         *,
         on_done: Callable[[RecordResult], None] | None = None,
-        backend_factory: Callable[[RecordPlan], Backend] = default_backend_factory,
+        backend_factory: BackendFactory = default_backend_factory,
         nvml: Nvml | None = None,
+        on_status: StatusSink = no_status,
     ) -> None:
         self.recording = Recording(
-            plan, db_path, on_event=on_event, backend_factory=backend_factory, nvml=nvml
+            plan,
+            db_path,
+            on_event=on_event,
+            backend_factory=backend_factory,
+            nvml=nvml,
+            on_status=on_status,
         )
         self.result: RecordResult | None = None
         self.error: BaseException | None = None

@@ -219,7 +219,7 @@ def replay_scenario(
         concurrency=None, arrival="replay", max_tokens=None, replay=scaled,
     )  # fmt: skip
     return Scenario(
-        name=name, steps=(step,), source=source, prompts=step.prompts,
+        name=name, steps=(step,), source=source, prompts=step.prompts, warmup=0,  # exactly the traffic
         description=f"{len(scaled)} requests replayed at their offsets"
         + (f" x{speed:g}" if speed != 1 else ""),
     )  # fmt: skip

@@ -98,6 +98,8 @@ class RunSummary:
     slo: Slo
 
     def as_dict(self) -> dict[str, Any]:
+        """The one JSON shape of a run, printed by ``runs --json``, ``record --json`` and
+        ``report --json`` (which add their own keys beside these four)."""
         r = self.run
         return {
             "run": {
@@ -112,6 +114,8 @@ class RunSummary:
                 "base_url": r.base_url,
                 "model": r.model,
                 "error": r.error,
+                "requests": r.n_requests,
+                "errors": r.n_errors,
             },
             "slo": {
                 "ttft_ms": self.slo.ttft_ms,

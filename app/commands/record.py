@@ -26,7 +26,7 @@ from llmtop.app.commands.run_options import (
     run_options,
 )
 from llmtop.core.errors import LlmtopError, SourceError, StorageError, UsageError
-from llmtop.recorder.flags import RunFlags, plan_from_flags
+from llmtop.recorder.flags import RunFlags, plan_from_flags, plan_warnings
 from llmtop.recorder.recording import Recording, RecordResult
 from llmtop.storage import queries
 from llmtop.storage.db import open_readonly
@@ -61,9 +61,19 @@ def record(ctx: click.Context, db_path: str | None, quiet: bool, as_json: bool, 
     """
     path = db_path_of(ctx, db_path)
     plan = plan_from_flags(RunFlags.from_options(kw), path)
-    recording = Recording(plan, path)
     show_progress = not quiet and sys.stderr.isatty()
-    result = asyncio.run(_record(recording, show_progress))
+    err = Console(stderr=True)
+    for warning in plan_warnings(plan):
+        err.print(f"llmtop: warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+
+    def on_status(text: str, *, notice: bool = False) -> None:
+        # Progress ("starting the engine (4 s)") is the progress view's to show, on a terminal;
+        # a notice ("no Ollama ...: measuring the bundled engine") is printed wherever stderr goes.
+        if notice:
+            err.print(f"llmtop: {text}", markup=False, highlight=False, soft_wrap=True)
+
+    recording = Recording(plan, path, on_status=on_status)
+    result = asyncio.run(_record(recording, show_progress, err))
     summary, examples = _summary(result)
     if as_json:
         click.echo(json.dumps(summary_json(summary, result), indent=2, default=str))
@@ -72,9 +82,8 @@ def record(ctx: click.Context, db_path: str | None, quiet: bool, as_json: bool, 
     _exit_for(result)
 
 
-async def _record(recording: Recording, show_progress: bool) -> RecordResult:
+async def _record(recording: Recording, show_progress: bool, err: Console) -> RecordResult:
     loop = asyncio.get_running_loop()
-    err = Console(stderr=True)
 
     def on_signal() -> None:
         if recording.stop_requested:

@@ -34,11 +34,10 @@ class DashboardScreen(Screen[None]):
     """Live numbers of the current run and of the machine and server beside it."""
 
     AUTO_FOCUS = ""  # the requests table takes focus (and shows its cursor) when clicked
-    HORIZONTAL_BREAKPOINTS = [
-        (0, "-narrow"),
-        (110, "-wide"),
-    ]
-    VERTICAL_BREAKPOINTS = [(0, "-short"), (42, "-tall")]
+    # Textual declares these as instance variables (``ClassVar[...] | None``), so a ClassVar
+    # annotation here would not match its base; ruff's RUF012 wants one: Textual's type wins.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]  # noqa: RUF012
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (42, "-tall")]  # noqa: RUF012
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("l", "app.open_launcher", "Launch"),
         Binding("s", "app.stop_run", "Stop"),
@@ -78,6 +77,14 @@ class DashboardScreen(Screen[None]):
                     yield ServerPanel(id="server", classes="panel")
             yield RequestsTable(id="requests", classes="panel")
         yield Footer()
+
+    def watch_status(self, status: RunStatus) -> None:
+        if self.is_mounted:
+            table = self.query_one(RequestsTable)
+            if status.state == "starting":
+                table.empty_hint = f"the run is starting: {status.waiting or 'a moment'}"
+            else:
+                table.empty_hint = "no requests yet: press l to launch a run"
 
     def on_mount(self) -> None:
         self.query_one("#percentiles").border_title = "this run [dim]warm-up excluded[/]"

@@ -45,6 +45,8 @@ class RunStatus:
     elapsed_s: float | None = None
     done: int = 0
     """Requests finished so far in this run."""
+    waiting: str = ""
+    """What a starting run waits for (starting the engine, loading the model), or ""."""
 
 
 class StatusLine(Widget):
@@ -74,6 +76,8 @@ class StatusLine(Widget):
                 style(f"status-line--{s.state}" if s.state in STATES else "status-line--idle"),
             ),
         )
+        if s.waiting:
+            left.append(f"  {s.waiting}", muted)
         if s.run_id is not None:
             left.append("  run ", muted)
             left.append(f"#{s.run_id}", value)

@@ -71,7 +71,7 @@ def test_an_observed_run_replays_at_its_offsets_with_its_lengths_and_prompts(tmp
                           "--backend", "ollama", "--url", fake.url, "--json", timeout=300)  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         replayed_bodies = [x.body for x in fake.log()]
-    replay_id = json.loads(proc.stdout)["run_id"]
+    replay_id = json.loads(proc.stdout)["run"]["id"]
     # the replay sends the original's requests in start order, numbered 1, 2, ... (two that
     # started within microseconds may start the other way round in the replay)
     original, replay = _rows(db, pp.run_id, "start"), _rows(db, replay_id, "id")
