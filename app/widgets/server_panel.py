@@ -114,8 +114,10 @@ class ServerPanel(Widget):
                 grid.add_row(
                     Text(name, style=label), f(value), render_bars(series, bar_w, 1, top, high, low)
                 )
-            for name, value, f in server_numbers(s):
-                grid.add_row(Text(name, style=label), f(value), Text("server's own", style=muted))
+            for own, amount, show in server_numbers(s):
+                grid.add_row(
+                    Text(own, style=label), show(amount), Text("server's own", style=muted)
+                )
             if not s.models and s.running is None and s.waiting is None and s.kv_cache_pct is None:
                 grid.add_row(Text(s.source, style=label), "", Text("no models loaded", style=muted))
             parts.append(grid)

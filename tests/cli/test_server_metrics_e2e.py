@@ -76,7 +76,7 @@ def test_each_step_gets_the_servers_own_counts_exactly(two_servers, which, kind,
 
 
 def test_no_percentile_from_buckets_is_stored(two_servers):
-    db, a, b = two_servers
+    db, _a, _b = two_servers
     d = open_readonly(db)
     try:
         keys = {r["key"] for r in d.query("select distinct key from server_samples")}
@@ -102,7 +102,7 @@ def test_report_shows_the_server_and_its_numbers_and_a_short_model_name(two_serv
 
 
 def test_runs_list_shortens_gguf_paths_and_keeps_them_in_json(two_servers):
-    db, a, _ = two_servers
+    db, _a, _ = two_servers
     proc = run_llmtop("runs", "--db", str(db))
     assert proc.returncode == 0, proc.stderr
     assert "SmolLM2-135M-Instruct" in proc.stdout and "/root/models" not in proc.stdout

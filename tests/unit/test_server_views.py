@@ -78,4 +78,6 @@ def test_compare_warns_when_the_server_was_starved(tmp_path):
     assert not [n for n in same if "CPU" in n or "load" in n]
     notes = differences([with_load(sa, 100.5, 99.0), with_load(sb, 193.5, 99.0)])
     assert any("the server's CPU differs (100.5 % vs 193.5 %)" in n for n in notes)
-    assert any("the machine's load outside the server differs (1.0 vs 0.0 cores" in n for n in notes)
+    assert any(
+        "the machine's load outside the server differs (1.0 vs 0.0 cores" in n for n in notes
+    )
