@@ -37,7 +37,9 @@ class LiveSession:
             return
         target, kind = watch_target(backend, url)
         self.aggregator.clear_server()  # what was shown described another target
-        self.watcher = Watcher(target, kind, self.aggregator.add)
+        # the bundled engine runs only during a run: between runs there is no server to read
+        watched = None if backend == "engine" and url is None else target
+        self.watcher = Watcher(watched, kind, self.aggregator.add)
         self.watcher.start()
 
     def stop_watching(self) -> None:

@@ -43,11 +43,12 @@ async def test_basic_against_the_engine(tmp_path, db_path, monkeypatch):
         stored = queries.run_summary(open_readonly(db_path), app.run_status.run_id)
         assert stored is not None and stored.overall.ok == 3
         assert table.ttft_ms.mean == pytest.approx(stored.overall.ttft_ms.mean)
-        # after the run: back to watching what llmtop was pointed at, not the engine it stopped
-        # (its port is dead), and nothing of that engine's numbers stays on the panel
+        # after the run: back to what llmtop was pointed at, the engine, which runs only during
+        # a run: no server is watched (not its dead port, not Ollama's), nothing of it stays
         watcher = app.session.watcher
-        assert watcher is not None and watcher.url == ollama
+        assert watcher is not None and watcher.url is None
         await wait_for(pilot, lambda: not app.aggregator.snapshot().servers)
+        assert not [s for s, _ in app.aggregator.snapshot().down if s.startswith("server")]
 
 
 class Tmux:
