@@ -207,3 +207,23 @@ async def test_scenario_on_the_command_line_starts_at_once(fake_server, db_path,
         await wait_for(pilot, lambda: finished(app))
         assert app.run_status.state == "finished" and app.run_status.scenario == "basic"
         assert app.aggregator.snapshot().table.ok == 3
+
+
+async def test_a_tick_while_the_app_shuts_down_does_nothing(db_path, tmp_path):
+    """The tick timer runs in a task of its own: on a busy machine it can fire while shutdown
+    is removing the screens' widgets (seen as NoMatches '#ttft-trend' at exit). Here a tick
+    with a new snapshot comes right after the screens were closed."""
+    app = make_app(db_path, tmp_path / "cfg")
+    close_all = app._close_all
+    ticked: list[bool] = []
+
+    async def close_then_tick() -> None:
+        await close_all()
+        app._snap = None  # a snapshot the dashboard has not seen
+        app.tick()
+        ticked.append(True)
+
+    app._close_all = close_then_tick
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.dashboard.is_mounted)
+    assert ticked == [True]
