@@ -131,14 +131,14 @@ async def test_the_dashboard_measures_what_record_measures(fake_server, db_path,
     read on a quiet machine (TTFT within 2 ms) is bench/accuracy.py's to print."""
     fake_server.log(clear=True)
     proc = run_llmtop("record", "--db", str(db_path), "--backend", "ollama", "--url",
-                      fake_server.url, "--model", MODEL, "--requests", "12", "--max-tokens", "12",
+                      fake_server.url, "--model", MODEL, "--requests", "6", "--max-tokens", "12",
                       "--unique-prompts", "--json", "--quiet")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     recorded = json.loads(proc.stdout)
     record_logs = fake_server.log(clear=True)
 
     app = make_app(db_path, tmp_path / "cfg", backend="ollama", url=fake_server.url, model=MODEL,
-                   requests=12, max_tokens=12, unique_prompts=True, scenario=None)  # fmt: skip
+                   requests=6, max_tokens=12, unique_prompts=True, scenario=None)  # fmt: skip
     async with app.run_test(size=(120, 40)) as pilot:
         assert app.start_run(app.launch_settings)
         await wait_for(pilot, lambda: finished(app))
@@ -152,9 +152,9 @@ async def test_the_dashboard_measures_what_record_measures(fake_server, db_path,
         by_number = {wire_truth.request_number(log.body): log for log in logs}
         print(wire_truth.check(wire_truth.from_database(db, run_id), by_number))
     stored = queries.run_summary(db, dash_run)
-    assert stored is not None and live.ok == stored.overall.ok == 12
+    assert stored is not None and live.ok == stored.overall.ok == 6
     assert live.ttft_ms == pytest.approx(stored.overall.ttft_ms)
-    assert recorded["overall"]["n"] == 12
+    assert recorded["overall"]["n"] == 6
 
 
 async def test_quitting_mid_run_closes_it_cancelled(fake_server, db_path, tmp_path):
