@@ -25,8 +25,8 @@ with the machine's. What holds on any machine:
 What these guard against is off by far more than ``LATE_MS``, or exactly: a TTFT taken at the
 last chunk (+1.26 s for 64 tokens 20 ms apart), t0 taken at the response (after the first
 chunk was written), a stamp before the read, the role chunk of an OpenAI stream counted as
-content (one chunk too many, read before any content was written), tokens of a chunk not
-spread over its gap (the stored TPOT against its own stamps). How close the client is on a
+content (one chunk too many, read before any content was written), a TPOT over chunks instead
+of tokens (the stored TPOT against its own stamps). How close the client is on a
 quiet machine (mean error < 2 ms at concurrency 1, < 5 ms at 64) is ``bench/accuracy.py``'s to
 print; a t0 that is late by less than a TTFT, or a client a few ms slow, is its to see.
 """
