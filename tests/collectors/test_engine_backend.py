@@ -43,7 +43,7 @@ def gone(pid: int) -> bool:
         return True
 
 
-def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+def wait_gone(pid: int, timeout: float = 60.0) -> bool:
     """Poll until ``pid`` has exited (a process we cannot wait() for: not our child)."""
     deadline = time.monotonic() + timeout
     while not gone(pid):
@@ -130,7 +130,7 @@ def start_launcher() -> tuple[subprocess.Popen[str], int]:
 def test_ctrl_c_stops_the_engine():
     proc, child = start_launcher()
     proc.send_signal(signal.SIGINT)
-    proc.wait(20)
+    proc.wait(60)  # a wait: under load its Python took 20 s and more to wind down
     assert gone(child)
 
 
@@ -138,7 +138,7 @@ def test_ctrl_c_stops_the_engine():
 def test_the_engine_dies_with_a_killed_llmtop():
     proc, child = start_launcher()
     proc.kill()  # no cleanup at all: the kernel tells the child
-    proc.wait(20)
+    proc.wait(60)
     assert wait_gone(child)
 
 

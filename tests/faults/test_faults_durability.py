@@ -60,7 +60,7 @@ def test_the_readme_lists_exactly_these_faults():
     check_rows("test_faults_durability.py", CASES)
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+def wait_until(cond: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
     """Poll ``cond`` (another process's doing: a file, a log) until it holds."""
     deadline = time.monotonic() + timeout
     while not cond():

@@ -32,7 +32,7 @@ HANG = Behavior(tokens=10, fault="hang_mid_stream", fault_after=2, hold_s=60)
 """Request 3: two chunks, then silence until the server is stopped under it."""
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+def wait_until(cond: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
     """Poll ``cond`` (another process's doing: the server's log) until it holds."""
     deadline = time.monotonic() + timeout
     while not cond():

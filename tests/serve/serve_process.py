@@ -38,7 +38,7 @@ def _pump(stream, sink: list[str], lines: queue.Queue[tuple[str, str]] | None, t
             lines.put((tag, line.rstrip("\n")))
 
 
-def start_serve(*args: str, timeout: float = 90) -> ServeProcess:
+def start_serve(*args: str, timeout: float = 180) -> ServeProcess:
     """Start ``llmtop serve ARGS`` and wait for its ready line (or its exit)."""
     proc = subprocess.Popen(
         [llmtop_exe(), "serve", *args],

@@ -47,8 +47,9 @@ def make_app(db_path: Path, config_dir: Path, **flags: object) -> LlmtopApp:
     )
 
 
-async def wait_for(pilot, condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Let the app run until ``condition()`` holds; fail after ``timeout`` seconds."""
+async def wait_for(pilot, condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Let the app run until ``condition()`` holds; fail after ``timeout`` seconds (generous:
+    a run starts a recording process, whose Python took ~20 s to start on a loaded machine)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
