@@ -193,6 +193,7 @@ class LlmtopApp(App[None]):
             step_index=p.step_index + 1 if step else None,
             elapsed_s=None if elapsed is None else float(int(elapsed)),
             done=p.done,
+            waiting=p.status or (self.run_status.waiting if state == "starting" else ""),
         )
         if not rec.is_alive():
             status = self._run_ended(status)
@@ -216,7 +217,8 @@ class LlmtopApp(App[None]):
             else:
                 self.notify(f"run #{result.run_id} {result.status}: {result.ok:,} ok, "
                             f"{result.errors:,} errors", timeout=5)  # fmt: skip
-        self.session.watch(status.backend, status.url or None)
+        # Back to what the user pointed llmtop at: an engine the run started is gone with it.
+        self.session.watch(self.launch_settings.backend, self.launch_settings.url)
         return status
 
     def _set_status(self, status: RunStatus) -> None:
@@ -245,6 +247,7 @@ class LlmtopApp(App[None]):
                 backend=plan.backend, url=plan.url or "", model=plan.model or "",
                 state="starting", run_name=plan.name, scenario=plan.scenario.name,
                 step_count=len(plan.scenario.steps), elapsed_s=0.0,
+                waiting="starting the recording process",
             )
         )  # fmt: skip
         return True
@@ -315,6 +318,24 @@ def open_dashboard(db_path: str | None, theme: str | None, flags: dict[str, obje
         raise UsageError("the dashboard needs a terminal; for runs without one use 'llmtop record'")
     open_database(path).close()  # create or migrate it once; screens then read it read-only
     app.run()
-    if app.run_status.run_id is not None:
-        print(f"llmtop: last run #{app.run_status.run_id} {app.run_status.state}; "
-              f"see 'llmtop report {app.run_status.run_id}'")  # fmt: skip
+    run_id = app.run_status.run_id
+    if run_id is not None:
+        print(f"llmtop: last run #{run_id} {stored_status(path, run_id) or app.run_status.state}; "
+              f"see 'llmtop report {run_id}'")  # fmt: skip
+
+
+def stored_status(db_path: Path, run_id: int) -> str | None:
+    """The run's status as the database has it: quitting mid-run closes the run as cancelled
+    after the last UI tick, so the status line may still say running."""
+    from llmtop.storage import queries
+    from llmtop.storage.db import open_readonly
+
+    try:
+        db = open_readonly(db_path)
+    except LlmtopError:
+        return None
+    try:
+        run = queries.get_run(db, run_id)
+        return None if run is None else run.status
+    finally:
+        db.close()

@@ -36,6 +36,7 @@ class LiveSession:
         if not self.watch_enabled or self.running:
             return
         target, kind = watch_target(backend, url)
+        self.aggregator.clear_server()  # what was shown described another target
         self.watcher = Watcher(target, kind, self.aggregator.add)
         self.watcher.start()
 
@@ -50,6 +51,7 @@ class LiveSession:
             raise RuntimeError("a run is already going")
         self.stop_watching()
         self.aggregator.clear_run()
+        self.aggregator.clear_server()  # the run's samplers read its own server
         self.aggregator.set_slo(plan.scenario.slo)
         self.recording = RecordingProcess(plan, self.db_path, self.aggregator.add)
         self.recording.start()

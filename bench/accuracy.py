@@ -56,7 +56,7 @@ def record(srv: FakeServer, db: Path, api: str, model: str, *flags: str) -> int:
     """Run ``llmtop record`` as a user would; the id of the run it stored."""
     url = srv.url if api == "ollama" else srv.openai_url
     cmd = [llmtop_exe(), "record", "--backend", api, "--url", url, "--model", model, "--db",
-           str(db), "--quiet", "--unique-prompts", *flags]  # fmt: skip
+           str(db), "--quiet", "--unique-prompts", "--warmup", "0", *flags]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
     if proc.returncode != 0:
         raise SystemExit(f"llmtop record failed: {proc.stderr.strip()}")
@@ -120,7 +120,7 @@ def rates(srv: FakeServer, db: Path) -> dict[str, float]:
 
 async def dashboard_run(srv: FakeServer, db: Path, tmp: Path) -> int:
     flags = RunFlags(backend="ollama", url=srv.url, model="short", requests=12,
-                     unique_prompts=True)  # fmt: skip
+                     unique_prompts=True, warmup=0)  # fmt: skip
     app = LlmtopApp(DashboardConfig(db_path=db, config_dir=tmp / "cfg", launch=flags,
                                     watch=False))  # fmt: skip
     async with app.run_test(size=(120, 40)) as pilot:

@@ -70,7 +70,7 @@ def main() -> None:
             proc = subprocess.run(
                 [llmtop_exe(), "record", "--backend", "ollama", "--url", srv.url, "--model", "m",
                  "--requests", str(args.requests), "--concurrency", "4", "--unique-prompts",
-                 "--quiet", "--db", str(db)],
+                 "--warmup", "0", "--quiet", "--db", str(db)],
                 capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"},
             )  # fmt: skip
         finally:

@@ -34,7 +34,7 @@ import aiohttp
 from llmtop.collectors.http import one_line
 from llmtop.collectors.ollama import OllamaBackend
 from llmtop.core.errors import SourceError
-from llmtop.core.requests import Emit, GenerationRequest, Timeouts
+from llmtop.core.requests import Emit, GenerationRequest, StatusSink, Timeouts, no_status
 
 LABEL = "the llmtop engine"
 _PROBE_INTERVAL_S = 0.05
@@ -44,7 +44,7 @@ def engine_available() -> str | None:
     """``None`` when the engine can run here, else why not (for ``auto`` and ``doctor``)."""
     missing = [m for m in ("torch", "gguf") if importlib.util.find_spec(m) is None]
     if missing:
-        return f"the in-repo engine needs {' and '.join(missing)}: pip install 'llmtop[engine]'"
+        return f"the in-repo engine needs {' and '.join(missing)}: pip install 'llmtop-monitor[engine]'"
     return None
 
 
@@ -113,6 +113,8 @@ class EngineBackend:
         url: an engine that is already serving; nothing is started or stopped.
         timeouts: per-request limits.
         max_connections: pool size (``0``: one connection per concurrent request).
+        on_status: told, about once a second while the engine starts, how long it has been
+            loading and the last line it printed (loading the model, building its kernels).
     """
 
     name = "engine"
@@ -124,8 +126,10 @@ class EngineBackend:
         url: str | None = None,
         timeouts: Timeouts | None = None,
         max_connections: int = 0,
+        on_status: StatusSink = no_status,
     ) -> None:
         self.launch = launch or EngineLaunch()
+        self._on_status = on_status
         self.timeouts = timeouts or Timeouts()
         self._url = url
         self._max = max_connections
@@ -195,7 +199,8 @@ class EngineBackend:
         template = self.launch.command or default_command(self.launch.model)
         cmd = [arg.replace("{port}", str(port)) for arg in template]
         self._out = tempfile.TemporaryFile()
-        env = {**os.environ, **(self.launch.env or {})}
+        # its start's progress as lines (loading, kernels, warming up), relayed by _wait_ready
+        env = {**os.environ, "LLMTOP_SERVE_PROGRESS": "lines", **(self.launch.env or {})}
         try:
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT, env=env,
@@ -211,14 +216,23 @@ class EngineBackend:
         self._out.seek(0)
         lines = [ln.strip() for ln in self._out.read().decode("utf-8", "replace").splitlines()]
         lines = [ln for ln in lines if ln and not ln.startswith("Traceback")]
-        return one_line(lines[-1]) if lines else ""
+        # the engine's own lines start "llmtop: " or "llmtop serve: "; ours add the name once
+        last = lines[-1].removeprefix("llmtop serve: ").removeprefix("llmtop: ") if lines else ""
+        return one_line(last)
 
     async def _wait_ready(self, url: str) -> None:
         assert self._proc is not None
-        deadline = time.monotonic() + self.launch.startup_timeout_s
+        started = time.monotonic()
+        deadline = started + self.launch.startup_timeout_s
         timeout = aiohttp.ClientTimeout(total=1.0)
+        said = ("", -1)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
+                news = (self._last_output(), int(time.monotonic() - started))
+                if news != said:
+                    said = news
+                    line, seconds = news
+                    self._on_status(f"starting {LABEL} ({seconds} s){': ' + line if line else ''}")
                 code = self._proc.poll()
                 if code is not None:
                     out = self._last_output()

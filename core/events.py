@@ -153,6 +153,22 @@ class ServerSampled:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerIdentified:
+    """Which server answers at ``url``: its kind, its version when it tells, and the canonical
+    series (core/server_series.py) llmtop reads from it. Sent once a sampler knows, and again
+    if the answer changes."""
+
+    run_id: int | None
+    t_ns: int
+    kind: str
+    """``vllm``, ``llama.cpp``, ``sglang``, ``tgi``, ``ollama``, ``llmtop-engine`` or ``metrics``
+    (a Prometheus page of no kind llmtop knows)."""
+    version: str | None
+    url: str
+    series: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class SourceDown:
     """A server or sampler cannot be read (no NVIDIA driver, server gone): normal, shown as data."""
 
@@ -170,5 +186,6 @@ Event = (
     | ResourcesSampled
     | GpuSampled
     | ServerSampled
+    | ServerIdentified
     | SourceDown
 )

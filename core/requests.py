@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from llmtop.core.events import Event
 
@@ -54,3 +54,17 @@ class Timeouts:
     """A model may think (or load) for a while before its first token."""
     between_chunks_s: float = 60.0
     total_s: float | None = None
+
+
+class StatusSink(Protocol):
+    """Where a long wait says what it waits for (starting the engine, loading the model...).
+
+    ``notice=True`` marks a fact the user should keep even without a terminal (``auto`` chose
+    the bundled engine); the rest is progress, shown while it is current and then replaced.
+    """
+
+    def __call__(self, text: str, *, notice: bool = False) -> None: ...
+
+
+def no_status(text: str, *, notice: bool = False) -> None:
+    """A ``StatusSink`` that shows nothing."""

@@ -15,10 +15,8 @@ import math
 
 from llmtop.engine.api_common import ApiError
 from llmtop.engine.jobs import Done, Event, Job, JobHandle
+from llmtop.engine.serve_options import DEFAULT_MAX_QUEUE
 
-DEFAULT_MAX_QUEUE = 64
-"""Waiting jobs beyond the running batch (8 x the default batch of 8), as Ollama's
-OLLAMA_MAX_QUEUE bounds its own queue."""
 MAX_RETRY_AFTER_S = 600
 
 

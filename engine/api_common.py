@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from llmtop.engine.jobs import Event, JobHandle
+from llmtop.engine.serve_options import DEFAULT_MAX_BODY_BYTES
 
 
 class ApiError(Exception):
@@ -38,10 +39,6 @@ class ApiError(Exception):
         self.code = code
         self.headers = headers
         """Extra response headers, e.g. ``Retry-After`` on a 503."""
-
-
-DEFAULT_MAX_BODY_BYTES = 1 << 20
-"""1 MiB: a prompt of ~250k tokens, far beyond any context the engine serves."""
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:

@@ -18,7 +18,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from llmtop import __version__
 from llmtop.engine.api_common import (
     SEED_MAX,
     SEED_MIN,
@@ -38,7 +37,8 @@ from llmtop.engine.api_common import (
     until_done,
 )
 from llmtop.engine.jobs import Done, JobHandle, Piece, SamplingParams
-from llmtop.engine.service import ModelService
+from llmtop.engine.model_service import ModelService
+from llmtop.engine.version import engine_version
 
 NDJSON = "application/x-ndjson"
 
@@ -317,7 +317,7 @@ class OllamaApi:
         )
 
     async def version(self, request: Request) -> Response:
-        return JSONResponse({"version": __version__})
+        return JSONResponse({"version": engine_version()})
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, str]]:

@@ -33,7 +33,7 @@ from llmtop.engine.api_common import (
     until_done,
 )
 from llmtop.engine.jobs import Done, JobHandle, Piece, SamplingParams
-from llmtop.engine.service import ModelService
+from llmtop.engine.model_service import ModelService
 
 SSE = "text/event-stream"
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for /v1/completions
@@ -41,7 +41,9 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for /v1/com
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def error_body(message: str, status: int, param: str | None = None, code: str | None = None):
+def error_body(
+    message: str, status: int, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     kind = "invalid_request_error" if status < 500 else "server_error"
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 

@@ -58,6 +58,10 @@ def pack_scales(s: Tensor) -> Tensor:
 class BlockLinear(nn.Module):
     """y = x @ W.T, W = d * u + m per block of 32 inputs, u 4- or 8-bit codes (module doc)."""
 
+    codes: Tensor  # buffers (register_buffer): declared so that their types are known
+    scale: Tensor
+    offset: Tensor
+
     def __init__(self, u: Tensor, d: Tensor, m: Tensor, bits: int) -> None:
         """Args: u uint8 [N, K] codes (< 16 when bits is 4); d, m float32 [N, K/32]."""
         super().__init__()

@@ -84,7 +84,7 @@ def prefill(
     seq.reserve(len(ids))
     dev = model.device
     slot = torch.tensor([seq.slot], device=dev)
-    logits = None
+    logits: Tensor | None = None
     for start in range(0, len(ids), chunk):
         part = ids[start : start + chunk]
         n = len(part)
@@ -107,7 +107,7 @@ def decode_one(model: Transformer, seq: SequenceCache, token: int) -> Tensor:
     slots = CacheSlots(
         torch.tensor([seq.slot], device=dev), (seq.slot, seq.slot + 1), seq.length + 1
     )
-    logits = model(tokens, pos, seq.cache, slots)
+    logits: Tensor = model(tokens, pos, seq.cache, slots)
     seq.length += 1
     return logits[0, -1]
 
@@ -275,7 +275,8 @@ def generate(
     elif isinstance(prompt, str):
         ids = tok.encode(prompt)
     else:
-        ids = [int(i) for i in prompt]  # type: ignore[union-attr]
+        assert prompt is not None  # one of the two: checked above
+        ids = [int(i) for i in prompt]
         if any(not 0 <= i < lm.config.vocab_size for i in ids):
             raise RequestError(f"token ids must lie in 0..{lm.config.vocab_size - 1}")
     stops = () if ignore_eos else (tok.stop_ids if stop_token_ids is None else stop_token_ids)

@@ -293,9 +293,9 @@ class TensorData:
             qs = raw[..., 2:]
         else:
             raise ValueError(f"{ref.name} is {ref.type_name}, not Q4_0/Q4_1")
-        qs = torch.from_numpy(np.ascontiguousarray(qs))
+        codes = torch.from_numpy(np.ascontiguousarray(qs))
         # each 18/20-byte block holds elements 0..15 in the low nibbles, 16..31 in the high ones
-        q = torch.cat([qs & 15, qs >> 4], dim=-1).reshape(n, k)
+        q = torch.cat([codes & 15, codes >> 4], dim=-1).reshape(n, k)
         return q, d, m
 
     def q8_fields(self, ref: TensorRef) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from llmtop.engine.cache_dir import default_cache_dir
 from llmtop.engine.errors import ModelLoadError
 from llmtop.engine.gguf import GGUFIndex, Q, TensorData, TensorRef, read_gguf
 from llmtop.engine.model import Attention, Block, FeedForward, LlamaConfig, Transformer
@@ -97,16 +98,6 @@ def default_model_path(package: str = MODEL_PACKAGE, filename: str = MODEL_FILE)
             f"{package.replace('_', '-')}"
         )
     return path
-
-
-def default_cache_dir() -> Path:
-    """$LLMTOP_ENGINE_CACHE, else the user cache dir (platformdirs)."""
-    env = os.environ.get("LLMTOP_ENGINE_CACHE")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("llmtop")) / "engine"
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
@@ -233,7 +224,8 @@ def _fused_linear(
     n, k = sum(r.shape[0] for r in refs), refs[0].shape[1]
     if blocks_kernel_available(device, dtype, n, k) and all(r.qtype in _Q4 for r in refs):
         parts = [data.q4_fields(r) for r in refs]
-        return q4_linear(*(torch.cat(p, dim=0) for p in zip(*parts, strict=True)), dtype=dtype)
+        q, d, m = (torch.cat(p, dim=0) for p in zip(*parts, strict=True))
+        return q4_linear(q, d, m, dtype=dtype)
     w = torch.cat([data.dequantize(r) for r in refs], dim=0)
     return DenseLinear(w.to(device=device, dtype=dtype))
 

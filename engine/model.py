@@ -75,7 +75,7 @@ def rope_table(head_dim: int, max_len: int, theta: float) -> Tensor:
 
 def apply_rope(x: Tensor, rot: Tensor) -> Tensor:
     """Rotate adjacent pairs of x [B, T, H, D] by rot [B, T, 1, D/2] (complex); float32 out."""
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # [B, T, H, D/2]
+    xc = torch.view_as_complex(torch.unflatten(x.float(), -1, (-1, 2)))  # [B, T, H, D/2]
     return torch.view_as_real(xc * rot).flatten(-2)
 
 
@@ -158,9 +158,9 @@ def grouped_attention(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor) -> 
                 )
             )
         return torch.cat(outs, dim=2)
-    rows = h // hkv * t  # query head i reads kv head i // (h / hkv), as SDPA's enable_gqa
+    group_rows = h // hkv * t  # query head i reads kv head i // (h / hkv), as SDPA's enable_gqa
     k = keys.reshape(b * hkv, -1, d).transpose(1, 2)  # a view when the slots are consecutive
-    scores = torch.baddbmm(bias, q.reshape(b * hkv, rows, d), k, alpha=d**-0.5)
+    scores = torch.baddbmm(bias, q.reshape(b * hkv, group_rows, d), k, alpha=d**-0.5)
     weights = scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()  # [B hkv, g T, L]
     out = torch.bmm(weights, values.reshape(b * hkv, -1, d))
     return out.div_(weights.sum(dim=-1, keepdim=True)).view(b, h, t, d)
@@ -172,6 +172,11 @@ def attend(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor | None) -> Tens
     if bias is None:
         return F.scaled_dot_product_attention(q, keys, values, enable_gqa=True)
     return grouped_attention(q, keys, values, bias)
+
+
+RaggedMasks = tuple[Tensor | None, list[Tensor | None]]
+"""A ``RaggedStep``'s attention biases: the decode rows' (None when there are none), then each
+prompt chunk's."""
 
 
 class Attention(nn.Module):
@@ -186,31 +191,37 @@ class Attention(nn.Module):
         self,
         x: Tensor,
         rot: Tensor,
-        mask: Tensor | None,
+        mask: Tensor | RaggedMasks | None,
         kv: tuple[Tensor, Tensor],
         slots: CacheSlots | RaggedStep,
         pos: Tensor,
     ) -> Tensor:
+        """``mask``: ``attention_mask``'s bias (None: none needed), or for a ``RaggedStep`` the
+        decode rows' and each chunk's."""
         b, t, _ = x.shape
         h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
         k_cache, v_cache = kv  # [S, hkv, max_len, d]
         qkv = self.wqkv(x)  # [B, T, (h + 2 hkv) d]
         qk = apply_rope(qkv[..., : (h + hkv) * d].view(b, t, h + hkv, d), rot)  # q and k at once
         qk = qk.to(attention_dtype(k_cache))
-        q, k = qk.split([h, hkv], dim=2)  # [B, T, h, d], [B, T, hkv, d]
+        q, k = torch.split(qk, [h, hkv], dim=2)  # [B, T, h, d], [B, T, hkv, d]
         v = qkv[..., (h + hkv) * d :].view(b, t, hkv, d)
         if isinstance(slots, RaggedStep):
-            o = self._ragged(qk[0], v[0], kv, slots, mask)  # [N, h d]
-            return self.wo(o[None].to(x.dtype))
-        if t == 1 and self.native_decode(k_cache):
+            assert isinstance(mask, tuple)
+            o = self._ragged(qk[0], v[0], kv, slots, mask)[None]  # [1, N, h d]
+        elif t == 1 and self.native_decode(k_cache):
             o = decode_attention(qk[:, 0], v[:, 0], kv, slots.index, pos[:, 0], h)
-            return self.wo(o.view(b, 1, h * d).to(x.dtype))
-        slots.write(k_cache, pos, k.to(k_cache.dtype))
-        slots.write(v_cache, pos, v.to(v_cache.dtype))
-        keys, values = slots.read(k_cache), slots.read(v_cache)  # [B, hkv, kv_len, d]
-        keys, values = keys.to(q.dtype), values.to(q.dtype)  # the new tokens' as rounded there
-        o = attend(q.transpose(1, 2), keys, values, mask)  # [B, h, T, d]
-        return self.wo(o.transpose(1, 2).reshape(b, t, h * d).to(x.dtype))  # x: matmul dtype
+            o = o.view(b, 1, h * d)
+        else:
+            assert not isinstance(mask, tuple)
+            slots.write(k_cache, pos, k.to(k_cache.dtype))
+            slots.write(v_cache, pos, v.to(v_cache.dtype))
+            keys, values = slots.read(k_cache), slots.read(v_cache)  # [B, hkv, kv_len, d]
+            keys, values = keys.to(q.dtype), values.to(q.dtype)  # the new tokens' as rounded there
+            o = attend(q.transpose(1, 2), keys, values, mask)  # [B, h, T, d]
+            o = o.transpose(1, 2).reshape(b, t, h * d)
+        out: Tensor = self.wo(o.to(x.dtype))  # x: matmul dtype
+        return out
 
     def native_decode(self, k_cache: Tensor) -> bool:
         """Whether decode rows take the engine's kernel (decode_attention.py)."""
@@ -222,7 +233,7 @@ class Attention(nn.Module):
         v: Tensor,
         kv: tuple[Tensor, Tensor],
         step: RaggedStep,
-        masks: tuple[Tensor | None, list[Tensor | None]],
+        masks: RaggedMasks,
     ) -> Tensor:
         """Attention for a ``RaggedStep``: qk [N, h + hkv, d] (queries, then keys), v [N, hkv, d];
         out [N, h d].
@@ -232,7 +243,7 @@ class Attention(nn.Module):
         """
         k_cache, v_cache = kv
         h, d = self.n_heads, self.head_dim
-        q, k = qk.split([h, self.n_kv_heads], dim=1)
+        q, k = torch.split(qk, [h, self.n_kv_heads], dim=1)
         nd = step.n_decode
         native = nd > 0 and self.native_decode(k_cache)
         first = nd if native else 0  # the kernel writes the decode rows' keys and values itself
@@ -269,7 +280,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.w13(x).chunk(2, dim=-1)
-        return self.w2(F.silu(gate) * up)
+        out: Tensor = self.w2(F.silu(gate) * up)
+        return out
 
 
 class Block(nn.Module):
@@ -295,7 +307,7 @@ class Block(nn.Module):
         self,
         x: Tensor,
         rot: Tensor,
-        mask: Tensor | None,
+        mask: Tensor | RaggedMasks | None,
         kv: tuple[Tensor, Tensor],
         slots: CacheSlots | RaggedStep,
         pos: Tensor,
@@ -303,11 +315,14 @@ class Block(nn.Module):
         h = F.rms_norm(x, self.norm_shape, self.attention_norm, self.eps).to(self.dtype)
         x = x + self.attention(h, rot, mask, kv, slots, pos)
         h = F.rms_norm(x, self.norm_shape, self.ffn_norm, self.eps).to(self.dtype)
-        return x + self.feed_forward(h)
+        ffn: Tensor = self.feed_forward(h)
+        return x + ffn
 
 
 class Transformer(nn.Module):
     """The whole model: embeddings, blocks, final norm, LM head (tied or not)."""
+
+    rope: Tensor  # a buffer (register_buffer): declared so that its type is known
 
     def __init__(
         self,
@@ -390,7 +405,8 @@ class Transformer(nn.Module):
         if last is not None:
             x = x[torch.arange(x.shape[0], device=x.device), last]  # [B, dim]
         x = F.rms_norm(x, (self.cfg.dim,), self.norm, self.cfg.rms_eps).to(self.dtype)
-        return self.output(x).float()
+        logits: Tensor = self.output(x)
+        return logits.float()
 
     def forward_ragged(
         self, tokens: Tensor, cache: KVCache, step: RaggedStep, logits_at: Tensor
@@ -420,4 +436,5 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, rot, masks, cache.layer(i), step, step.pos)
         x = F.rms_norm(x[0, logits_at], (self.cfg.dim,), self.norm, self.cfg.rms_eps)
-        return self.output(x.to(self.dtype)).float()
+        logits: Tensor = self.output(x.to(self.dtype))
+        return logits.float()

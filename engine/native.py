@@ -5,8 +5,10 @@ Two kernels where torch's CPU ops cost the batched decode step most: the matmul 
 written so that a row's result does not depend on the other rows in the batch.
 
 Built with the system's C compiler into the engine's cache directory ($LLMTOP_ENGINE_CACHE or
-the user cache dir, ``kernels/``; well under a second, once per source version) and loaded with
-ctypes, which releases the GIL for the call. Their OpenMP is the libgomp torch already loaded
+the user cache dir, ``kernels/``; well under a second) and loaded with ctypes, which releases
+the GIL for the call. A build is named by everything it depends on: the compiler (its path and
+its ``--version``, so an upgraded compiler behind the same path builds anew), the flags and the
+sources; building one removes the builds of other keys, so upgrades leave no files behind. Their OpenMP is the libgomp torch already loaded
 (same soname), so they run on torch's threads and ``--threads`` applies to them too. Where the
 CPU lacks AVX-512 VNNI, no compiler works, or ``LLMTOP_ENGINE_KERNEL=torch`` is set,
 ``library()`` is None and the engine runs on torch's kernels alone.
@@ -25,9 +27,22 @@ import sys
 import tempfile
 from pathlib import Path
 
+from llmtop.engine.cache_dir import default_cache_dir
+
 SOURCES = [Path(__file__).with_name(n) for n in ("native_matmul.c", "native_attention.c")]
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512_vnni", "f16c", "fma")
-CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-mf16c", "-mfma", "-fopenmp"]
+CFLAGS = [
+    "-O3",
+    "-fno-strict-aliasing",  # the sources load through memcpy already; this guards later edits
+    "-mavx512f",
+    "-mavx512bw",
+    "-mavx512vnni",
+    "-mf16c",
+    "-mfma",
+    "-fopenmp",
+]
+
+LIB_PREFIX = "llmtop-kernels-"
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +71,11 @@ def cpu_supported() -> bool:
 
 def cache_dir() -> Path:
     """Next to the engine's index cache (so $LLMTOP_ENGINE_CACHE moves both)."""
-    from llmtop.engine.loader import default_cache_dir  # loader imports this module's users
-
     return default_cache_dir() / "kernels"
 
 
 def _build(cc: str, target: Path) -> bool:
+    """Compile into ``target`` (atomically), then remove the other keys' builds beside it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
@@ -76,7 +90,19 @@ def _build(cc: str, target: Path) -> bool:
             log.warning("engine kernels not built (%s); using torch's kernels", why)
             return False
         out.replace(target)  # atomic: another process may be building the same file
+    _remove_stale(target)
     return True
+
+
+def _remove_stale(target: Path) -> None:
+    """Delete the builds of other keys (older sources, flags or compilers). A process that has
+    one loaded keeps its mapping; one that is about to load it falls back to torch's kernels."""
+    for old in target.parent.glob(f"{LIB_PREFIX}*.so"):
+        if old != target:
+            try:
+                old.unlink(missing_ok=True)
+            except OSError as exc:  # someone else's file in a shared cache: leave it
+                log.debug("stale engine kernels %s not removed: %s", old, exc)
 
 
 def compiler() -> str | None:
@@ -84,12 +110,36 @@ def compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def target_path(cc: str) -> Path:
-    """Where the library built by ``cc`` from these sources lives (a new name per version)."""
-    digest = hashlib.sha256(" ".join([cc, *CFLAGS]).encode())
+def compiler_version(cc: str) -> str:
+    """``cc --version``'s output ("" when it does not run: then the build fails and says why)."""
+    try:
+        done = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout + done.stderr
+
+
+def build_key(cc: str) -> str:
+    """A digest of what the library depends on: compiler path and version, flags, sources."""
+    digest = hashlib.sha256()
+    for part in (cc, compiler_version(cc), *CFLAGS):
+        digest.update(part.encode() + b"\0")
     for src in SOURCES:
         digest.update(src.read_bytes())
-    return cache_dir() / f"llmtop-kernels-{digest.hexdigest()[:16]}.so"
+    return digest.hexdigest()[:16]
+
+
+def target_path(cc: str) -> Path:
+    """Where the library built by ``cc`` from these sources with these flags lives."""
+    return cache_dir() / f"{LIB_PREFIX}{build_key(cc)}.so"
+
+
+def will_build() -> bool:
+    """Whether ``library()`` is about to compile (kernels wanted, a compiler, no build yet)."""
+    if library.cache_info().currsize or os.environ.get("LLMTOP_ENGINE_KERNEL") == "torch":
+        return False
+    cc = compiler()
+    return cc is not None and cpu_supported() and not target_path(cc).exists()
 
 
 @functools.cache

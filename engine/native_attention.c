@@ -9,6 +9,10 @@
  *
  * The cache holds float16 (as llama.cpp's default cache does): half the memory of float32, and
  * attention is still computed in float32 (keys and values convert exactly).
+ *
+ * No undefined behaviour (tests/engine/test_engine_kernels_sanitized.py runs it under ASan and
+ * UBSan): the shapes are checked before any division or index, vectors are loaded and stored
+ * through the unaligned vector types, and offsets into the caches are computed in size_t.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -39,7 +43,7 @@ static inline __m512 exp_ps(__m512 x) {
 
 /* 16 float16 values from the cache as float32 (exact) */
 static inline __m512 load_h(const uint16_t *p) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i_u *)p));
 }
 
 /* Inlined for each d / 16 (DV), so that the query and accumulator vectors stay in registers. */
@@ -109,18 +113,21 @@ static void one_head_group(const float *q, int g, int d, const uint16_t *keys,
  * k_cache / v_cache float16 [slots, hkv, max_len, d] for this layer, slot and pos [rows];
  * out [rows, h, d]. The new key and value are rounded to float16 (to nearest even, as torch's
  * .to(float16)) before any row reads them.
- * Returns 0, or -1 when out of memory or the shapes are outside what this kernel handles. */
+ * Returns 0, or -1 when out of memory, a slot or position is outside the cache, or the shapes
+ * are outside what this kernel handles. */
 int llmtop_decode_attention(const float *q_and_k, const float *v, uint16_t *k_cache, uint16_t *v_cache,
                             const int64_t *slot, const int64_t *pos, int rows, int n_slots, int h, int hkv,
                             int d, int max_len, float scale, float *out) {
+    if (rows < 0 || h <= 0 || hkv <= 0 || h % hkv || h / hkv > MAX_G) return -1;
+    if (d <= 0 || d % 16 || d > MAX_D || n_slots <= 0 || max_len <= 0) return -1;
+    if (rows == 0) return 0;
     const int g = h / hkv;
-    if (d % 16 || d > MAX_D || g > MAX_G || h % hkv) return -1;
     int64_t longest = 0;
     for (int r = 0; r < rows; r++) {
         if (pos[r] < 0 || pos[r] >= max_len || slot[r] < 0 || slot[r] >= n_slots) return -1;
         if (pos[r] + 1 > longest) longest = pos[r] + 1;
     }
-    const int tasks = rows * hkv;
+    const int tasks = rows * hkv; /* rows <= the batch, hkv <= h: far from overflow */
     float *scratch = malloc(sizeof(float) * (size_t)tasks * g * longest);
     if (!scratch) return -1;
 #pragma omp parallel for schedule(static)
@@ -131,9 +138,9 @@ int llmtop_decode_attention(const float *q_and_k, const float *v, uint16_t *k_ca
         uint16_t *kc = k_cache + base, *vc = v_cache + base;
         for (int c = 0; c < d; c += 16) {
             const int rne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-            _mm256_storeu_si256((__m256i *)(kc + (size_t)pos[r] * d + c),
-                                _mm512_cvtps_ph(_mm512_loadu_ps(row + (h + j) * d + c), rne));
-            _mm256_storeu_si256((__m256i *)(vc + (size_t)pos[r] * d + c),
+            _mm256_storeu_si256((__m256i_u *)(kc + (size_t)pos[r] * d + c),
+                                _mm512_cvtps_ph(_mm512_loadu_ps(row + (size_t)(h + j) * d + c), rne));
+            _mm256_storeu_si256((__m256i_u *)(vc + (size_t)pos[r] * d + c),
                                 _mm512_cvtps_ph(_mm512_loadu_ps(v + ((size_t)r * hkv + j) * d + c), rne));
         }
         one_head_group(row + (size_t)j * g * d, g, d, kc, vc, len, scale,

@@ -21,18 +21,42 @@
  * Every output element is computed with the same integer sums and the same float operations in
  * the same order, whichever path and whatever the number of rows (batch size), so a
  * sequence's logits do not depend on what it is batched with (the tests check the bits).
+ *
+ * No undefined behaviour (tests/engine/test_engine_kernels_sanitized.py runs both kernels under
+ * ASan and UBSan): buffers are read as wider integers only through memcpy (a cast-and-dereference
+ * would break C's aliasing rules), vectors are loaded and stored through the unaligned vector
+ * types (__m512i_u, ...), and index arithmetic over whole buffers is done in size_t.
  */
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define QK 32        /* inputs per block */
 #define NG 16        /* columns per group */
 #define MT_MAX 8     /* rows per pass over a group's weights (4 pairs) */
+#define PAIR_BLOCK 128 /* bytes of a pair's activation codes per block: 2 rows x 2 x 32 codes */
 #define ACT_MAX 16383.0f /* activation codes: 15 bits */
 
+/* 4 or 8 bytes as one integer, whatever type the buffer holds (one mov after optimisation) */
+static inline int32_t load_i32(const void *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline int64_t load_i64(const void *p) {
+    int64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline __m256i load_256(const void *p) { return _mm256_loadu_si256((const __m256i_u *)p); }
+
+static inline void store_256(void *p, __m256i v) { _mm256_storeu_si256((__m256i_u *)p, v); }
+
 static inline __m512 bf16_to_f32(const uint16_t *p) {
-    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    __m256i h = load_256(p);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
@@ -57,10 +81,10 @@ static void quantize_row(const uint16_t *x, int nb, int8_t *q, float *s, float *
         __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(f0, _mm512_set1_ps(id)));
         __m512i i1 = _mm512_cvtps_epi32(_mm512_mul_ps(f1, _mm512_set1_ps(id)));
         int8_t *o = q + 2 * b * QK;
-        _mm_storeu_si128((__m128i *)o, _mm512_cvtepi32_epi8(_mm512_srai_epi32(i0, 7)));
-        _mm_storeu_si128((__m128i *)(o + 16), _mm512_cvtepi32_epi8(_mm512_srai_epi32(i1, 7)));
-        _mm_storeu_si128((__m128i *)(o + 32), _mm512_cvtepi32_epi8(_mm512_and_si512(i0, low7)));
-        _mm_storeu_si128((__m128i *)(o + 48), _mm512_cvtepi32_epi8(_mm512_and_si512(i1, low7)));
+        _mm_storeu_si128((__m128i_u *)o, _mm512_cvtepi32_epi8(_mm512_srai_epi32(i0, 7)));
+        _mm_storeu_si128((__m128i_u *)(o + 16), _mm512_cvtepi32_epi8(_mm512_srai_epi32(i1, 7)));
+        _mm_storeu_si128((__m128i_u *)(o + 32), _mm512_cvtepi32_epi8(_mm512_and_si512(i0, low7)));
+        _mm_storeu_si128((__m128i_u *)(o + 48), _mm512_cvtepi32_epi8(_mm512_and_si512(i1, low7)));
         s[b] = d;
         ssum[b] = d * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
     }
@@ -91,28 +115,30 @@ static inline __attribute__((always_inline)) void one_row(
     for (int b = 0; b < nb; b++) {
         __m512i w[8];
         unpack(BITS, wq + (size_t)b * vbytes, w);
-        const int32_t *a = (const int32_t *)(xq + 2 * (size_t)b * QK);
+        const int8_t *a = xq + 2 * (size_t)b * QK; /* 4 codes per int32: hi halves, then lo */
         __m512i dot = _mm512_setzero_si512();
 #pragma GCC unroll 8
-        for (int v = 0; v < 8; v++) dot = _mm512_dpbusd_epi32(dot, w[v], _mm512_set1_epi32(a[v]));
+        for (int v = 0; v < 8; v++) dot = _mm512_dpbusd_epi32(dot, w[v], _mm512_set1_epi32(load_i32(a + 4 * v)));
         dot = _mm512_slli_epi32(dot, 7);
 #pragma GCC unroll 8
-        for (int v = 0; v < 8; v++) dot = _mm512_dpbusd_epi32(dot, w[v], _mm512_set1_epi32(a[v + 8]));
-        __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wd + b * NG)));
-        __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wm + b * NG)));
+        for (int v = 0; v < 8; v++) dot = _mm512_dpbusd_epi32(dot, w[v], _mm512_set1_epi32(load_i32(a + 4 * (v + 8))));
+        __m512 d = _mm512_cvtph_ps(load_256(wd + (size_t)b * NG));
+        __m512 m = _mm512_cvtph_ps(load_256(wm + (size_t)b * NG));
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, _mm512_set1_ps(xs[b])), acc);
         acc = _mm512_fmadd_ps(m, _mm512_set1_ps(xss[b]), acc);
     }
-    _mm256_storeu_si256((__m256i *)y, f32_to_bf16(acc));
+    store_256(y, f32_to_bf16(acc));
 }
 
 /* Two rows per vector: lane 2c + p holds column c (of 8) for row p of a pair, so one 8-byte
  * broadcast serves two rows, and each 16-column weight vector is split into two (permutes,
  * shared by all pairs). Per element the same integer sum and the same three float operations
- * as one_row(), in the same order: the results are the same bits. */
+ * as one_row(), in the same order: the results are the same bits.
+ * xp: per pair and block 128 bytes (16 x 8: 4 code bytes of each row); xsp, xssp: per pair and
+ * block the two rows' scales side by side (2 floats, broadcast as one 8-byte value). */
 static inline __attribute__((always_inline)) void tile_pairs(
     const int NP, const int BITS, const uint8_t *wq, const uint16_t *wd, const uint16_t *wm,
-    int nb, const int64_t *xp, const double *xsp, const double *xssp, uint16_t *y, int n) {
+    int nb, const int8_t *xp, const float *xsp, const float *xssp, uint16_t *y, int n) {
     const int vbytes = BITS * QK * NG / 8;
     const __m512i ilo = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
     const __m512i ihi = _mm512_add_epi32(ilo, _mm512_set1_epi32(8));
@@ -123,7 +149,7 @@ static inline __attribute__((always_inline)) void tile_pairs(
         __m512i w[8];
         unpack(BITS, wq + (size_t)b * vbytes, w);
         __m512i dot[MT_MAX], lo[MT_MAX];
-        const int64_t *a = xp + (size_t)b * 16; /* pair q: a + q * nb * 16 */
+        const int8_t *a = xp + (size_t)b * PAIR_BLOCK; /* pair q: a + q * nb * PAIR_BLOCK */
 #pragma GCC unroll 8
         for (int i = 0; i < 2 * NP; i++) { dot[i] = _mm512_setzero_si512(); lo[i] = _mm512_setzero_si512(); }
 #pragma GCC unroll 8
@@ -131,8 +157,9 @@ static inline __attribute__((always_inline)) void tile_pairs(
             __m512i wl = _mm512_permutexvar_epi32(ilo, w[v]), wh = _mm512_permutexvar_epi32(ihi, w[v]);
 #pragma GCC unroll 4
             for (int q = 0; q < NP; q++) {
-                __m512i av = _mm512_set1_epi64(a[(size_t)q * nb * 16 + v]);
-                __m512i al = _mm512_set1_epi64(a[(size_t)q * nb * 16 + v + 8]);
+                const int8_t *aq = a + (size_t)q * nb * PAIR_BLOCK;
+                __m512i av = _mm512_set1_epi64(load_i64(aq + 8 * v));
+                __m512i al = _mm512_set1_epi64(load_i64(aq + 8 * (v + 8)));
                 dot[2 * q] = _mm512_dpbusd_epi32(dot[2 * q], wl, av);
                 dot[2 * q + 1] = _mm512_dpbusd_epi32(dot[2 * q + 1], wh, av);
                 lo[2 * q] = _mm512_dpbusd_epi32(lo[2 * q], wl, al);
@@ -141,14 +168,15 @@ static inline __attribute__((always_inline)) void tile_pairs(
         }
 #pragma GCC unroll 8
         for (int i = 0; i < 2 * NP; i++) dot[i] = _mm512_add_epi32(_mm512_slli_epi32(dot[i], 7), lo[i]);
-        __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wd + b * NG)));
-        __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wm + b * NG)));
+        __m512 d = _mm512_cvtph_ps(load_256(wd + (size_t)b * NG));
+        __m512 m = _mm512_cvtph_ps(load_256(wm + (size_t)b * NG));
         __m512 dl = _mm512_permutexvar_ps(ilo, d), dh = _mm512_permutexvar_ps(ihi, d);
         __m512 ml = _mm512_permutexvar_ps(ilo, m), mh = _mm512_permutexvar_ps(ihi, m);
 #pragma GCC unroll 4
         for (int q = 0; q < NP; q++) {
-            __m512 s = _mm512_castpd_ps(_mm512_set1_pd(xsp[(size_t)q * nb + b]));
-            __m512 ss = _mm512_castpd_ps(_mm512_set1_pd(xssp[(size_t)q * nb + b]));
+            const size_t qb = 2 * ((size_t)q * nb + b);
+            __m512 s = _mm512_castsi512_ps(_mm512_set1_epi64(load_i64(xsp + qb)));
+            __m512 ss = _mm512_castsi512_ps(_mm512_set1_epi64(load_i64(xssp + qb)));
             acc[2 * q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[2 * q]), _mm512_mul_ps(dl, s), acc[2 * q]);
             acc[2 * q] = _mm512_fmadd_ps(ml, ss, acc[2 * q]);
             acc[2 * q + 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[2 * q + 1]), _mm512_mul_ps(dh, s), acc[2 * q + 1]);
@@ -162,8 +190,8 @@ static inline __attribute__((always_inline)) void tile_pairs(
     for (int q = 0; q < NP; q++) {
         __m512 r0 = _mm512_permutex2var_ps(acc[2 * q], even, acc[2 * q + 1]);
         __m512 r1 = _mm512_permutex2var_ps(acc[2 * q], odd, acc[2 * q + 1]);
-        _mm256_storeu_si256((__m256i *)(y + (size_t)(2 * q) * n), f32_to_bf16(r0));
-        _mm256_storeu_si256((__m256i *)(y + (size_t)(2 * q + 1) * n), f32_to_bf16(r1));
+        store_256(y + (size_t)(2 * q) * n, f32_to_bf16(r0));
+        store_256(y + (size_t)(2 * q + 1) * n, f32_to_bf16(r1));
     }
 }
 
@@ -176,12 +204,12 @@ static inline __attribute__((always_inline)) void tile_pairs(
     }
 
 static void pairs4(int np, const uint8_t *wq, const uint16_t *wd, const uint16_t *wm, int nb,
-                   const int64_t *xp, const double *xsp, const double *xssp, uint16_t *y, int n) {
+                   const int8_t *xp, const float *xsp, const float *xssp, uint16_t *y, int n) {
     PAIRS(4)
 }
 
 static void pairs8(int np, const uint8_t *wq, const uint16_t *wd, const uint16_t *wm, int nb,
-                   const int64_t *xp, const double *xsp, const double *xssp, uint16_t *y, int n) {
+                   const int8_t *xp, const float *xsp, const float *xssp, uint16_t *y, int n) {
     PAIRS(8)
 }
 
@@ -196,15 +224,17 @@ static void row8(const uint8_t *wq, const uint16_t *wd, const uint16_t *wm, int 
 }
 
 /* x bf16 [rows, k], y bf16 [rows, n]; wq codes, wd/wm fp16 [n/16, k/32, 16]. Returns 0, or -1
- * when out of memory. */
+ * when out of memory or the shapes are not what the kernel handles (bits 4 or 8, whole groups). */
 int llmtop_block_matmul(int bits, const uint8_t *wq, const uint16_t *wd, const uint16_t *wm,
                        int n, int k, const uint16_t *x, int rows, uint16_t *y) {
+    if ((bits != 4 && bits != 8) || n <= 0 || k <= 0 || rows < 0 || n % NG || k % QK) return -1;
+    if (rows == 0) return 0;
     const int nb = k / QK, groups = n / NG, npairs = rows / 2;
     const size_t gbytes = (size_t)nb * bits * QK * NG / 8;
     int8_t *xq = malloc(2 * (size_t)rows * k);
     float *xs = malloc(sizeof(float) * 2 * (size_t)rows * nb);
-    int64_t *xp = npairs ? malloc(sizeof(int64_t) * (size_t)npairs * nb * 16) : NULL;
-    double *xsp = npairs ? malloc(sizeof(double) * 2 * (size_t)npairs * nb) : NULL;
+    int8_t *xp = npairs ? malloc((size_t)npairs * nb * PAIR_BLOCK) : NULL;
+    float *xsp = npairs ? malloc(sizeof(float) * 4 * (size_t)npairs * nb) : NULL;
     if (!xq || !xs || (npairs && (!xp || !xsp))) {
         free(xq);
         free(xs);
@@ -213,24 +243,25 @@ int llmtop_block_matmul(int bits, const uint8_t *wq, const uint16_t *wd, const u
         return -1;
     }
     float *xss = xs + (size_t)rows * nb;
-    double *xssp = xsp + (size_t)npairs * nb;
+    float *xssp = npairs ? xsp + 2 * (size_t)npairs * nb : NULL;
 #pragma omp parallel for schedule(static) if (rows > 16)
     for (int r = 0; r < rows; r++)
         quantize_row(x + (size_t)r * k, nb, xq + 2 * (size_t)r * k, xs + (size_t)r * nb, xss + (size_t)r * nb);
     /* rows 2q and 2q + 1 side by side: 4 code bytes of each, then their scales */
     for (int q = 0; q < npairs; q++) {
-        const int32_t *a0 = (const int32_t *)(xq + 4 * (size_t)q * k), *a1 = a0 + k / 2;
-        int32_t *o = (int32_t *)(xp + (size_t)q * nb * 16);
-        for (int i = 0; i < k / 2; i++) {
-            o[2 * i] = a0[i];
-            o[2 * i + 1] = a1[i];
+        const int8_t *a0 = xq + 4 * (size_t)q * k, *a1 = a0 + 2 * (size_t)k;
+        int8_t *o = xp + (size_t)q * nb * PAIR_BLOCK;
+        for (size_t i = 0; i < (size_t)k / 2; i++) {
+            memcpy(o + 8 * i, a0 + 4 * i, 4);
+            memcpy(o + 8 * i + 4, a1 + 4 * i, 4);
         }
-        float *s = (float *)(xsp + (size_t)q * nb), *ss = (float *)(xssp + (size_t)q * nb);
+        float *s = xsp + 2 * (size_t)q * nb, *ss = xssp + 2 * (size_t)q * nb;
+        const size_t r0 = 2 * (size_t)q * nb, r1 = r0 + nb;
         for (int b = 0; b < nb; b++) {
-            s[2 * b] = xs[2 * q * nb + b];
-            s[2 * b + 1] = xs[(2 * q + 1) * nb + b];
-            ss[2 * b] = xss[2 * q * nb + b];
-            ss[2 * b + 1] = xss[(2 * q + 1) * nb + b];
+            s[2 * b] = xs[r0 + b];
+            s[2 * b + 1] = xs[r1 + b];
+            ss[2 * b] = xss[r0 + b];
+            ss[2 * b + 1] = xss[r1 + b];
         }
     }
 #pragma omp parallel for schedule(static)
@@ -241,11 +272,14 @@ int llmtop_block_matmul(int bits, const uint8_t *wq, const uint16_t *wd, const u
             int mt = rows - r < MT_MAX ? rows - r : MT_MAX;
             uint16_t *ry = y + (size_t)r * n + g * NG;
             if (mt >= 2) {
-                const int q = r / 2, np = mt / 2;
+                const size_t q = r / 2;
+                const int np = mt / 2;
+                const int8_t *qp = xp + q * nb * PAIR_BLOCK;
+                const float *qs = xsp + 2 * q * nb, *qss = xssp + 2 * q * nb;
                 if (bits == 4)
-                    pairs4(np, gq, gd, gm, nb, xp + (size_t)q * nb * 16, xsp + (size_t)q * nb, xssp + (size_t)q * nb, ry, n);
+                    pairs4(np, gq, gd, gm, nb, qp, qs, qss, ry, n);
                 else
-                    pairs8(np, gq, gd, gm, nb, xp + (size_t)q * nb * 16, xsp + (size_t)q * nb, xssp + (size_t)q * nb, ry, n);
+                    pairs8(np, gq, gd, gm, nb, qp, qs, qss, ry, n);
                 if (mt % 2 == 0) continue;
                 r += mt - 1;
                 ry = y + (size_t)r * n + g * NG;

@@ -80,7 +80,7 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+        y: Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.reshape(-1, self.in_features), self.weight, GROUP, self.scales_and_zeros
         )
         return y.view(*shape[:-1], self.out_features)

@@ -34,7 +34,7 @@ from typing import Protocol
 import torch
 
 from llmtop.engine.jobs import Done, Event, FinishReason, JobHandle, Piece
-from llmtop.engine.runner import MIN_LAST_CHUNK, Chunk
+from llmtop.engine.model_runner import MIN_LAST_CHUNK, Chunk
 from llmtop.engine.sampler_rows import row_sampler, sample_rows, token_logprobs
 from llmtop.engine.sampling import Sampler
 from llmtop.engine.stop_text import StopText, TokenDecoder
@@ -42,7 +42,7 @@ from llmtop.engine.stop_text import StopText, TokenDecoder
 
 class BatchModel(Protocol):
     """The forward passes the scheduler drives, over ``slots`` preallocated KV caches
-    (engine/runner.py implements it)."""
+    (engine/model_runner.py implements it)."""
 
     slots: int
     context_length: int
@@ -162,7 +162,7 @@ class Scheduler:
     # --- the other threads' side ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Run the loop in a new thread. (``serving.load`` instead calls ``run`` on the thread
+        """Run the loop in a new thread. (``assemble.start`` instead calls ``run`` on the thread
         that loaded the model: torch work split over two threads runs two OpenMP thread teams
         that fight for the cores, measured here at 2x slower decode steps.)"""
         threading.Thread(target=self.run, name="llmtop-scheduler", daemon=True).start()
@@ -258,7 +258,7 @@ class Scheduler:
                 break
             left = len(seq.prompt) - seq.prefilled
             take = min(budget, left)
-            if 0 < left - take < MIN_LAST_CHUNK:  # no last chunk of one token (runner.py)
+            if 0 < left - take < MIN_LAST_CHUNK:  # no last chunk of one token (model_runner.py)
                 take = left - MIN_LAST_CHUNK
                 if take <= 0:
                     break

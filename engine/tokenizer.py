@@ -56,7 +56,7 @@ def build_tokenizer(vocab: Vocab, meta: TokenizerMeta) -> tokenizers.Tokenizer:
         )
     bpe = models.BPE(
         vocab={t: i for i, t in enumerate(vocab.tokens)},
-        merges=[tuple(m.split(" ", 1)) for m in vocab.merges],
+        merges=[(a, b) for a, b in (m.split(" ", 1) for m in vocab.merges)],
         fuse_unk=False,
         byte_fallback=False,
     )

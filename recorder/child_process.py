@@ -42,6 +42,8 @@ class Progress:
     model: str = ""
     backend: str = ""
     base_url: str = ""
+    status: str = ""
+    """What the run waits for before its first request (starting the engine...), or ""."""
 
 
 def child_entry(fd: int) -> None:
@@ -63,8 +65,11 @@ def _child_main(plan: RecordPlan, db_path: str | None, conn: Connection) -> None
             n = min(len(buf), BATCH)
             conn.send(("events", [buf.popleft() for _ in range(n)]))
         r, t = rec.recording, rec.tally
-        conn.send(("progress", Progress(rec.run_id, t.current, t.done, t.warmup, r.model,
-                                        r.backend_name, r.base_url)))  # fmt: skip
+        progress = Progress(
+            run_id=rec.run_id, step_index=t.current, done=t.done, warmup=t.warmup,
+            model=r.model, backend=r.backend_name, base_url=r.base_url, status=r.status,
+        )  # fmt: skip
+        conn.send(("progress", progress))
 
     try:
         while rec.is_alive():

@@ -6,13 +6,14 @@ build a plan without pulling in the machinery that runs it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from llmtop.collectors.base import Backend
 from llmtop.collectors.system import DEFAULT_HZ
-from llmtop.core.requests import Timeouts
+from llmtop.core.requests import StatusSink, Timeouts, no_status
 from llmtop.scenarios.model import Scenario
 
 FailureKind = Literal["source", "usage", "storage", "requests"]
@@ -69,7 +70,11 @@ class RecordResult:
     cancelled: int = 0
 
 
-def default_backend_factory(plan: RecordPlan) -> Backend:
+BackendFactory = Callable[[RecordPlan, StatusSink], Backend]
+"""Makes the backend of a plan; the sink hears what its start waits for."""
+
+
+def default_backend_factory(plan: RecordPlan, on_status: StatusSink = no_status) -> Backend:
     """The backend of ``plan`` through collectors/backends.py (``auto`` and ``engine`` too)."""
     from llmtop.collectors.backends import make_backend
 
@@ -79,4 +84,5 @@ def default_backend_factory(plan: RecordPlan) -> Backend:
         api_key_env=plan.api_key_env,
         timeouts=plan.timeouts,
         model=plan.model,
+        on_status=on_status,
     )

@@ -28,7 +28,15 @@ from llmtop.collectors.server_metrics import ServerMetricsSampler
 from llmtop.collectors.system import SystemSampler, host_info, local_port
 from llmtop.core.errors import SourceError, StorageError, UsageError
 from llmtop.core.events import Event
-from llmtop.recorder.plan import FailureKind, RecordPlan, RecordResult, default_backend_factory
+from llmtop.core.metrics import counter_increase
+from llmtop.core.requests import StatusSink, no_status
+from llmtop.recorder.plan import (
+    BackendFactory,
+    FailureKind,
+    RecordPlan,
+    RecordResult,
+    default_backend_factory,
+)
 from llmtop.recorder.runner import Runner
 from llmtop.recorder.tally import LiveTally
 from llmtop.storage.db import resolve_db_path
@@ -36,6 +44,10 @@ from llmtop.storage.writer import EventWriter, RunInfo
 
 OnEvent = Callable[[Event], None]
 SETUP_TIMEOUT_S = 10.0
+SETTLE_S = 2.0
+"""Longest wait, after a step, for the server's counters to count the tokens the step received
+(llama.cpp adds to its counters when a request completes, a moment after its last byte)."""
+SETTLE_EVERY_S = 0.05
 
 __all__ = [
     "FailureKind", "OnEvent", "RecordPlan", "RecordResult", "Recording", "RecordingThread",
@@ -56,10 +68,15 @@ class Recording:
         db_path: str | Path | None = None,
         *,
         on_event: OnEvent | None = None,
-        backend_factory: Callable[[RecordPlan], Backend] = default_backend_factory,
+        backend_factory: BackendFactory = default_backend_factory,
         nvml: Nvml | None = None,
+        on_status: StatusSink = no_status,
     ) -> None:
         self.plan = plan
+        self.status = ""
+        """What the run waits for before its first request (starting the engine...); "" once
+        requests go out. Read from any thread."""
+        self._on_status = on_status
         self.db_path = resolve_db_path(db_path)
         self.tally = LiveTally.for_steps(plan.scenario.steps, plan.scenario.slo)
         self.run_id: int | None = None
@@ -94,6 +111,10 @@ class Recording:
     @property
     def stop_requested(self) -> bool:
         return self._stop_requested
+
+    def _status(self, text: str, *, notice: bool = False) -> None:
+        self.status = text
+        self._on_status(text, notice=notice)
 
     # --- events ----------------------------------------------------------------------------
 
@@ -190,7 +211,7 @@ class Recording:
 
     async def _with_writer(self, writer: EventWriter) -> RecordResult:
         try:
-            backend = self._backend_factory(self.plan)
+            backend = self._backend_factory(self.plan, self._status)
         except UsageError as e:  # a bad URL, an API key variable that is not set
             return self._result("failed", error=str(e), failure="usage")
         try:
@@ -273,7 +294,9 @@ class Recording:
     async def _steps(self, backend: Backend) -> None:
         scenario = self.plan.scenario
         assert self.run_id is not None
+        self._status(f"checking that {backend.base_url} has {self.model}")
         await backend.check(self.model)
+        self._status("starting the samplers")
         samplers = self._samplers(backend)
         tasks = [asyncio.create_task(s.run(self._emit), name=f"sampler-{s.source}") for s in samplers]  # fmt: skip
         try:
@@ -287,12 +310,22 @@ class Recording:
                 backend, run_id=self.run_id, model=self.model, emit=self._emit,
                 before_request=self._before_request,
             )  # fmt: skip
+            server = next((s for s in samplers if isinstance(s, ServerMetricsSampler)), None)
             try:
+                # The server's /metrics read at each step's boundaries (the warm-up's end too):
+                # the end of one is the start of the next, so counter increases over a step
+                # are its own tokens.
+                before = await server.scrape() if server is not None else None
+                self.status = ""  # requests go out now: the progress is theirs
                 await runner.warmup(scenario)
+                if server is not None:
+                    before = await _settled(server, before, self.tally.warmup_tokens)
                 for i, step in enumerate(scenario.steps):
                     self.tally.begin_step(i)
                     self._steps_run.append(step.name)
                     await runner.run_step(step, i)
+                    if server is not None:
+                        before = await _settled(server, before, self.tally.steps[i].output_tokens)
                     if self._slo_broke(i):
                         break
             except* _Stopped:
@@ -333,6 +366,25 @@ class Recording:
         return out
 
 
+async def _settled(
+    server: ServerMetricsSampler, before: dict[str, float] | None, tokens: int
+) -> dict[str, float] | None:
+    """Scrape the server after a step until its generation counter has grown by the ``tokens``
+    the step received (at most ``SETTLE_S``); the canonical values of the last scrape."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_S
+    while True:
+        now = await server.scrape()
+        if now is None or before is None:
+            return now
+        grown = counter_increase(
+            before.get("generation_tokens_total"), now.get("generation_tokens_total")
+        )
+        if grown is None or grown >= tokens or loop.time() >= deadline:
+            return now
+        await asyncio.sleep(SETTLE_EVERY_S)
+
+
 async def record(
     plan: RecordPlan, db_path: str | Path | None = None, *, on_event: OnEvent | None = None
 ) -> RecordResult:
@@ -355,11 +407,17 @@ class RecordingThread:
         on_event: OnEvent | None = None,
         *,
         on_done: Callable[[RecordResult], None] | None = None,
-        backend_factory: Callable[[RecordPlan], Backend] = default_backend_factory,
+        backend_factory: BackendFactory = default_backend_factory,
         nvml: Nvml | None = None,
+        on_status: StatusSink = no_status,
     ) -> None:
         self.recording = Recording(
-            plan, db_path, on_event=on_event, backend_factory=backend_factory, nvml=nvml
+            plan,
+            db_path,
+            on_event=on_event,
+            backend_factory=backend_factory,
+            nvml=nvml,
+            on_status=on_status,
         )
         self.result: RecordResult | None = None
         self.error: BaseException | None = None

@@ -119,14 +119,23 @@ class Runner:
         await self.backend.stream(req, self.emit)
 
     async def warmup(self, scenario: Scenario) -> int:
-        """Send the scenario's warm-up requests (its first step's first prompt, in turn)."""
-        if not scenario.warmup or not scenario.steps:
+        """Send the scenario's warm-up requests (its first step's first prompt), as many at once
+        as the scenario has workers, so a batching server warms the slots the steps will use."""
+        n = scenario.warmup_requests
+        if not n or not scenario.steps:
             return 0
         first = scenario.steps[0]
-        for _ in range(scenario.warmup):
-            await self.before_request()
-            await self._send(self.request(first, 0, warmup=True))
-        return scenario.warmup
+        left = iter(range(n))
+
+        async def worker() -> None:
+            for _ in left:
+                await self.before_request()
+                await self._send(self.request(first, 0, warmup=True))
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(min(n, scenario.workers)):
+                tg.create_task(worker())
+        return n
 
     async def run_step(self, step: Step, step_index: int) -> StepOutcome:
         """Send one step's requests; returns when the last of them has ended."""

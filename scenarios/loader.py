@@ -319,7 +319,7 @@ def parse_scenario(text: str, source: str) -> Scenario:
         name=top["name"],
         description=top.get("description", ""),
         steps=tuple(steps),
-        warmup=top.get("warmup", 0),
+        warmup=top.get("warmup"),
         slo=slo,
         stop_below_goodput=top.get("stop_below_goodput"),
         sample_hz=top.get("sample_hz"),

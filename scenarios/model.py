@@ -117,9 +117,10 @@ class Scenario:
     name: str
     steps: tuple[Step, ...]
     description: str = ""
-    warmup: int = 0
-    """Requests sent before the first step (its first prompt, sequentially); recorded with
-    ``warmup`` set and left out of every statistic."""
+    warmup: int | None = None
+    """Requests sent before the first step (its first prompt); recorded with ``warmup`` set
+    and left out of every statistic. ``None``: one per worker of the busiest step (see
+    ``warmup_requests``)."""
     slo: Slo = field(default_factory=Slo)
     stop_below_goodput: float | None = None
     """Stop before the next step once a step's goodput (share meeting the SLOs) falls below
@@ -131,6 +132,19 @@ class Scenario:
     source: str = ""
     """``builtin`` or the file it was loaded from."""
 
+    @property
+    def workers(self) -> int:
+        """The most requests any step keeps in flight by its workers (open-loop steps without a
+        cap count as 1)."""
+        return max((s.concurrency or 1 for s in self.steps), default=1)
+
+    @property
+    def warmup_requests(self) -> int:
+        """Warm-up requests to send: ``warmup`` when set, else one per worker, so every batch
+        slot and connection a step will use is warm before the first timed request (a cold
+        start at concurrency 4 put the first four requests' model load into TTFT p95)."""
+        return self.workers if self.warmup is None else self.warmup
+
     def params(self) -> dict[str, Any]:
         """What ``runs.params_json`` keeps of the scenario (flags are added by the recording)."""
         all_prompts = {p.label: p for p in self.prompts}
@@ -141,7 +155,7 @@ class Scenario:
             "scenario": self.name,
             "description": self.description,
             "source": self.source,
-            "warmup": self.warmup,
+            "warmup": self.warmup_requests,
             "steps": [s.params() for s in self.steps],
             "slo": {
                 "ttft_ms": self.slo.ttft_ms,

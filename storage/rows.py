@@ -18,6 +18,7 @@ from llmtop.core.events import (
     RequestFinished,
     RequestStarted,
     ResourcesSampled,
+    ServerIdentified,
     ServerSampled,
     SourceDown,
     TokenReceived,
@@ -51,13 +52,16 @@ INSERT_GPU = (
 INSERT_SERVER = (
     "INSERT INTO server_samples (run_id, t_ns, source, key, value) VALUES (?, ?, ?, ?, ?)"
 )
+INSERT_IDENT = (
+    "INSERT INTO servers (run_id, t_ns, kind, version, url, series) VALUES (?, ?, ?, ?, ?, ?)"
+)
 INSERT_DOWN = "INSERT INTO source_down (run_id, t_ns, source, reason) VALUES (?, ?, ?, ?)"
 
 
 class Batch:
     """Rows of one flush, built on the writer thread from a list of events."""
 
-    __slots__ = ("downs", "gpus", "requests", "samples", "servers", "tokens")
+    __slots__ = ("downs", "gpus", "idents", "requests", "samples", "servers", "tokens")
 
     def __init__(self) -> None:
         self.tokens: list[tuple[int, int, int, int, int, int]] = []
@@ -66,6 +70,7 @@ class Batch:
         self.gpus: list[tuple[Any, ...]] = []
         self.servers: list[tuple[Any, ...]] = []
         self.downs: list[tuple[Any, ...]] = []
+        self.idents: list[tuple[Any, ...]] = []
 
 
 class RowBuilder:
@@ -165,6 +170,10 @@ class RowBuilder:
                     b.servers.extend(
                         (ev.run_id, ev.t_ns, ev.source, k, v) for k, v in ev.values.items()
                     )
+                case ServerIdentified():
+                    b.idents.append(
+                        (ev.run_id, ev.t_ns, ev.kind, ev.version, ev.url, ",".join(ev.series))
+                    )
                 case SourceDown():
                     b.downs.append((ev.run_id, ev.t_ns, ev.source, ev.reason))
                 case TokenReceived():
@@ -197,3 +206,5 @@ def write_batch(conn: sqlite3.Connection, b: Batch) -> None:
         conn.executemany(INSERT_SERVER, b.servers)
     if b.downs:
         conn.executemany(INSERT_DOWN, b.downs)
+    if b.idents:
+        conn.executemany(INSERT_IDENT, b.idents)

@@ -19,6 +19,7 @@ TABLES: tuple[str, ...] = (
     "samples",
     "gpu_samples",
     "server_samples",
+    "servers",
     "source_down",
 )
 """Every table llmtop owns, in the order export and deletion walk them."""
@@ -131,6 +132,23 @@ def m001_initial(db: Database) -> None:
     db.table("gpu_samples").create_index(["run_id", "t_ns"])
     db.table("server_samples").create_index(["run_id", "t_ns"])
     db.table("runs").create_index(["status"])
+
+
+@MIGRATIONS()
+def m002_servers(db: Database) -> None:
+    """Which server answered each run: kind, version and the series read (issue 16)."""
+    db.table("servers").create(
+        {
+            "run_id": int,
+            "t_ns": int,
+            "kind": str,  # vllm, llama.cpp, sglang, tgi, ollama, llmtop-engine, metrics
+            "version": str,
+            "url": str,
+            "series": str,  # canonical series read, comma-separated
+        }
+    )
+    db.table("servers").create_index(["run_id"])
+    db.table("server_samples").create_index(["run_id", "source", "t_ns"])
 
 
 def schema_version() -> int:

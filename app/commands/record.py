@@ -21,7 +21,7 @@ from llmtop.app.commands.common import db_option, db_path_of
 from llmtop.app.commands.record_view import ProgressView, print_summary, summary_json
 from llmtop.app.commands.run_options import OneLineErrors, backend_options, run_options
 from llmtop.core.errors import LlmtopError, SourceError, StorageError, UsageError
-from llmtop.recorder.flags import RunFlags, plan_from_flags
+from llmtop.recorder.flags import RunFlags, plan_from_flags, plan_warnings
 from llmtop.recorder.recording import Recording, RecordResult
 from llmtop.storage import queries
 from llmtop.storage.db import open_readonly
@@ -53,9 +53,19 @@ def record(ctx: click.Context, db_path: str | None, quiet: bool, as_json: bool, 
     """
     plan = plan_from_flags(RunFlags.from_options(kw))
     path = db_path_of(ctx, db_path)
-    recording = Recording(plan, path)
     show_progress = not quiet and sys.stderr.isatty()
-    result = asyncio.run(_record(recording, show_progress))
+    err = Console(stderr=True)
+    for warning in plan_warnings(plan):
+        err.print(f"llmtop: warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+
+    def on_status(text: str, *, notice: bool = False) -> None:
+        # Progress ("starting the engine (4 s)") is the progress view's to show, on a terminal;
+        # a notice ("no Ollama ...: measuring the bundled engine") is printed wherever stderr goes.
+        if notice:
+            err.print(f"llmtop: {text}", markup=False, highlight=False, soft_wrap=True)
+
+    recording = Recording(plan, path, on_status=on_status)
+    result = asyncio.run(_record(recording, show_progress, err))
     summary, examples = _summary(result)
     if as_json:
         click.echo(json.dumps(summary_json(summary, result), indent=2, default=str))
@@ -64,9 +74,8 @@ def record(ctx: click.Context, db_path: str | None, quiet: bool, as_json: bool, 
     _exit_for(result)
 
 
-async def _record(recording: Recording, show_progress: bool) -> RecordResult:
+async def _record(recording: Recording, show_progress: bool, err: Console) -> RecordResult:
     loop = asyncio.get_running_loop()
-    err = Console(stderr=True)
 
     def on_signal() -> None:
         if recording.stop_requested:

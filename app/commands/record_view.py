@@ -54,6 +54,8 @@ class ProgressView:
         )
         self._tasks: dict[int, TaskID] = {}
         self._warm: TaskID | None = None
+        self._start: TaskID | None = None
+        """The row that says what the run waits for before its first request."""
         self._seen: deque[tuple[int, int]] = deque()  # (perf_counter_ns, tokens so far)
 
     def _tokens_per_s(self) -> float | None:
@@ -86,10 +88,22 @@ class ProgressView:
             )
         return self._tasks[i]
 
+    def _starting(self, waiting: bool) -> None:
+        """Show what the run waits for (starting the engine...) until its first request."""
+        status = self.rec.status
+        if waiting and status:
+            if self._start is None:
+                self._start = self.progress.add_task("starting", total=None, amount="", counts="", tps="")  # fmt: skip
+            self.progress.update(self._start, amount=status)
+        elif self._start is not None and not waiting:
+            self.progress.remove_task(self._start)
+            self._start = None
+
     def update(self) -> None:
         t = self.rec.tally
         tps = self._tokens_per_s()
         tps_text = f"{tps:,.0f} tok/s" if tps is not None and t.tokens else ""
+        self._starting(t.current < 0 and not t.warmup and not t.done)
         if t.current < 0:
             if t.warmup and self._warm is None:
                 self._warm = self.progress.add_task(
@@ -196,7 +210,7 @@ def summary_title(summary: RunSummary, result: RecordResult) -> Text:
         f"run {r.id}",
         r.scenario or "custom",
         f"{r.backend} {r.base_url}",
-        r.model,
+        fmt.model_name(r.model),
         r.status + (f" in {duration:.1f} s" if duration else ""),
     ]
     return Text(" · ".join(p for p in parts if p), style="bold")
@@ -236,14 +250,18 @@ def print_summary(
 
 
 def summary_json(summary: RunSummary | None, result: RecordResult) -> dict[str, Any]:
-    """What ``record --json`` prints: how the run ended, then every step's statistics."""
-    out: dict[str, Any] = {
-        "run_id": result.run_id,
+    """What ``record --json`` prints: the run in the shape ``runs --json`` and ``report --json``
+    share (``RunSummary.as_dict``), and ``recording``: how this command's run ended."""
+    out: dict[str, Any] = (
+        summary.as_dict()
+        if summary is not None
+        else {"run": {"id": result.run_id, "status": result.status, "error": result.error}}
+    )
+    out["recording"] = {
         "status": result.status,
         "error": result.error,
+        "failure": result.failure,
         "stopped_early": result.stopped_early,
         "db": str(result.db_path),
     }
-    if summary is not None:
-        out.update(summary.as_dict())
     return out

@@ -158,7 +158,8 @@ def run_options(f: F) -> F:
                 type=click.IntRange(min=0),
                 default=None,
                 metavar="N",
-                help="Warm-up requests before the first step (left out of statistics).",
+                help="Warm-up requests before the first step, flagged and left out of statistics "
+                "(default: one per worker, so every slot is warm; 0 for none).",
             ),
             click.option(
                 "--unique-prompts",

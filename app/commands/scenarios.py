@@ -27,7 +27,8 @@ def _detail(console: Console, s: Scenario) -> None:
     console.print(Text(f"{s.name}", style="bold") + Text(f"  ({s.source})", style="dim"))
     if s.description:
         console.print(s.description)
-    facts = [f"warm-up: {s.warmup} request(s)"]
+    per_worker = " (one per worker)" if s.warmup is None else ""
+    facts = [f"warm-up: {s.warmup_requests} request(s){per_worker}"]
     if s.slo.is_set:
         slo = [f"{n} <= {v:g} ms" for n, v in (("TTFT", s.slo.ttft_ms), ("TPOT", s.slo.tpot_ms),
                                                ("E2E", s.slo.e2e_ms)) if v is not None]  # fmt: skip

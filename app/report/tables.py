@@ -54,6 +54,20 @@ def _prefill(s: StepSummary) -> float | None:
     return metrics.prefill_share(s.ttft_ms.mean, s.e2e_ms.mean)
 
 
+def _server(name: str) -> Getter:
+    """A getter of one of the server's own numbers (``ServerMetrics.<name>``)."""
+
+    def get(s: StepSummary) -> float | int | None:
+        m = s.server_metrics
+        return None if m is None else getattr(m, name)
+
+    return get
+
+
+SERVER_SECTION = "Server's own"
+"""The rows read from the server's /metrics: counter increases over the step, histogram means."""
+
+
 ROWS: tuple[Row, ...] = (
     Row("Requests", "ok", lambda s: s.ok),
     Row("Requests", "errors", lambda s: s.errors),
@@ -89,6 +103,20 @@ ROWS: tuple[Row, ...] = (
     Row("Resources", "server CPU % (mean)", lambda s: s.server_cpu_pct_mean),
     Row("Resources", "GPU util % (mean)", lambda s: s.gpu_util_mean),
     Row("Resources", "GPU memory (peak)", lambda s: s.gpu_mem_peak, fmt.size),
+    Row(SERVER_SECTION, "output tokens", _server("generation_tokens"), fmt.count),
+    Row(SERVER_SECTION, "prompt tokens", _server("prompt_tokens"), fmt.count),
+    Row(SERVER_SECTION, "cached prompt tokens", _server("cached_prompt_tokens"), fmt.count),
+    Row(SERVER_SECTION, "prefix-cache hits", _server("prefix_cache_hit_rate"), fmt.share),
+    Row(SERVER_SECTION, "output tok/s", _server("generation_tps")),
+    Row(SERVER_SECTION, "preemptions", _server("preemptions"), fmt.count),
+    Row(SERVER_SECTION, "TTFT ms (mean)", _server("ttft_ms_mean")),
+    Row(SERVER_SECTION, "TPOT ms (mean)", _server("tpot_ms_mean")),
+    Row(SERVER_SECTION, "queue ms (mean)", _server("queue_ms_mean")),
+    Row(SERVER_SECTION, "prefill ms (mean)", _server("prefill_ms_mean")),
+    Row(SERVER_SECTION, "E2E ms (mean)", _server("e2e_ms_mean")),
+    Row(SERVER_SECTION, "running (max)", _server("running_max"), fmt.count),
+    Row(SERVER_SECTION, "waiting (max)", _server("waiting_max"), fmt.count),
+    Row(SERVER_SECTION, "KV cache (max)", _server("kv_cache_usage_max"), fmt.share),
 )
 
 
@@ -116,9 +144,20 @@ def visible_rows(summary: RunSummary) -> list[Row]:
     return rows
 
 
-def _over_slo(slo: Slo, field: str | None, value: float | int | None) -> bool:
+def over_slo(slo: Slo, field: str | None, value: float | int | None) -> bool:
     limit = getattr(slo, field) if field else None
     return limit is not None and value is not None and value > limit
+
+
+def table_rows(summary: RunSummary) -> list[Row]:
+    """The rows the summary shows (terminal, HTML, image): measured ones, the offered rate."""
+    rows = visible_rows(summary)
+    rates = step_rates(summary.run.params)
+    if any(c.step in rates for c in columns(summary)):
+        offered = Row("Throughput", "offered req/s", lambda s: rates.get(s.step), _rate)
+        at = next(i for i, r in enumerate(rows) if r.section == "Throughput")
+        rows.insert(at, offered)
+    return rows
 
 
 def summary_table(summary: RunSummary) -> Table:
@@ -135,22 +174,14 @@ def summary_table(summary: RunSummary) -> Table:
             style="bold" if c is summary.overall and len(cols) > 1 else None,
         )
     section = None
-    rows = visible_rows(summary)
-    rates = step_rates(summary.run.params)
-    if any(c.step in rates for c in cols):
-        offered = Row("Throughput", "offered req/s", lambda s: rates.get(s.step), _rate)
-        at = next(i for i, r in enumerate(rows) if r.section == "Throughput")
-        rows.insert(at, offered)
-    for row in rows:
+    for row in table_rows(summary):
         if row.section != section and section is not None:
             table.add_section()
         cells: list[Text | str] = []
         for c in cols:
             value = row.get(c)
             text = row.show(value)
-            cells.append(
-                Text(text, style="red") if _over_slo(summary.slo, row.slo, value) else text
-            )
+            cells.append(Text(text, style="red") if over_slo(summary.slo, row.slo, value) else text)
         table.add_row(row.section if row.section != section else "", row.label, *cells)
         section = row.section
     return table
@@ -193,9 +224,10 @@ def header(summary: RunSummary, headline: str | None = None) -> Panel:
     lines = [
         _facts(
             ("scenario", Text(r.scenario or "—", "bold")),
-            ("model", Text(r.model or "—", "bold")),
+            ("model", Text(fmt.model_name(r.model) or "—", "bold")),
             ("on", r.backend or "—"),
             ("at", r.base_url),
+            ("server", server_name(o)),
         ),
         _facts(
             ("started", r.started_at[:19].replace("T", " ") + " UTC"),
@@ -212,6 +244,14 @@ def header(summary: RunSummary, headline: str | None = None) -> Panel:
     if headline:
         lines.append(Text(headline, style="bold"))
     return Panel(RichGroup(*lines), title=title, title_align="left", box=box.ROUNDED)
+
+
+def server_name(s: StepSummary) -> str:
+    """``llama.cpp b0-unknown``: the server's kind and version, from its own metrics."""
+    m = s.server_metrics
+    if m is None:
+        return ""
+    return f"{m.kind} {m.version}" if m.version else m.kind
 
 
 def key_numbers(o: StepSummary) -> str | None:

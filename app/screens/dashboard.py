@@ -18,7 +18,7 @@ from llmtop.app.widgets.metric_trend import MetricTrend
 from llmtop.app.widgets.percentile_table import PercentileTable
 from llmtop.app.widgets.requests_table import RequestsTable
 from llmtop.app.widgets.resources_panel import ResourcesPanel
-from llmtop.app.widgets.server_panel import ServerPanel
+from llmtop.app.widgets.server_panel import ServerPanel, server_activity
 from llmtop.app.widgets.status_line import RunStatus, StatusLine
 from llmtop.core import fmt
 from llmtop.live.snapshot import EMPTY_SNAPSHOT, Snapshot
@@ -34,11 +34,10 @@ class DashboardScreen(Screen[None]):
     """Live numbers of the current run and of the machine and server beside it."""
 
     AUTO_FOCUS = ""  # the requests table takes focus (and shows its cursor) when clicked
-    HORIZONTAL_BREAKPOINTS = [
-        (0, "-narrow"),
-        (110, "-wide"),
-    ]
-    VERTICAL_BREAKPOINTS = [(0, "-short"), (42, "-tall")]
+    # Textual declares these as instance variables (``ClassVar[...] | None``), so a ClassVar
+    # annotation here would not match its base; ruff's RUF012 wants one: Textual's type wins.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]  # noqa: RUF012
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (42, "-tall")]  # noqa: RUF012
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("l", "app.open_launcher", "Launch"),
         Binding("s", "app.stop_run", "Stop"),
@@ -79,6 +78,14 @@ class DashboardScreen(Screen[None]):
             yield RequestsTable(id="requests", classes="panel")
         yield Footer()
 
+    def watch_status(self, status: RunStatus) -> None:
+        if self.is_mounted:
+            table = self.query_one(RequestsTable)
+            if status.state == "starting":
+                table.empty_hint = f"the run is starting: {status.waiting or 'a moment'}"
+            else:
+                table.empty_hint = "no requests yet: press l to launch a run"
+
     def on_mount(self) -> None:
         self.query_one("#percentiles").border_title = "this run [dim]warm-up excluded[/]"
         self.query_one("#resources").border_title = "resources"
@@ -112,6 +119,8 @@ class DashboardScreen(Screen[None]):
         res.system_down = next((down[s] for s in SYSTEM_SOURCES if s in down), None)
         server = self.query_one(ServerPanel)
         server.servers = snap.servers
+        server.now_ns = snap.t_ns
+        self.query_one(StatusLine).server = server_activity(snap.servers)
         server.down = tuple(
             (s, r) for s, r in snap.down if s not in GPU_SOURCES and s not in SYSTEM_SOURCES
         )

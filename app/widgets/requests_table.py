@@ -53,6 +53,8 @@ class RequestsTable(Widget):
 
     rows_data: reactive[tuple[LiveRequest, ...]] = reactive(tuple)
     """In flight then finished, in display order."""
+    empty_hint: reactive[str] = reactive("no requests yet: press l to launch a run")
+    """What an empty table says (a starting run says what it waits for)."""
 
     def render(self) -> RenderResult:
         style = self.get_component_rich_style
@@ -64,7 +66,7 @@ class RequestsTable(Widget):
         }
         rows = self.rows_data
         if not rows:
-            return Text("no requests yet: press l to launch a run", style=muted)
+            return Text(self.empty_hint, style=muted)
         room = max(1, self.size.height - 1)
         shown = rows if len(rows) <= room else rows[: room - 1]
         table = Table.grid(padding=(0, 1))

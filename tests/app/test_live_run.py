@@ -15,6 +15,7 @@ from support.dashboard import MODEL, make_app, on_screen, wait_for
 from textual.notifications import Notify
 from textual.widgets import Input, Select
 
+from llmtop.app.app import stored_status
 from llmtop.app.screens.compare import CompareScreen
 from llmtop.app.screens.launcher import LauncherScreen
 from llmtop.app.screens.run_detail import RunDetailScreen
@@ -132,13 +133,13 @@ async def test_the_dashboard_measures_what_record_measures(fake_server, db_path,
     fake_server.log(clear=True)
     proc = run_llmtop("record", "--db", str(db_path), "--backend", "ollama", "--url",
                       fake_server.url, "--model", MODEL, "--requests", "6", "--max-tokens", "12",
-                      "--unique-prompts", "--json", "--quiet")  # fmt: skip
+                      "--unique-prompts", "--warmup", "0", "--json", "--quiet")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     recorded = json.loads(proc.stdout)
     record_logs = fake_server.log(clear=True)
 
     app = make_app(db_path, tmp_path / "cfg", backend="ollama", url=fake_server.url, model=MODEL,
-                   requests=6, max_tokens=12, unique_prompts=True, scenario=None)  # fmt: skip
+                   requests=6, max_tokens=12, unique_prompts=True, warmup=0, scenario=None)  # fmt: skip
     async with app.run_test(size=(120, 40)) as pilot:
         assert app.start_run(app.launch_settings)
         await wait_for(pilot, lambda: finished(app))
@@ -148,7 +149,7 @@ async def test_the_dashboard_measures_what_record_measures(fake_server, db_path,
     dash_logs = fake_server.log()
 
     db = open_readonly(db_path)
-    for run_id, logs in ((recorded["run_id"], record_logs), (dash_run, dash_logs)):
+    for run_id, logs in ((recorded["run"]["id"], record_logs), (dash_run, dash_logs)):
         by_number = {wire_truth.request_number(log.body): log for log in logs}
         print(wire_truth.check(wire_truth.from_database(db, run_id), by_number))
     stored = queries.run_summary(db, dash_run)
@@ -168,6 +169,8 @@ async def test_quitting_mid_run_closes_it_cancelled(fake_server, db_path, tmp_pa
     # the app waited for the recording to close the run: cancelled, what arrived kept
     run = queries.get_run(open_readonly(db_path), run_id)
     assert run is not None and run.status == "cancelled" and 1 <= run.n_requests < 100
+    # what `llmtop` prints on the way out: the stored status, not the last tick's "running"
+    assert stored_status(db_path, run_id) == "cancelled"
 
 
 async def test_a_killed_recording_process_is_reported_with_its_exit_code(

@@ -47,9 +47,9 @@ def test_runs_table_and_json(dbfile):
     assert proc.returncode == 0, proc.stderr
     assert "TTFT p50 ms" in proc.stdout and "100.0" in proc.stdout
     data = json.loads(run_llmtop("--db", str(dbfile), "runs", "--json").stdout)
-    assert [r["id"] for r in data] == [2, 1]
-    assert data[0]["requests"] == 2 and data[0]["errors"] == 1
-    assert data[1]["ttft_ms_p50"] == pytest.approx(100.0)
+    assert [r["run"]["id"] for r in data] == [2, 1]
+    assert data[0]["run"]["requests"] == 2 and data[0]["run"]["errors"] == 1
+    assert data[1]["overall"]["ttft_ms"]["p50"] == pytest.approx(100.0)
 
 
 def test_export_defaults_to_last_run_and_stdout(dbfile):
@@ -103,3 +103,23 @@ def test_not_sqlite_and_newer_schema_are_one_line(tmp_path):
     )
     db.close()
     assert_one_line_error(run_llmtop("export", "--csv", "--db", str(newer)), 1, "newer llmtop")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["runs", "--db", "{dir}"], "'llmtop runs --help'"),
+        (["report", "--db", "{dir}"], "is a directory"),
+        (["export", "--csv", "--db", "{dir}"], "is a directory"),
+        (["compare", "1", "2", "--db", "{dir}"], "'llmtop compare --help'"),
+        (["export", "--table", "nosuch"], "'nosuch' is not one of"),
+        (["runs", "--since"], "'llmtop runs --help'"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["--requests", "0"], "'llmtop --help'"),
+        (["record", "--concurrency", "0"], "'llmtop record --help'"),
+    ],
+)
+def test_every_usage_error_is_one_line(tmp_path, args, fragment):
+    """click's four-line usage box never reaches the user: one ``llmtop:`` line, exit 2."""
+    args = [a.replace("{dir}", str(tmp_path)) for a in args]
+    assert_one_line_error(run_llmtop(*args), 2, fragment)

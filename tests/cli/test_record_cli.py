@@ -84,13 +84,48 @@ def test_a_named_api_key_variable_that_is_unset_exits_2(server, tmp_path):
     assert_one_line_error(proc, 2, "LLMTOP_TEST_NO_SUCH_KEY")
 
 
+def _keys(value: object) -> object:
+    """The shape of a JSON value: its keys, recursively (lists by their first item)."""
+    if isinstance(value, dict):
+        return {k: _keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_keys(value[0])] if value else []
+    return None
+
+
+def test_record_runs_and_report_print_one_shape_of_a_run(server, tmp_path):
+    db = tmp_path / "shape.db"
+    proc = record(server, db, "--requests", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    recorded = json.loads(proc.stdout)
+    (listed,) = json.loads(run_llmtop("runs", "--json", "--db", str(db)).stdout)
+    reported = json.loads(run_llmtop("report", "--json", "--db", str(db)).stdout)
+    shared = ("run", "slo", "overall", "steps")
+    for out in (recorded, listed, reported):
+        assert {k: _keys(out[k]) for k in shared} == {k: _keys(listed[k]) for k in shared}
+        assert out["run"] == listed["run"]
+    assert recorded["overall"]["ttft_ms"] == reported["overall"]["ttft_ms"]
+    assert set(listed) == set(shared)  # runs adds nothing; record and report add their own keys
+    assert "recording" in recorded and "breakdown" in reported
+
+
+def test_by_default_each_worker_warms_up_once_and_is_left_out(server, tmp_path):
+    proc = record(server, tmp_path / "w.db", "--requests", "3", "--concurrency", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert (out["overall"]["n"], out["overall"]["warmup"]) == (3, 2)
+    none = record(server, tmp_path / "w.db", "--requests", "3", "--warmup", "0", "--json")
+    assert json.loads(none.stdout)["overall"]["warmup"] == 0
+
+
 def test_json_summary_warmup_left_out_and_flags_stored(server, tmp_path):
     proc = record(server, tmp_path / "j.db", "--requests", "3", "--warmup", "2", "--json",
                   "--name", "smoke", "--temperature", "0.3")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # not a terminal: no progress bar noise
     out = json.loads(proc.stdout)
-    assert (out["run_id"], out["status"], out["error"]) == (1, "finished", None)
+    assert (out["run"]["id"], out["run"]["status"], out["run"]["error"]) == (1, "finished", None)
+    assert out["recording"]["status"] == "finished" and out["recording"]["failure"] is None
     assert out["run"]["name"] == "smoke" and out["run"]["backend"] == "ollama"
     assert out["overall"]["n"] == 3 and out["overall"]["warmup"] == 2
     step = out["steps"][0]
@@ -143,7 +178,8 @@ def test_ctrl_c_marks_the_run_cancelled_and_keeps_what_arrived(tmp_path):
     with FakeServer({"m": slow}) as srv:
         proc = subprocess.Popen(
             [llmtop_exe(), "record", "--backend", "ollama", "--url", srv.url, "--model", "m",
-             "--requests", "10", "--concurrency", "2", "--db", str(tmp_path / "c.db")],
+             "--requests", "10", "--concurrency", "2", "--warmup", "0",
+             "--db", str(tmp_path / "c.db")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         wait_for(lambda: sum(len(r.sends) >= 3 for r in srv.log()) >= 2)
@@ -194,6 +230,19 @@ def test_progress_is_drawn_on_a_terminal(server, tmp_path):
     assert "run 1 · temperature" in proc.stdout
 
 
+@pytest.mark.parametrize("url", ["refused", "http://not-a-url", "ftp://x"])
+def test_a_url_given_is_that_server_or_one_line_naming_it(url, tmp_path):
+    """``--url`` under ``auto`` never falls back to the bundled engine (a mistyped vLLM port
+    must not read back believable numbers from a 135M model)."""
+    url = refused_url() if url == "refused" else url
+    proc = run_llmtop("record", "--url", url, "--requests", "1", "--db", str(tmp_path / "u.db"))
+    assert_one_line_error(proc, 2 if url.startswith("ftp") else 1, url)
+    runs = (
+        queries.list_runs(open_readonly(tmp_path / "u.db")) if (tmp_path / "u.db").exists() else []
+    )
+    assert all(r.backend != "engine" for r in runs)
+
+
 def test_auto_and_engine_go_through_the_backend_factory(server, tmp_path):
     """``auto`` finds Ollama at OLLAMA_HOST; ``engine --url`` uses an engine already serving
     (the fake speaks the engine's Ollama API), so neither starts a model here."""
@@ -208,3 +257,12 @@ def test_auto_and_engine_go_through_the_backend_factory(server, tmp_path):
     assert [(r.backend, r.base_url, r.status) for r in reversed(runs)] == [
         ("ollama", server.url, "finished"), ("engine", server.url, "finished")
     ]  # fmt: skip
+
+
+def test_fewer_requests_than_workers_is_a_warning_not_an_error(server, tmp_path):
+    proc = record(server, tmp_path / "w.db", "--requests", "2", "--concurrency", "4", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "llmtop: warning: step 'default' sends 2 requests with concurrency 4: never more than 2 "
+        "in flight (give --requests 4 or more)"
+    ]

@@ -61,7 +61,7 @@ def test_known_timings_read_back_from_the_database(
     proc = run_llmtop(
         "record", "--backend", backend, "--url", url_for(timed_server, backend), "--model", model,
         "--requests", str(requests), "--concurrency", str(concurrency), "--db", str(db_path),
-        "--quiet", "--unique-prompts",
+        "--quiet", "--unique-prompts", "--warmup", "0",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     db, run_id, rows = last_run(db_path)
@@ -101,8 +101,8 @@ def test_each_fault_fails_its_request_with_one_clear_line_and_the_run_goes_on(tm
         srv.script(*(b for *_, b in FAULT_SCRIPT))
         proc = run_llmtop(
             "record", "--backend", backend, "--url", url_for(srv, backend), "--model", "m",
-            "--requests", str(len(FAULT_SCRIPT)), "--timeout", "0.5", "--db",
-            str(tmp_path / "f.db"),
+            "--requests", str(len(FAULT_SCRIPT)), "--timeout", "0.5", "--warmup", "0",
+            "--db", str(tmp_path / "f.db"),
         )  # fmt: skip
     assert proc.returncode == 0, proc.stderr  # some succeeded: the run finished
     _, _, rows = last_run(tmp_path / "f.db")
@@ -146,7 +146,7 @@ def test_a_constant_rate_step_keeps_its_rate_on_the_wire(tmp_path):
     with FakeServer({"m": Behavior(ttft_ms=10, itl_ms=5, tokens=4)}, process=True) as srv:
         proc = run_llmtop("record", "--backend", "ollama", "--url", srv.url, "--model", "m",
                           "--rate", "20", "--arrival", "constant", "--requests", "30",
-                          "--db", str(tmp_path / "r.db"), "--quiet")  # fmt: skip
+                          "--warmup", "0", "--db", str(tmp_path / "r.db"), "--quiet")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     _, _, rows = last_run(tmp_path / "r.db")
     starts = starts_s(rows)
@@ -164,7 +164,7 @@ def test_poisson_arrivals_with_a_seed_are_the_same_every_run(tmp_path):
         for _ in range(2):
             proc = run_llmtop("record", "--backend", "openai", "--url", srv.openai_url,
                               "--model", "m", "--rate", "40", "--seed", "7", "--requests", "24",
-                              "--db", str(tmp_path / "p.db"), "--quiet")  # fmt: skip
+                              "--warmup", "0", "--db", str(tmp_path / "p.db"), "--quiet")  # fmt: skip
             assert proc.returncode == 0, proc.stderr
             runs.append(starts_s(last_run(tmp_path / "p.db")[2]))
     for starts in runs:

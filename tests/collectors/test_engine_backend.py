@@ -79,6 +79,7 @@ async def test_the_engine_is_stopped_when_the_run_fails():
 
 
 async def test_an_engine_that_exits_is_reported_with_its_last_line():
+    """Its own "llmtop: " prefix is dropped: the CLI puts one in front of the whole message."""
     cmd = [sys.executable, "-c", "import sys; print('loading'); "
            "print('llmtop: no model file smollm2', file=sys.stderr); sys.exit(3)"]  # fmt: skip
     with pytest.raises(SourceError) as e:
@@ -86,7 +87,7 @@ async def test_an_engine_that_exits_is_reported_with_its_last_line():
             pass
     assert (
         str(e.value)
-        == "the llmtop engine exited with code 3 before it answered: llmtop: no model file smollm2"
+        == "the llmtop engine exited with code 3 before it answered: no model file smollm2"
     )
 
 
@@ -196,6 +197,46 @@ async def test_auto_starts_the_engine_when_ollama_does_not_answer(monkeypatch):
         pid = b.server_pid
         await b.check("smollm2")
     assert pid is not None and gone(pid)
+
+
+async def test_auto_says_why_it_starts_the_engine_and_what_the_start_waits_for(monkeypatch):
+    url = refused_url()
+    monkeypatch.setenv("OLLAMA_HOST", url)
+    heard: list[tuple[str, bool]] = []
+
+    def on_status(text: str, *, notice: bool = False) -> None:
+        heard.append((text, notice))
+
+    async with make_backend("auto", engine_command=STANDIN, on_status=on_status) as b:
+        assert b.name == "engine"
+    notices = [t for t, n in heard if n]
+    assert notices == [f"no Ollama at {url} (connection refused): measuring the bundled engine instead"]  # fmt: skip
+    progress = [t for t, n in heard if not n]
+    assert progress and all(t.startswith("starting the llmtop engine (") for t in progress)
+
+
+async def test_auto_with_a_url_measures_that_server_whichever_api_it_speaks():
+    with FakeServer({"m": Behavior(tokens=2)}) as srv:
+        async with make_backend("auto", srv.url, engine_command=["false"]) as b:
+            assert (b.name, b.base_url) == ("ollama", srv.url)
+        async with make_backend("auto", srv.openai_url, engine_command=["false"]) as b:
+            assert (b.name, b.base_url) == ("openai", srv.openai_url)
+            sink = Sink()
+            await b.stream(GenerationRequest(1, 1, "m", "hi"), sink)
+            assert sink.finished(1).output_tokens == 2
+
+
+async def test_auto_with_a_url_where_nothing_answers_fails_and_starts_nothing():
+    url = refused_url()
+    b = make_backend("auto", url, engine_command=STANDIN)
+    with pytest.raises(SourceError) as e:
+        await b.__aenter__()
+    text = str(e.value)
+    assert f"nothing at {url} answers as Ollama" in text and "OpenAI-compatible" in text
+    assert "connection refused" in text and "\n" not in text
+    assert b.server_pid is None  # no engine was started in its place
+    with pytest.raises(UsageError, match="bad URL 'not-a-url:x'"):
+        make_backend("auto", "not-a-url:x")
 
 
 async def test_the_engine_backend_can_use_an_engine_already_running():

@@ -16,10 +16,20 @@ import pytest
 import torch
 from tiny_gguf import write_tiny_gguf
 
+from llmtop.engine import native
 from llmtop.engine.errors import ModelLoadError
 from llmtop.engine.loader import LoadedModel, default_model_path, load_model
 
 DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.fixture
+def kernels() -> None:
+    """Skip where the engine's C kernels cannot run (no AVX-512 VNNI or no compiler). A fixture,
+    not a ``skipif(native.library() is None)`` mark: a mark's condition runs when the module is
+    collected, before ``private_dirs`` has moved the kernels' cache into the session's temp dir."""
+    if native.library() is None:
+        pytest.skip("no AVX-512 VNNI or no compiler")
 
 
 @pytest.fixture(autouse=True, scope="module")

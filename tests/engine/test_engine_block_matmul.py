@@ -13,9 +13,7 @@ from llmtop.engine.gguf import Q, TensorData, read_gguf
 from llmtop.engine.loader import load_model
 from llmtop.engine.quant import DenseLinear, Int4Linear, q4_linear, q8_linear
 
-needs_kernels = pytest.mark.skipif(
-    native.library() is None, reason="no AVX-512 VNNI or no compiler"
-)
+needs_kernels = pytest.mark.usefixtures("kernels")
 GEN = torch.Generator().manual_seed(0)
 
 

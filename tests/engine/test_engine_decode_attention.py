@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmtop.engine import native
 from llmtop.engine.decode_attention import cache_dtype, decode_attention, usable
 
-pytestmark = pytest.mark.skipif(native.library() is None, reason="no AVX-512 VNNI or no compiler")
+pytestmark = pytest.mark.usefixtures("kernels")
 GEN = torch.Generator().manual_seed(0)
 
 

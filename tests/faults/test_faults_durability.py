@@ -71,7 +71,7 @@ def wait_until(cond: Callable[[], bool], timeout: float = 60.0, what: str = "") 
 
 def record_cmd(srv: FakeServer, model: str, db: Path, *extra: str) -> list[str]:
     return [llmtop_exe(), "record", "--backend", "ollama", "--url", srv.url, "--model", model,
-            "--unique-prompts", "--quiet", "--db", str(db), *extra]  # fmt: skip
+            "--unique-prompts", "--quiet", "--warmup", "0", "--db", str(db), *extra]  # fmt: skip
 
 
 def _env() -> dict[str, str]:
@@ -273,7 +273,7 @@ async def test_dashboard_beside_recorder(tmp_path):
         try:
             wait_until(lambda: _ok_requests(db) >= 10, what="the recorder's first requests")
             launch = RunFlags(**{"backend": "ollama", "url": srv.url, "model": "m",
-                                     "requests": 40, "concurrency": 2, "name": "dashboard"})  # fmt: skip
+                                     "requests": 40, "concurrency": 2, "name": "dashboard", "warmup": 0})  # fmt: skip
             app = LlmtopApp(DashboardConfig(db_path=db, config_dir=tmp_path / "cfg", launch=launch,
                                             start_now=True, watch=False, tick_s=0.05))  # fmt: skip
             async with app.run_test(size=(140, 44)) as pilot:

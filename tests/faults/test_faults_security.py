@@ -141,7 +141,7 @@ def recorded(tmp_path_factory) -> Recorded:
     tmp = tmp_path_factory.mktemp("security")
     rec = Recorded(tmp, tmp / "sec.db")
     db = str(rec.db)
-    common = ("--model", "fake", "--db", db, "--timeout", "5", "--sample-hz", "1")
+    common = ("--model", "fake", "--db", db, "--timeout", "5", "--sample-hz", "1", "--warmup", "0")
     with FakeServer(api_key=KEY_ENV) as srv_a, FakeServer(api_key=KEY_NAMED) as srv_b:
         srv_a.script(*SCRIPT_ENV)
         rec.procs["env"] = run_llmtop(

@@ -380,7 +380,7 @@ def record_meets_a_full_queue(s: Served) -> None:
     proc = run_llmtop("record", "--backend", "ollama", "--url", s.sp.url, "--model", MODEL,
                       "--requests", "16", "--concurrency", "16", "--max-tokens", "48",
                       "--temperature", "0", "--prompt", "Count from 1 to 100.",
-                      "--sample-hz", "1", "--json", "--db", str(db))  # fmt: skip
+                      "--sample-hz", "1", "--warmup", "0", "--json", "--db", str(db))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     overall = json.loads(proc.stdout)["overall"]
     with closing(sqlite3.connect(db)) as conn:

@@ -55,7 +55,8 @@ def _gone_mid_run(api: str, tmp: Path) -> dict[str, Any]:
         port = srv.port
         cmd = [llmtop_exe(), "record", "--backend", api, "--url", _url(srv, api), "--model",
                "fake", "--requests", str(REQUESTS), "--concurrency", "1", "--unique-prompts",
-               "--timeout", str(TIMEOUT_S), "--sample-hz", "1", "--json", "--db", str(db)]  # fmt: skip
+               "--timeout", str(TIMEOUT_S), "--sample-hz", "1", "--warmup", "0", "--json",
+               "--db", str(db)]  # fmt: skip
         env = {**os.environ, "NO_COLOR": "1", "OPENAI_API_KEY": ""}
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=env)  # fmt: skip
@@ -108,7 +109,7 @@ def gone_mid_run(request: pytest.FixtureRequest, api: str, tmp: Path) -> None:
     assert all(r["chunks"] == 0 and r["e2e_ms"] >= 0 for r in rows[3:]), rows[3:]
     # The summary counts them by kind; the run is finished (some requests succeeded).
     summary = json.loads(proc.stdout)
-    assert summary["status"] == "finished"
+    assert summary["recording"]["status"] == "finished"
     assert summary["overall"]["errors"] == REQUESTS - 2
     protocol = REQUESTS - 2 - len(after)
     assert summary["overall"]["error_kinds"] == {"protocol": protocol, "connect": len(after)}
@@ -122,7 +123,7 @@ def refused_at_start(request: pytest.FixtureRequest, api: str, tmp: Path) -> Non
     host = url.removeprefix("http://").split("/")[0]
     assert_one_line_error(proc, 1, host, "connection refused")
     summary = json.loads(proc.stdout)  # --json still tells a script how it ended
-    assert summary["status"] == "failed" and host in summary["error"]
+    assert summary["recording"]["status"] == "failed" and host in summary["recording"]["error"]
     assert summary["overall"]["n"] == 0
     run = queries.get_run(open_readonly(db), 1)
     assert run is not None and run.status == "failed" and host in (run.error or "")

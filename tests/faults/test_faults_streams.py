@@ -212,7 +212,8 @@ def _record(api: str, tmp_path) -> tuple[subprocess.Popen[str], FakeServer, list
     url = srv.url if api == "ollama" else srv.openai_url
     cmd = [llmtop_exe(), "record", "--backend", api, "--url", url, "--model", "fake",
            "--requests", str(len(order)), "--concurrency", "1", "--unique-prompts",
-           "--timeout", str(TIMEOUT_S), "--sample-hz", "1", "--json", "--db", str(db)]  # fmt: skip
+           "--timeout", str(TIMEOUT_S), "--sample-hz", "1", "--warmup", "0", "--json",
+           "--db", str(db)]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"} | {"NO_COLOR": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     return proc, srv, order
@@ -284,7 +285,7 @@ def test_the_run_goes_on_and_the_summary_counts_the_errors(recorded, api):
     assert rec.proc.returncode == 0, rec.proc.stderr
     assert rec.proc.stderr == ""
     summary = json.loads(rec.proc.stdout)
-    assert summary["status"] == "finished" and summary["run"]["status"] == "finished"
+    assert summary["recording"]["status"] == "finished" and summary["run"]["status"] == "finished"
     errors = [r for r in rec.rows.values() if r["status"] == "error"]
     kinds: dict[str, int] = {}
     for r in errors:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import threading
 
@@ -20,11 +21,17 @@ P = (Prompt("a", "alpha"),)
 
 
 def plan_of(scenario: Scenario, **kw) -> RecordPlan:
+    """A plan of ``scenario``, without the default warm-up unless it asks for one: these tests
+    count requests exactly (warm-up has tests of its own)."""
+    if scenario.warmup is None:
+        scenario = dataclasses.replace(scenario, warmup=0)
     return RecordPlan(scenario=scenario, backend="scripted", model="m", **kw)
 
 
 async def run(tmp_path, scenario: Scenario, backend: ScriptedBackend, **kw):
-    rec = Recording(plan_of(scenario, **kw), tmp_path / "r.db", backend_factory=lambda p: backend)
+    rec = Recording(
+        plan_of(scenario, **kw), tmp_path / "r.db", backend_factory=lambda p, _s: backend
+    )
     return rec, await rec.run()
 
 
@@ -99,7 +106,7 @@ async def test_unreachable_backend_leaves_a_failed_run_naming_it(tmp_path):
 async def test_unknown_model_fails_at_check(tmp_path):
     be = ScriptedBackend(models=("other",))
     rec = Recording(plan_of(Scenario("s", (Step("x", P),))), tmp_path / "r.db",
-                    backend_factory=lambda p: be)  # fmt: skip
+                    backend_factory=lambda p, _s: be)  # fmt: skip
     res = await rec.run()
     assert res.status == "failed" and "not found" in res.error and res.sent == 0
 
@@ -108,11 +115,11 @@ async def test_no_model_given_picks_the_only_one_or_asks(tmp_path):
     scenario = Scenario("s", (Step("x", P, requests=1),))
     plan = RecordPlan(scenario=scenario, backend="scripted")
     res = await Recording(
-        plan, tmp_path / "r.db", backend_factory=lambda p: ScriptedBackend()
+        plan, tmp_path / "r.db", backend_factory=lambda p, _s: ScriptedBackend()
     ).run()
     assert res.status == "finished" and res.model == "m"
     two = ScriptedBackend(models=("a", "b"))
-    res = await Recording(plan, tmp_path / "r.db", backend_factory=lambda p: two).run()
+    res = await Recording(plan, tmp_path / "r.db", backend_factory=lambda p, _s: two).run()
     assert res.failure == "usage" and "--model" in res.error and "a, b" in res.error
 
 
@@ -121,7 +128,7 @@ async def test_stop_cancels_in_flight_and_keeps_what_arrived(tmp_path):
     be = ScriptedBackend(ttft_ms=0, tokens=5, gate=gate)
     seen_tokens = asyncio.Event()
     rec = Recording(plan_of(Scenario("s", (Step("x", P, requests=10, concurrency=3),))),
-                    tmp_path / "r.db", backend_factory=lambda p: be,
+                    tmp_path / "r.db", backend_factory=lambda p, _s: be,
                     on_event=lambda e: seen_tokens.set() if isinstance(e, TokenReceived) and e.request_id == 3 else None)  # fmt: skip
     task = asyncio.create_task(rec.run())
     await seen_tokens.wait()
@@ -164,7 +171,7 @@ async def test_on_event_sees_every_event_and_its_errors_do_not_stop_the_run(tmp_
 
     be = ScriptedBackend(tokens=2)
     rec = Recording(plan_of(Scenario("s", (Step("x", P, requests=2),))), tmp_path / "r.db",
-                    backend_factory=lambda p: be, on_event=on_event)  # fmt: skip
+                    backend_factory=lambda p, _s: be, on_event=on_event)  # fmt: skip
     res = await rec.run()
     assert res.status == "finished"
     kinds = [type(e).__name__ for e in seen if not isinstance(e, SourceDown)]
@@ -186,7 +193,7 @@ def test_recording_thread_runs_and_stops_from_another_thread(tmp_path):
 
     scenario = Scenario("s", (Step("x", P, requests=None, duration_s=60, concurrency=1),))
     th = RecordingThread(plan_of(scenario), tmp_path / "r.db", on_event,
-                         backend_factory=lambda p: be)  # fmt: skip
+                         backend_factory=lambda p, _s: be)  # fmt: skip
     th.start()
     assert started.wait(30)
     assert th.run_created.is_set() and th.run_id == 1
@@ -201,7 +208,7 @@ def test_recording_thread_runs_and_stops_from_another_thread(tmp_path):
 def test_recording_thread_stopped_before_it_starts_records_nothing(tmp_path):
     done = []
     th = RecordingThread(plan_of(Scenario("s", (Step("x", P, requests=5),))), tmp_path / "r.db",
-                         on_done=done.append, backend_factory=lambda p: ScriptedBackend())  # fmt: skip
+                         on_done=done.append, backend_factory=lambda p, _s: ScriptedBackend())  # fmt: skip
     th.stop()
     th.start()
     assert th.join(10)
@@ -223,7 +230,7 @@ async def test_a_full_disk_fails_the_run_and_keeps_what_was_written(tmp_path):
 
     be = FillsTheDisk(ttft_ms=0, itl_ms=0, tokens=3000)
     rec = Recording(plan_of(Scenario("s", (Step("x", P, requests=10),))), path,
-                    backend_factory=lambda p: be)  # fmt: skip
+                    backend_factory=lambda p, _s: be)  # fmt: skip
     res = await rec.run()
     assert res.status == "failed" and res.failure == "storage"
     assert "disk full" in res.error and str(path) in res.error
@@ -233,3 +240,26 @@ async def test_a_full_disk_fails_the_run_and_keeps_what_was_written(tmp_path):
     assert conn.execute("select status from requests where id = 1").fetchone() == ("ok",)
     assert conn.execute("select count(*) from tokens where request_id = 1").fetchone()[0] == 3000
     assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+
+
+async def test_what_the_start_waits_for_is_heard_then_cleared(tmp_path):
+    """The backend's start (an engine loading) is told to the recording's status sink; once
+    requests go out the status is empty, so displays show the requests instead."""
+    heard: list[tuple[str, bool]] = []
+    be = ScriptedBackend()
+
+    def factory(plan, on_status):
+        on_status("loading the fake model", notice=False)
+        on_status("no fake Ollama: measuring the fake engine", notice=True)
+        return be
+
+    rec = Recording(
+        plan_of(Scenario("s", (Step("x", P, requests=2),))), tmp_path / "r.db",
+        backend_factory=factory, on_status=lambda t, notice=False: heard.append((t, notice)),
+    )  # fmt: skip
+    res = await rec.run()
+    assert res.status == "finished"
+    assert ("loading the fake model", False) in heard
+    assert ("no fake Ollama: measuring the fake engine", True) in heard
+    assert any(t.startswith("checking that") for t, _ in heard)
+    assert rec.status == ""

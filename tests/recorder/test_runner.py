@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import statistics
@@ -72,6 +73,20 @@ async def test_warmup_uses_the_first_step_and_is_flagged():
         (1, True, "first", "x"), (2, True, "first", "x"), (3, False, "first", "x"),
         (4, False, "first", "y"),
     ]  # fmt: skip
+
+
+async def test_default_warmup_is_one_per_worker_sent_together():
+    """Without ``warmup``, the busiest step's workers each get one warm-up request, in flight at
+    once, so a batching server has every slot warm before the first timed request."""
+    be = ScriptedBackend(ttft_ms=5, tokens=2)
+    runner, _ = make_runner(be)
+    scenario = Scenario("s", (Step("c1", P, requests=1), Step("c3", P, requests=3, concurrency=3)))
+    assert scenario.warmup is None and scenario.warmup_requests == 3
+    assert await runner.warmup(scenario) == 3
+    assert [r.warmup for r in be.requests] == [True, True, True]
+    assert be.max_in_flight == 3
+    zero = dataclasses.replace(scenario, warmup=0)
+    assert await runner.warmup(zero) == 0 and len(be.requests) == 3
 
 
 def test_constant_offsets_are_exact():

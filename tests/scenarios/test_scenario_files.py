@@ -22,7 +22,7 @@ def test_the_builtins_follow_the_seed_benchmarks():
         "What is AI?", "Explain the concept of ma", "Describe the architecture"
     ]  # fmt: skip
     assert {(s.concurrency, s.arrival) for s in basic.steps} == {(1, "closed")}
-    assert basic.warmup == 1
+    assert basic.warmup is None and basic.warmup_requests == 1  # one per worker
     lengths = load_scenario("prompt-length")
     chars = [len(s.prompts[0].text) for s in lengths.steps]
     assert [s.name for s in lengths.steps] == ["tiny", "short", "medium", "long", "very-long"]
@@ -34,6 +34,7 @@ def test_the_builtins_follow_the_seed_benchmarks():
     assert len({s.prompts for s in temps.steps}) == 1
     conc = load_scenario("concurrency")
     assert [s.concurrency for s in conc.steps] == [1, 2, 4, 8]
+    assert conc.warmup_requests == 8  # every slot of the busiest step is warm
     soak = load_scenario("soak")
     assert soak.steps[0].duration_s == 30 and soak.steps[0].requests is None
     assert soak.sample_hz == 4

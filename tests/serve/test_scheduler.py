@@ -21,7 +21,7 @@ from llmtop.engine import native
 from llmtop.engine.jobs import Done, Job, JobHandle, Piece, SamplingParams
 from llmtop.engine.loader import LoadedModel, load_model
 from llmtop.engine.model import QUERY_BLOCK
-from llmtop.engine.runner import Chunk, ModelRunner
+from llmtop.engine.model_runner import Chunk, ModelRunner
 from llmtop.engine.scheduler import Scheduler
 
 

@@ -73,6 +73,8 @@ class Stream:
         self._pending_head: bytes | None = None
         self.started = False
         self.ended = False
+        self.headers: dict[str, str] = {}
+        """Extra response headers (a persona's ``Server:``), sent with either kind of answer."""
 
     @property
     def closed(self) -> bool:
@@ -82,7 +84,8 @@ class Stream:
         """Begin a chunked response; the head goes out with the first write."""
         self.started = True
         self._pending_head = _head(
-            status, {"Content-Type": content_type, "Transfer-Encoding": "chunked"}
+            status,
+            {**self.headers, "Content-Type": content_type, "Transfer-Encoding": "chunked"},
         )
 
     def _send(self, data: bytes) -> None:
@@ -120,6 +123,7 @@ class Stream:
         if resp.status == 0:
             return
         headers = {
+            **self.headers,
             "Content-Type": resp.content_type,
             "Content-Length": str(len(resp.body)),
             **resp.headers,

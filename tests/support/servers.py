@@ -18,6 +18,10 @@ Each model name maps to a ``Behavior``; a model the server does not have gets a 
 server words it. ``default`` (if given) answers any other model name. ``script`` queues behaviours
 that the next generation requests take, in arrival order, whatever their model.
 
+``FakeServer(persona=Persona("llama.cpp"))`` plays a real server recorded on this machine (vLLM
+0.32 or llama-server): its /metrics page with moving counters, its headers, its version
+(fake_personas.py).
+
 Endpoints: ``POST /api/generate``, ``/api/chat`` (NDJSON; headers go out with the first chunk, as
 Ollama does), ``POST /v1/chat/completions``, ``/v1/completions`` (SSE; headers and the role chunk at
 once, as vLLM does; ``stream_options.include_usage`` honoured; ``"stream": false`` answers one JSON
@@ -87,13 +91,15 @@ if __package__ in (None, ""):  # run as a script: python tests/support/servers.p
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from fake_app import State, serve_forever
     from fake_faults import FAULTS, Behavior, Fault, RequestLog
+    from fake_personas import Persona
 else:
     from .fake_app import State, serve_forever
     from .fake_faults import FAULTS, Behavior, Fault, RequestLog
+    from .fake_personas import Persona
 
 __all__ = [
-    "FAULTS", "Behavior", "FakeServer", "Fault", "RequestLog", "raise_priority", "refused_url",
-    "restore_priority",
+    "FAULTS", "Behavior", "FakeServer", "Fault", "Persona", "RequestLog", "raise_priority",
+    "refused_url", "restore_priority",
 ]  # fmt: skip
 
 
@@ -161,6 +167,7 @@ class FakeServer:
         realtime: run the subprocess at real-time priority (SCHED_FIFO, else nice -10, when
             allowed) so that other load on a shared machine cannot make it late; for timing
             tests, not for floods (it would starve its core).
+        persona: play a real server (fake_personas.py): its /metrics, headers, version.
     """
 
     def __init__(
@@ -173,9 +180,11 @@ class FakeServer:
         port: int = 0,
         api_key: str | None = None,
         realtime: bool = False,
+        persona: Persona | None = None,
     ) -> None:
         self._cfg = _config_json(models or {"fake": Behavior()}, default)
         self._cfg["api_key"] = api_key
+        self._cfg["persona"] = None if persona is None else asdict(persona)
         self.process = process
         self.cpus = cpus
         self.port = port

@@ -1,5 +1,5 @@
-"""The engine server as a program: ``python -c "import torch, sys; from llmtop.engine.serve_main
-import main; sys.exit(main(sys.argv[1:]))" [options]`` (``python -m llmtop.engine.serve_main``
+"""The engine server as a program: ``python -c "import torch, sys; from llmtop.engine.program
+import main; sys.exit(main(sys.argv[1:]))" [options]`` (``python -m llmtop.engine.program``
 works too, a little slower).
 
 ``llmtop serve`` checks its options and then replaces itself (exec, same pid) with that program,
@@ -18,24 +18,20 @@ from __future__ import annotations
 
 import torch
 
-import argparse
 import errno
+import os
 import socket
 import sys
 
-from llmtop.engine import serving
-from llmtop.engine.admission import DEFAULT_MAX_QUEUE
-from llmtop.engine.api_common import DEFAULT_MAX_BODY_BYTES
+from llmtop.engine import assemble
 from llmtop.engine.errors import EngineError
-from llmtop.engine.server import (
-    DEFAULT_IDLE_TIMEOUT_S,
-    ServeOptions,
-    bind_socket,
-    is_loopback,
-    run,
-)
+from llmtop.engine.http_server import bind_socket, is_loopback, run
+from llmtop.engine.serve_options import ServeOptions, parse_argv
 
 assert torch  # imported for its side effect on this process only
+
+READY_PREFIX = "llmtop serve: listening on "
+"""Launchers (collectors/engine.py) wait for a stdout line starting with this; keep it stable."""
 
 
 class ServeFailed(Exception):
@@ -46,29 +42,32 @@ class ServeFailed(Exception):
         self.code = code
 
 
-def parse(argv: list[str] | None) -> ServeOptions:
-    p = argparse.ArgumentParser(prog="llmtop serve")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=11435)
-    p.add_argument("--model", default="smollm2")
-    p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--ctx", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
-    p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE)
-    p.add_argument("--idle-timeout", type=int, default=DEFAULT_IDLE_TIMEOUT_S)
-    a = p.parse_args(argv)
-    return ServeOptions(
-        a.host,
-        a.port,
-        a.model,
-        a.max_batch,
-        a.ctx,
-        a.threads,
-        a.max_body_bytes,
-        a.max_queue,
-        a.idle_timeout,
-    )
+PROGRESS_ENV = "LLMTOP_SERVE_PROGRESS"
+"""``lines``: the start's progress as lines on stderr even when it is not a terminal (llmtop's
+own launcher sets it and relays the last line). Otherwise a pipe gets only warnings, errors and
+the ready line, so a script sees one error line when the start fails."""
+_status_shown = False
+
+
+def _say(text: str) -> None:
+    """The start's progress on stderr (stdout carries the ready line, a contract with launchers):
+    one line rewritten in place on a terminal, lines when asked for, else nothing."""
+    global _status_shown
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r\033[Kllmtop serve: {text}")
+        sys.stderr.flush()
+        _status_shown = True
+    elif os.environ.get(PROGRESS_ENV) == "lines":
+        print(f"llmtop serve: {text}", file=sys.stderr, flush=True)
+
+
+def _clear() -> None:
+    """Erase the progress line on a terminal before a line that stays."""
+    global _status_shown
+    if _status_shown:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+        _status_shown = False
 
 
 def serve(options: ServeOptions) -> None:
@@ -95,14 +94,13 @@ def serve(options: ServeOptions) -> None:
         raise ServeFailed(f"cannot listen on {host}:{port}: {e.strerror or e}", 1) from None
     try:
         try:
-            served = serving.load(options)
+            served = assemble.start(options, progress=_say)
         except EngineError as e:
             raise ServeFailed(str(e), 2) from None
 
         def ready(url: str) -> None:
-            print(
-                f"llmtop serve: listening on {url} (model {served.service.card.name})", flush=True
-            )
+            _clear()
+            print(f"{READY_PREFIX}{url} (model {served.service.card.name})", flush=True)
 
         run(
             sock,
@@ -116,13 +114,22 @@ def serve(options: ServeOptions) -> None:
         sock.close()
 
 
+def _parse(argv: list[str] | None) -> ServeOptions:
+    try:
+        return parse_argv(argv)
+    except ValueError as e:  # llmtop serve checked the options before it exec'd this program
+        raise ServeFailed(str(e), 2) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        serve(parse(argv))
+        serve(_parse(argv))
     except ServeFailed as e:
+        _clear()
         print(f"llmtop: {e}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
+        _clear()
         print("llmtop: interrupted", file=sys.stderr)
         return 130
     return 0

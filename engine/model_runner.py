@@ -76,7 +76,8 @@ class ModelRunner:
         pos = torch.arange(start, start + t, device=self._device)[None]  # [1, T]
         slots = CacheSlots.of([slot], start + t, self._device)
         last = torch.tensor([t - 1], device=self._device)
-        return self.model(tokens, pos, self.cache, slots, last, prompt=True)[0]
+        logits: torch.Tensor = self.model(tokens, pos, self.cache, slots, last, prompt=True)
+        return logits[0]
 
     def decode(
         self, slots: Sequence[int], tokens: Sequence[int], positions: Sequence[int]
@@ -85,7 +86,8 @@ class ModelRunner:
         tok = torch.tensor(list(tokens), dtype=torch.long, device=self._device)[:, None]  # [B, 1]
         pos = torch.tensor(list(positions), dtype=torch.long, device=self._device)[:, None]
         view = CacheSlots.of(list(slots), max(positions) + 1, self._device)
-        return self.model(tok, pos, self.cache, view)[:, 0]  # [B, V]
+        logits: torch.Tensor = self.model(tok, pos, self.cache, view)  # [B, 1, V]
+        return logits[:, 0]
 
     def step(
         self,

@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from llmtop.engine.admission import DEFAULT_MAX_QUEUE, Admission, AdmittedHandle
-from llmtop.engine.api_common import DEFAULT_MAX_BODY_BYTES, ApiError
+from llmtop.engine.admission import Admission, AdmittedHandle
+from llmtop.engine.api_common import ApiError
 from llmtop.engine.errors import RequestError
 from llmtop.engine.jobs import Job, JobHandle, Piece, SamplingParams
+from llmtop.engine.serve_options import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUE
 
 
 @dataclass(frozen=True, slots=True)

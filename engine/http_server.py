@@ -1,9 +1,7 @@
 """The engine's HTTP server: Ollama's and OpenAI's APIs and /metrics on starlette + uvicorn.
 
-``serve()`` binds the socket first (a taken port fails before the model loads), loads the model,
-starts the scheduler thread, then prints one ready line, the signal launchers wait for:
-
-    llmtop serve: listening on http://127.0.0.1:PORT (model smollm2)
+``run()`` serves an already bound socket until SIGINT/SIGTERM; the program (program.py) binds
+it first, so that a taken port fails before the model loads.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import uvicorn
 from starlette.applications import Starlette
@@ -22,37 +19,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from llmtop.engine.admission import DEFAULT_MAX_QUEUE
-from llmtop.engine.api_common import DEFAULT_MAX_BODY_BYTES
 from llmtop.engine.api_ollama import OllamaApi
 from llmtop.engine.api_openai import OpenAIApi
 from llmtop.engine.metrics import CONTENT_TYPE, EngineMetrics
-from llmtop.engine.service import ModelService
-
-DEFAULT_IDLE_TIMEOUT_S = 30
-READY_PREFIX = "llmtop serve: listening on "
-"""Launchers (collectors/engine.py) wait for a stdout line starting with this; keep it stable."""
-
-
-@dataclass(frozen=True, slots=True)
-class ServeOptions:
-    """``llmtop serve``'s options."""
-
-    host: str = "127.0.0.1"
-    port: int = 11435
-    model: str = "smollm2"
-    """``smollm2`` (the bundled model) or a path to a Llama-architecture GGUF file."""
-    max_batch: int = 8
-    context_length: int | None = None
-    """Tokens per sequence; ``None``: ``DEFAULT_CONTEXT`` or the model's own if shorter."""
-    threads: int | None = None
-    """torch CPU threads for the engine; ``None``: torch's default (one per core)."""
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    """A larger request body is refused with 413 (before it is read, when its length is sent)."""
-    max_queue: int = DEFAULT_MAX_QUEUE
-    """Requests waiting for a batch slot; more are refused with 503 and ``Retry-After``."""
-    idle_timeout_s: int = DEFAULT_IDLE_TIMEOUT_S
-    """A connection that has not completed a request for this long is closed."""
+from llmtop.engine.model_service import ModelService
+from llmtop.engine.serve_options import DEFAULT_IDLE_TIMEOUT_S
+from llmtop.engine.version import server_header
 
 
 def create_app(service: ModelService, metrics: EngineMetrics) -> Starlette:
@@ -149,8 +121,10 @@ class _Protocol(H11Protocol):
     to complete its next request's headers; a request in progress (a long stream) is never cut.
     """
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # type: ignore[arg-type]
+    # uvicorn's H11Protocol narrows asyncio.Protocol's BaseTransport to Transport (and ignores the
+    # same error itself); ours takes what uvicorn's takes.
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
         self._deadline: asyncio.TimerHandle | None = None
         self._arm()
 
@@ -213,6 +187,8 @@ def run(
         lifespan="off",
         timeout_graceful_shutdown=5,
         timeout_keep_alive=idle_timeout_s,
+        server_header=False,  # ours instead: clients (and llmtop's auto) can tell it from Ollama
+        headers=[("server", server_header())],
     )
     url = url_of(sock)
     _Server(config, lambda: on_ready(url), on_stop).run(sockets=[sock])

@@ -1,0 +1,96 @@
+"""The kernels' build cache (engine/native.py): a build is named by the compiler's path and
+``--version``, the flags and the sources; building one removes the other keys' builds; a cache
+that cannot be used costs one warning and the torch kernels, never an error."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llmtop.engine import native
+from llmtop.engine.cache_dir import default_cache_dir
+
+REAL_CC = shutil.which(native.compiler() or "cc")
+needs_compiler = pytest.mark.skipif(
+    REAL_CC is None or not native.cpu_supported(), reason="no C compiler or no VNNI"
+)
+
+
+@pytest.fixture
+def kernel_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty engine cache for one test, and ``library()`` forgotten before and after."""
+    monkeypatch.setenv("LLMTOP_ENGINE_CACHE", str(tmp_path / "engine"))
+    native.library.cache_clear()
+    yield native.cache_dir()
+    native.library.cache_clear()
+
+
+def fake_compiler(path: Path, version: str) -> str:
+    """A ``cc`` at ``path`` that says it is ``version`` and compiles with the real one."""
+    path.write_text(
+        f'#!/bin/sh\nif [ "$1" = --version ]; then echo "{version}"; exit 0; fi\nexec {REAL_CC} "$@"\n'
+    )
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_the_key_follows_the_compiler_version_and_the_flags(tmp_path, monkeypatch):
+    cc = fake_compiler(tmp_path / "cc", "cc 12.2.0")
+    before = native.build_key(cc)
+    assert native.build_key(cc) == before  # stable
+    fake_compiler(tmp_path / "cc", "cc 13.1.0")  # upgraded behind the same path
+    assert native.build_key(cc) != before
+    fake_compiler(tmp_path / "cc", "cc 12.2.0")
+    assert native.build_key(cc) == before
+    monkeypatch.setattr(native, "CFLAGS", [*native.CFLAGS, "-DSOMETHING"])
+    assert native.build_key(cc) != before
+
+
+@pytest.mark.slow  # two builds
+@needs_compiler
+def test_a_new_build_removes_the_stale_ones(kernel_cache, tmp_path, monkeypatch):
+    cc = fake_compiler(tmp_path / "cc", "cc 1.0")
+    monkeypatch.setenv("CC", cc)
+    kernel_cache.mkdir(parents=True)
+    (kernel_cache / f"{native.LIB_PREFIX}0123456789abcdef.so").write_bytes(b"an old build")
+    (kernel_cache / "notes.txt").write_text("not ours to remove")
+    assert native.library() is not None
+    first = native.target_path(cc)
+    assert sorted(p.name for p in kernel_cache.iterdir()) == [first.name, "notes.txt"]
+
+    fake_compiler(tmp_path / "cc", "cc 2.0")  # the compiler was upgraded
+    native.library.cache_clear()
+    assert native.library() is not None
+    second = native.target_path(cc)
+    assert second != first
+    assert sorted(p.name for p in kernel_cache.iterdir()) == [second.name, "notes.txt"]
+
+
+@needs_compiler
+def test_a_build_in_place_is_reused(kernel_cache):
+    assert native.library() is not None
+    built = native.target_path(native.compiler() or "cc")
+    mtime = built.stat().st_mtime_ns
+    native.library.cache_clear()
+    assert native.library() is not None
+    assert built.stat().st_mtime_ns == mtime
+
+
+@needs_compiler
+def test_an_unusable_cache_costs_one_warning(kernel_cache, caplog):
+    kernel_cache.parent.mkdir(parents=True)
+    kernel_cache.write_text("a file where the kernels' directory should be")
+    with caplog.at_level(logging.WARNING, logger=native.__name__):
+        assert native.library() is None
+    assert len(caplog.records) == 1, caplog.text
+    assert "using torch's kernels" in caplog.records[0].getMessage()
+
+
+def test_the_tests_keep_out_of_the_users_cache(private_dirs):
+    """conftest's ``private_dirs``: the engine's caches are in the session's temp dir."""
+    assert native.cache_dir().is_relative_to(private_dirs)
+    assert default_cache_dir().is_relative_to(private_dirs)
