@@ -130,9 +130,13 @@ def start_launcher() -> tuple[subprocess.Popen[str], int]:
 
 def test_ctrl_c_stops_the_engine():
     proc, child = start_launcher()
-    proc.send_signal(signal.SIGINT)
-    proc.wait(60)  # a wait: under load its Python took 20 s and more to wind down
-    assert gone(child)
+    try:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)  # a wait: under load its Python took 20 s and more to wind down
+        assert gone(child)
+    finally:  # a failed wait left the launcher and its engine running past the suite
+        proc.kill()
+        proc.wait()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
