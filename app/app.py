@@ -159,7 +159,12 @@ class LlmtopApp(App[None]):
     # --- the tick ----------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Read the aggregator; hand a new snapshot to the dashboard only when it changed."""
+        """Read the aggregator; hand a new snapshot to the dashboard only when it changed.
+
+        Not once the app is shutting down: the timer runs in a task of its own, so a tick can
+        come while the screens' widgets are being removed, and would find them gone."""
+        if not self.is_running:
+            return
         snap = self.aggregator.snapshot()
         if snap is not self._snap:
             self._snap = snap

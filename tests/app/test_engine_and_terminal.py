@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from support.dashboard import make_app, refused_url, wait_for
+from support.wire_truth import LATE_MS
 
 from llmtop.app.widgets.percentile_table import PercentileTable
 from llmtop.storage import queries
@@ -96,11 +97,12 @@ def test_llmtop_in_a_real_terminal(fake_server, tmp_path):
         assert "ollama" in screen and "basic" in screen
         term.keys("C-s")
         screen = term.wait_for("finished", "run #1", timeout=90)
-        # the run's numbers are on the screen: 9 measured requests, TTFT near 200 ms
+        # the run's numbers are on the screen: 9 measured requests, TTFT the server's 200 ms
+        # (a busy machine only adds to it: support/wire_truth.py's room for a late read)
         row = re.search(r"│ TTFT ms +(\S+) +(\S+)", screen)
         assert row is not None, screen
         n, mean = row.groups()
-        assert n == "9" and 195 < float(mean.replace(",", "")) < 215, row.group(0)
+        assert n == "9" and 195 < float(mean.replace(",", "")) < 200 + LATE_MS, row.group(0)
         term.keys("r")
         screen = term.wait_for("history", "basic", "finished")
         term.keys("Escape")

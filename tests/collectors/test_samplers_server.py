@@ -114,7 +114,7 @@ def test_server_root_strips_the_openai_path():
     assert server_root("http://h/proxy/v1") == "http://h/proxy"
 
 
-async def collect(sampler, want, timeout=10):
+async def collect(sampler, want, timeout=30):
     got = []
     enough = asyncio.Event()
 
