@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -263,6 +264,10 @@ class Watchdog:
 # --- one streamed request ------------------------------------------------------------------------
 
 _RETRY = object()
+"""The server refused an optional field that is now dropped: send again (counts as an attempt)."""
+_STALE = object()
+"""A pooled connection was found closed before any answer: send again on a new one (not counted)."""
+MAX_ATTEMPTS = 3
 
 
 async def stream_request(
@@ -276,22 +281,28 @@ async def stream_request(
 ) -> None:
     """POST one request and stream its answer into events; see base.py for the rules.
 
-    Retries (same request, the first ``RequestStarted`` kept, t0 taken again) happen only when a
-    reused keep-alive connection turns out closed before any answer, or when ``retry_on_status``
-    says a 4xx was caused by an optional field it has now dropped.
+    Sent again (same request, the first ``RequestStarted`` kept, t0 taken again at the new write)
+    when a reused keep-alive connection turns out closed before any answer: once, on a new
+    connection, not counted as an attempt (collectors/http.py says why); and when
+    ``retry_on_status`` says a 4xx was caused by an optional field it has now dropped, up to
+    ``MAX_ATTEMPTS`` attempts, after which the server's own answer is the error.
     """
     wd = Watchdog(state, client.timeouts)
     task = asyncio.current_task()
     assert task is not None
     try:
-        for _ in range(3):
-            if (
-                await _attempt(client, url, make_body(), state, make_parser, wd, retry_on_status)
-                is not _RETRY
-            ):
+        attempts = 0
+        fresh = False
+        while True:
+            attempts += 1
+            retry = retry_on_status if attempts < MAX_ATTEMPTS else None
+            outcome = await _attempt(client, url, make_body(), state, make_parser, wd, retry, fresh)
+            if outcome is _STALE:
+                client.stale_connection()
+                attempts -= 1
+                fresh = True  # a new connection is never stale: this happens once at most
+            elif outcome is not _RETRY:
                 break
-        else:
-            state.fail("protocol", "gave up after 3 attempts")
     except StreamError as e:
         state.fail(e.kind, e.message, e.http_status)
     except TimeoutError as e:  # an OSError; from the socket layer, not our watchdog
@@ -309,6 +320,18 @@ async def stream_request(
         wd.stop()
 
 
+def _os_cause(e: BaseException) -> str:
+    """What an OS-level failure was, in words: "connection reset by peer", not aiohttp's
+    "Can not write request body for URL"."""
+    errno = getattr(e, "errno", None)
+    if errno:
+        return os.strerror(errno).lower()
+    cause = e.__cause__ or e.__context__
+    if isinstance(cause, OSError) and cause.errno:
+        return os.strerror(cause.errno).lower()
+    return one_line(e) or type(e).__name__
+
+
 async def _attempt(
     client: HttpClient,
     url: URL,
@@ -317,11 +340,12 @@ async def _attempt(
     make_parser: Callable[[RequestState], StreamParser],
     wd: Watchdog,
     retry_on_status: Callable[[int, str], bool] | None,
+    fresh: bool,
 ) -> object:
     sent = SendTrace(st.written)
     path = url.path
     try:
-        resp = await client.session.post(url, data=body, trace_request_ctx=sent)
+        resp = await client.session_for(fresh).post(url, data=body, trace_request_ctx=sent)
     except aiohttp.ClientConnectorError as e:
         raise StreamError(
             "connect", f"cannot connect to {e.host}:{e.port}: {connect_reason(e)}"
@@ -332,14 +356,21 @@ async def _attempt(
         ) from None
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
         if sent.reused and st.chunks == 0:
-            return _RETRY  # the server closed an idle kept-alive connection as we reused it
+            return _STALE  # the server had closed this kept-alive connection while it idled
+        again = " (on a new connection too)" if fresh else ""
+        if isinstance(e, aiohttp.ServerDisconnectedError):
+            raise StreamError(
+                "protocol", f"the server closed the connection before answering{again}"
+            ) from None
         raise StreamError(
-            "protocol", f"the server closed the connection before answering ({one_line(e)})"
+            "protocol", f"the connection failed before an answer{again}: {_os_cause(e)}"
         ) from None
     except aiohttp.ClientResponseError as e:
         raise StreamError(
             "protocol", f"invalid HTTP response from POST {path}: {one_line(e.message)}"
         ) from None
+    if sent.reused:
+        client.reused_ok += 1
     if st.t0_ns is None:  # no trace fired (cannot happen with aiohttp 3.9-3.14): the best we know
         st.written(st.t_begin_ns)
     clean = False
@@ -390,7 +421,7 @@ async def _attempt(
         if st.done:
             return None
         raise StreamError(
-            "protocol", f"connection lost after {st.chunks} chunks: {one_line(e)}"
+            "protocol", f"connection lost after {st.chunks} chunks: {_os_cause(e)}"
         ) from None
     finally:
         if clean:

@@ -54,6 +54,12 @@ Faults (``Behavior.fault``; ``fault_after`` = content chunks sent before a mid-s
 ``ignore_stream``      answers one JSON document although a stream was asked for
 =====================  ================================================================
 
+Connections: ``FakeServer(conn=ConnPolicy(close_after_response=True))`` closes every connection
+after its response, ``ConnPolicy(idle_close_ms=N)`` closes one left idle for N ms, and
+``llama_server_conn()`` replays llama-server's recorded response headers (``Keep-Alive: timeout=5,
+max=100``) and closes after every response, as it does. ``srv.conn_counts()`` says how many
+connections it accepted and closed for idleness.
+
 ``Behavior(raw=...)`` sends a body of your own making byte for byte (``raw_chunk`` bytes per write,
 ``trickle_ms`` apart), for wire-format cases no fault covers. ``FakeServer(api_key="k")`` makes
 the OpenAI endpoints answer 401 unless ``Authorization: Bearer k`` is sent.
@@ -87,14 +93,40 @@ if __package__ in (None, ""):  # run as a script: python tests/support/servers.p
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from fake_app import State, serve_forever
     from fake_faults import FAULTS, Behavior, Fault, RequestLog
+    from fake_http import ConnPolicy
 else:
     from .fake_app import State, serve_forever
     from .fake_faults import FAULTS, Behavior, Fault, RequestLog
+    from .fake_http import ConnPolicy
 
 __all__ = [
-    "FAULTS", "Behavior", "FakeServer", "Fault", "RequestLog", "raise_priority", "refused_url",
-    "restore_priority",
+    "FAULTS", "Behavior", "ConnPolicy", "FakeServer", "Fault", "RequestLog", "llama_server_conn",
+    "raise_priority", "refused_url", "restore_priority",
 ]  # fmt: skip
+
+REAL_SERVERS = Path(__file__).resolve().parent.parent / "data" / "real-servers"
+"""Raw responses recorded from real servers (see each file's first lines for how)."""
+
+
+def recorded_headers(name: str) -> dict[str, str]:
+    """The response headers of a curl ``-v`` trace in ``tests/data/real-servers/`` (``< `` lines
+    after the status line), the body framing (Content-Type, Transfer-Encoding) left out."""
+    out: dict[str, str] = {}
+    for line in (REAL_SERVERS / name).read_text().splitlines():
+        if line.startswith("< ") and ":" in line and not line.startswith("< HTTP/"):
+            key, _, value = line[2:].partition(":")
+            if key.lower() not in ("content-type", "transfer-encoding", "content-length"):
+                out[key.strip()] = value.strip()
+    return out
+
+
+def llama_server_conn(*, late: bool = False) -> ConnPolicy:
+    """llama.cpp's llama-server as recorded: ``Keep-Alive: timeout=5, max=100``, then it closes
+    the connection after every response (issue 16); ``late``: the close reaches the client only
+    once it sends the next request on that connection (``ConnPolicy.close_on_next_request``)."""
+    headers = recorded_headers("llama-server-stream-headers.txt")
+    assert headers.get("Keep-Alive") == "timeout=5, max=100", headers
+    return ConnPolicy(close_after_response=True, close_on_next_request=late, headers=headers)
 
 
 def _precise_loop() -> asyncio.AbstractEventLoop:
@@ -158,6 +190,7 @@ class FakeServer:
         port: the port to listen on (default: a free one). The server polls with select(2) for
             its timer precision, which caps it at about 1,000 connections.
         api_key: require ``Authorization: Bearer <api_key>`` on the OpenAI endpoints.
+        conn: how connections are treated (closed after each response, after idling...).
         realtime: run the subprocess at real-time priority (SCHED_FIFO, else nice -10, when
             allowed) so that other load on a shared machine cannot make it late; for timing
             tests, not for floods (it would starve its core).
@@ -173,9 +206,12 @@ class FakeServer:
         port: int = 0,
         api_key: str | None = None,
         realtime: bool = False,
+        conn: ConnPolicy | None = None,
     ) -> None:
         self._cfg = _config_json(models or {"fake": Behavior()}, default)
         self._cfg["api_key"] = api_key
+        if conn is not None:
+            self._cfg["conn"] = asdict(conn)
         self.process = process
         self.cpus = cpus
         self.port = port
@@ -278,6 +314,10 @@ class FakeServer:
     def script(self, *behaviors: Behavior) -> None:
         """The next ``len(behaviors)`` generation requests take these, in arrival order."""
         self._control("config", {"script": [asdict(b) for b in behaviors]})
+
+    def conn_counts(self) -> dict[str, int]:
+        """``connections`` accepted and ``idle_closed`` (closed for idleness) so far."""
+        return dict(self._control("conn"))
 
     def log(self, clear: bool = False) -> list[RequestLog]:
         """Generation requests so far, in arrival order (``clear``: and forget them)."""
