@@ -13,7 +13,7 @@ import time
 import pytest
 from support.cli import run_llmtop
 from support.collect import Sink
-from support.servers import Behavior, ConnPolicy, FakeServer, llama_server_conn
+from support.servers import REAL_SERVERS, Behavior, ConnPolicy, FakeServer, llama_server_conn
 
 from llmtop.collectors.openai_compat import OpenAIBackend
 from llmtop.core.events import RequestFinished
@@ -32,8 +32,13 @@ def wait_for_idle_close(srv: FakeServer, n: int, timeout_s: float = 10.0) -> Non
         assert time.monotonic() < deadline, "the server never closed the idle connection"
 
 
+LLAMA_BODY = (REAL_SERVERS / "llama-server-stream-body.txt").read_text()
+"""One streamed chat completion as llama-server sent it: 5 tokens, usage and timings."""
+
+
 async def test_a_server_that_closes_after_every_response_is_detected():
-    with FakeServer({"m": Behavior(tokens=3)}, conn=llama_server_conn()) as srv:
+    llama = Behavior(raw=LLAMA_BODY)  # its headers, its body, its close
+    with FakeServer({"m": llama}, conn=llama_server_conn()) as srv:
         sink = Sink()
         async with OpenAIBackend(srv.openai_url) as b:
             for i in range(8):  # sequential: each request goes out as the last one ends
@@ -50,7 +55,7 @@ async def test_a_server_that_closes_after_every_response_is_detected():
         server = by_prompt[f"req-{i}"]
         # t0 is the write that reached the server: after a dead connection's write, if any
         assert started.t_ns <= fin.t_start_ns <= server.t_recv_ns
-        assert fin.chunks == 3
+        assert fin.chunks == fin.output_tokens == 5
 
 
 async def test_a_connection_closed_while_idle_is_replaced_without_failing():
