@@ -135,7 +135,7 @@ class RequestState:
                     r.run_id, r.request_id, t_ns, step=r.step, prompt_label=r.prompt_label,
                     prompt_chars=len(r.prompt) + len(r.system or ""), concurrency=r.concurrency,
                     temperature=r.temperature, max_tokens=r.max_tokens, warmup=r.warmup,
-                    params=self.params,
+                    params=self.params, t_scheduled_ns=r.t_scheduled_ns,
                 )
             )  # fmt: skip
 
@@ -357,13 +357,12 @@ async def _attempt(
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
         if sent.reused and st.chunks == 0:
             return _STALE  # the server had closed this kept-alive connection while it idled
-        again = " (on a new connection too)" if fresh else ""
-        if isinstance(e, aiohttp.ServerDisconnectedError):
-            raise StreamError(
-                "protocol", f"the server closed the connection before answering{again}"
-            ) from None
+        why = [] if isinstance(e, aiohttp.ServerDisconnectedError) else [_os_cause(e)]
+        if fresh:
+            why.append("on a new connection too")
+        detail = f" ({'; '.join(why)})" if why else ""
         raise StreamError(
-            "protocol", f"the connection failed before an answer{again}: {_os_cause(e)}"
+            "protocol", f"the server closed the connection before answering{detail}"
         ) from None
     except aiohttp.ClientResponseError as e:
         raise StreamError(

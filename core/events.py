@@ -51,6 +51,9 @@ class RequestStarted:
     max_tokens: int | None = None
     warmup: bool = False
     params: dict[str, Any] = field(default_factory=dict)
+    t_scheduled_ns: int | None = None
+    """When an open-loop schedule had it due (``None`` in a closed loop): ``t_ns`` minus this is
+    how late it went out (schedule lag)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,24 @@ class ServerSampled:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientSampled:
+    """llmtop's own process over the last interval: how late its event loop woke (a probe timer,
+    recorder/loop_probe.py) and how much CPU it used. ``worker`` is the recording process (0,
+    or the worker's number with ``--workers``)."""
+
+    run_id: int | None
+    t_ns: int
+    worker: int
+    loop_lag_ms_p50: float | None
+    loop_lag_ms_p99: float | None
+    loop_lag_ms_max: float | None
+    cpu_pct: float | None
+    """The process's CPU over the interval, % of one core (all its threads)."""
+    loop_cpu_pct: float | None
+    """The event loop's thread alone, % of one core: near 100 it cannot keep up."""
+
+
+@dataclass(frozen=True, slots=True)
 class SourceDown:
     """A server or sampler cannot be read (no NVIDIA driver, server gone): normal, shown as data."""
 
@@ -170,5 +191,6 @@ Event = (
     | ResourcesSampled
     | GpuSampled
     | ServerSampled
+    | ClientSampled
     | SourceDown
 )

@@ -20,6 +20,7 @@ from typing import assert_never
 
 from llmtop.core import metrics
 from llmtop.core.events import (
+    ClientSampled,
     Event,
     GpuSampled,
     RequestFailed,
@@ -31,6 +32,7 @@ from llmtop.core.events import (
     TokenReceived,
 )
 from llmtop.core.metrics import EMPTY_STATS, Slo
+from llmtop.core.self_check import ClientCheck, bottleneck
 from llmtop.core.server_series import canonical_values
 from llmtop.live.snapshot import (
     EMPTY_SNAPSHOT,
@@ -61,6 +63,9 @@ MAX_SAMPLES = 240
 """Resource and server samples kept per series: two minutes at the samplers' 2 Hz."""
 MAX_FINISHED = 50
 """Finished requests kept for the requests panel, newest first."""
+CLIENT_WINDOW = 5
+"""Self-check samples (one a second per process) the live verdict looks at: a few seconds, so
+one slow second shows without the warning flickering."""
 
 
 OLLAMA_LOADED = "ollama:loaded:"
@@ -251,6 +256,7 @@ class Aggregator:
         self._step = ""
         self._open: dict[int, _Open] = {}
         self._finished: deque[LiveRequest] = deque(maxlen=MAX_FINISHED)
+        self._client: dict[int, deque[ClientSampled]] = {}
         self._window: deque[tuple[int, float | None, float | None]] = deque(maxlen=MAX_SERIES)
         self._ttft: list[float] = []  # sorted, measured ok requests
         self._tpot: list[float] = []
@@ -308,6 +314,11 @@ class Aggregator:
                 self._down.pop(ev.source, None)
             case SourceDown():
                 self._down[ev.source] = ev.reason
+            case ClientSampled():
+                if ev.run_id is not None:
+                    self._request_run(ev.run_id)
+                q = self._client.setdefault(ev.worker, deque(maxlen=CLIENT_WINDOW))
+                q.append(ev)
             case _:
                 assert_never(ev)
 
@@ -423,6 +434,25 @@ class Aggregator:
             down=tuple(sorted(self._down.items())),
             in_flight=tuple(o.view() for o in self._open.values()),
             finished=tuple(self._finished),
+            client=(client := self._client_check()),
+            bottleneck=bottleneck(client, self._table.ttft_ms.p50),  # the table is built above
+        )
+
+    def _client_check(self) -> ClientCheck | None:
+        """The last few seconds of every process: the worst lag and loop, the CPU added up."""
+        if not self._client:
+            return None
+        recent = [q[-1] for q in self._client.values()]
+        p99s = [e.loop_lag_ms_p99 for q in self._client.values() for e in q]
+        loops = [e.loop_cpu_pct for q in self._client.values() for e in q]
+        cpus = [e.cpu_pct for e in recent if e.cpu_pct is not None]
+        p50s = [e.loop_lag_ms_p50 for e in recent if e.loop_lag_ms_p50 is not None]
+        return ClientCheck(
+            loop_lag_ms_p50=max(p50s) if p50s else None,
+            loop_lag_ms_p99=max((v for v in p99s if v is not None), default=None),
+            cpu_pct=sum(cpus) if cpus else None,
+            loop_cpu_pct=max((v for v in loops if v is not None), default=None),
+            workers=len(self._client),
         )
 
     def _resources(self) -> Resources | None:

@@ -29,6 +29,7 @@ from llmtop.collectors.system import SystemSampler, host_info, local_port
 from llmtop.core.errors import SourceError, StorageError, UsageError
 from llmtop.core.events import Event
 from llmtop.core.requests import StatusSink, no_status
+from llmtop.recorder.loop_probe import LoopProbe, new_event_loop
 from llmtop.recorder.plan import (
     BackendFactory,
     FailureKind,
@@ -91,6 +92,8 @@ class Recording:
         self.backend_name = plan.backend
         self.base_url = plan.url or ""
         self.model = plan.model or ""
+        self.probe: LoopProbe | None = None
+        """llmtop's own loop lag and CPU while requests go out (recorder/loop_probe.py)."""
 
     # --- control ---------------------------------------------------------------------------
 
@@ -226,6 +229,7 @@ class Recording:
             self.run_created.set()
             try:
                 status = await self._run_body(backend)
+                await self._store_client_check(writer)
             except Exception as e:  # a bug: close the run as failed so it does not stay running
                 with contextlib.suppress(StorageError):
                     await writer.finish_run(self.run_id, "failed", f"internal error: {e!r}")
@@ -238,6 +242,12 @@ class Recording:
             return self._result(status)
         finally:
             await backend.__aexit__(None, None, None)
+
+    async def _store_client_check(self, writer: EventWriter) -> None:
+        """Keep the self-check with the run (its schedule lag is read from the requests)."""
+        if self.probe is not None and self.run_id is not None and writer.error is None:
+            with contextlib.suppress(StorageError):
+                await writer.set_client_check(self.run_id, self.probe.summary().as_dict())
 
     async def _only_model(self, backend: Backend) -> str:
         models = await backend.list_models()
@@ -306,6 +316,8 @@ class Recording:
                 before_request=self._before_request,
             )  # fmt: skip
             self.status = ""  # requests go out now: the progress is theirs
+            self.probe = LoopProbe(self._emit, self.run_id)
+            self.probe.start()
             try:
                 await runner.warmup(scenario)
                 for i, step in enumerate(scenario.steps):
@@ -317,6 +329,8 @@ class Recording:
             except* _Stopped:
                 raise _Stopped from None
         finally:
+            if self.probe is not None:
+                self.probe.stop()
             for t in tasks:
                 t.cancel()
             for t in tasks:
@@ -429,7 +443,7 @@ class RecordingThread:
         return self._thread.is_alive()
 
     def _main(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = new_event_loop()
         with self._lock:
             self._loop = loop
         try:

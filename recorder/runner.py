@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
@@ -93,7 +94,9 @@ class Runner:
         self._ids = itertools.count(1)
         self.sent = 0
 
-    def request(self, step: Step, index: int, *, warmup: bool = False) -> GenerationRequest:
+    def request(
+        self, step: Step, index: int, *, warmup: bool = False, t_scheduled_ns: int | None = None
+    ) -> GenerationRequest:
         """The ``index``-th request of ``step``: prompts taken in turn, labels attached."""
         request_id = next(self._ids)
         prompt = step.prompts[index % len(step.prompts)]
@@ -112,6 +115,7 @@ class Runner:
             prompt_label=prompt.label,
             concurrency=step.concurrency,
             warmup=warmup,
+            t_scheduled_ns=t_scheduled_ns,
         )
 
     async def _send(self, req: GenerationRequest) -> None:
@@ -171,6 +175,10 @@ class Runner:
         assert step.rate is not None
         loop = asyncio.get_running_loop()
         deadline = None if step.duration_s is None else started + step.duration_s
+        # The schedule in perf_counter_ns, the clock of every event: each request keeps when it
+        # was due beside when it went out (schedule lag). loop.time() is the same clock on Linux
+        # (CLOCK_MONOTONIC); it only paces the sleeps.
+        started_ns = time.perf_counter_ns() - round((loop.time() - started) * 1e9)
         slots = asyncio.Semaphore(step.concurrency) if step.concurrency else None
         offsets = arrival_offsets(step.arrival, step.rate, step_rng(step.seed, step_index))
 
@@ -194,4 +202,5 @@ class Runner:
                 await self.before_request()
                 if slots is not None:
                     await slots.acquire()
-                tg.create_task(one(self.request(step, i)))
+                due_ns = started_ns + round(offset * 1e9)
+                tg.create_task(one(self.request(step, i, t_scheduled_ns=due_ns)))

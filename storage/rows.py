@@ -12,6 +12,7 @@ import sqlite3
 from typing import Any, assert_never
 
 from llmtop.core.events import (
+    ClientSampled,
     Event,
     GpuSampled,
     RequestFailed,
@@ -29,6 +30,7 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "chunks", "concurrency", "temperature", "max_tokens", "warmup", "t_start_ns", "t_first_ns",
     "t_end_ns", "ttft_ms", "e2e_ms", "tpot_ms", "decode_tps", "overall_tps", "server_ttft_ms",
     "server_tps", "load_ms", "done_reason", "status", "error_kind", "http_status", "error",
+    "t_scheduled_ns",
 )  # fmt: skip
 UPSERT_REQUEST = (
     f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
@@ -52,12 +54,16 @@ INSERT_SERVER = (
     "INSERT INTO server_samples (run_id, t_ns, source, key, value) VALUES (?, ?, ?, ?, ?)"
 )
 INSERT_DOWN = "INSERT INTO source_down (run_id, t_ns, source, reason) VALUES (?, ?, ?, ?)"
+INSERT_CLIENT = (
+    "INSERT INTO client_samples (run_id, t_ns, worker, loop_lag_ms_p50, loop_lag_ms_p99,"
+    " loop_lag_ms_max, cpu_pct, loop_cpu_pct) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class Batch:
     """Rows of one flush, built on the writer thread from a list of events."""
 
-    __slots__ = ("downs", "gpus", "requests", "samples", "servers", "tokens")
+    __slots__ = ("clients", "downs", "gpus", "requests", "samples", "servers", "tokens")
 
     def __init__(self) -> None:
         self.tokens: list[tuple[int, int, int, int, int, int]] = []
@@ -66,6 +72,7 @@ class Batch:
         self.gpus: list[tuple[Any, ...]] = []
         self.servers: list[tuple[Any, ...]] = []
         self.downs: list[tuple[Any, ...]] = []
+        self.clients: list[tuple[Any, ...]] = []
 
 
 class RowBuilder:
@@ -108,6 +115,7 @@ class RowBuilder:
                         max_tokens=ev.max_tokens,
                         warmup=int(ev.warmup),
                         t_start_ns=ev.t_ns,
+                        t_scheduled_ns=ev.t_scheduled_ns,
                     )
                 case RequestFinished():
                     m = request_metrics(ev)
@@ -167,6 +175,13 @@ class RowBuilder:
                     )
                 case SourceDown():
                     b.downs.append((ev.run_id, ev.t_ns, ev.source, ev.reason))
+                case ClientSampled():
+                    b.clients.append(
+                        (
+                            ev.run_id, ev.t_ns, ev.worker, ev.loop_lag_ms_p50, ev.loop_lag_ms_p99,
+                            ev.loop_lag_ms_max, ev.cpu_pct, ev.loop_cpu_pct,
+                        )
+                    )  # fmt: skip
                 case TokenReceived():
                     pass
                 case _:
@@ -197,3 +212,5 @@ def write_batch(conn: sqlite3.Connection, b: Batch) -> None:
         conn.executemany(INSERT_SERVER, b.servers)
     if b.downs:
         conn.executemany(INSERT_DOWN, b.downs)
+    if b.clients:
+        conn.executemany(INSERT_CLIENT, b.clients)

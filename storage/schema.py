@@ -20,6 +20,7 @@ TABLES: tuple[str, ...] = (
     "gpu_samples",
     "server_samples",
     "source_down",
+    "client_samples",
 )
 """Every table llmtop owns, in the order export and deletion walk them."""
 
@@ -131,6 +132,27 @@ def m001_initial(db: Database) -> None:
     db.table("gpu_samples").create_index(["run_id", "t_ns"])
     db.table("server_samples").create_index(["run_id", "t_ns"])
     db.table("runs").create_index(["status"])
+
+
+@MIGRATIONS()
+def m002_client_self_check(db: Database) -> None:
+    """llmtop checking itself (issue 17): each open-loop request's scheduled time beside the
+    time it went out (``t_start_ns``), the run's own loop lag and CPU, and their time series."""
+    db.table("requests").add_column("t_scheduled_ns", int)
+    db.table("runs").add_column("client_json", str)  # core/self_check.ClientCheck, at the end
+    db.table("client_samples").create(
+        {
+            "run_id": int,
+            "t_ns": int,
+            "worker": int,  # 0, or the worker process's number with --workers
+            "loop_lag_ms_p50": float,
+            "loop_lag_ms_p99": float,
+            "loop_lag_ms_max": float,
+            "cpu_pct": float,  # the process, % of one core
+            "loop_cpu_pct": float,  # its event loop thread
+        }
+    )
+    db.table("client_samples").create_index(["run_id", "t_ns"])
 
 
 def schema_version() -> int:

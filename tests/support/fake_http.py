@@ -41,7 +41,8 @@ class ConnPolicy:
     and close it, unanswered, when the next request arrives on it: the worst case of a server
     that closes after every response, whose close reaches the client only after it wrote again."""
     idle_close_ms: float | None = None
-    """Close a connection that has waited this long for its next request."""
+    """Close a connection that has waited this long for its next request after a response (as
+    uvicorn's keep-alive timeout does; a new connection's first request is not timed)."""
     headers: dict[str, str] = field(default_factory=dict)
     """Extra headers on every response (e.g. llama-server's ``Server`` and ``Keep-Alive``)."""
     idle_closed: int = 0
@@ -185,7 +186,6 @@ class _Conn(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1]) if peer else None
         self.policy.connections += 1
-        self._wait_idle()
 
     def _wait_idle(self) -> None:
         """Arm the idle timer (when the policy has one): no request within it closes us."""
