@@ -54,11 +54,13 @@ def lag_summary(lags_us: Sequence[int]) -> tuple[float | None, float | None, flo
     return percentile(ms, 50), percentile(ms, 99), max(ms)
 
 
-def bottleneck(check: ClientCheck | None, ttft_ms_p50: float | None) -> str | None:
+def bottleneck(
+    check: ClientCheck | None, ttft_ms_p50: float | None, cores: int | None = None
+) -> str | None:
     """Why llmtop itself could have moved this run's numbers, with by how much; ``None`` if not.
 
     The sentence always contains "llmtop itself was the bottleneck" (scripts and tests look for
-    it) and suggests ``--workers``.
+    it) and suggests ``--workers`` (a number when ``cores`` leaves room for more processes).
     """
     if check is None:
         return None
@@ -78,9 +80,12 @@ def bottleneck(check: ClientCheck | None, ttft_ms_p50: float | None) -> str | No
         )
     if not why:
         return None
-    more = max(2, check.workers * 2)
+    more = check.workers * 2 if cores is None else min(cores, check.workers * 2)
+    if more > check.workers:
+        fix = f"spread the streams with --workers {more} (or --workers auto)"
+    else:
+        fix = f"all {cores} cores have a worker: use --workers auto, fewer streams, or a bigger machine"
     return (
         f"llmtop itself was the bottleneck: {'; '.join(why)}; TTFT and ITL may read high by about "
-        f"that much: spread the streams with --workers {more} (or --workers auto), or give "
-        "llmtop a core of its own"
+        f"that much: {fix}, and give llmtop cores the server does not use"
     )

@@ -14,6 +14,7 @@ equals its stored summary.
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 from collections import deque
 from typing import assert_never
@@ -63,6 +64,8 @@ MAX_SAMPLES = 240
 """Resource and server samples kept per series: two minutes at the samplers' 2 Hz."""
 MAX_FINISHED = 50
 """Finished requests kept for the requests panel, newest first."""
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+"""The live view runs where the recording does: its suggestion of --workers fits this machine."""
 CLIENT_WINDOW = 5
 """Self-check samples (one a second per process) the live verdict looks at: a few seconds, so
 one slow second shows without the warning flickering."""
@@ -435,7 +438,7 @@ class Aggregator:
             in_flight=tuple(o.view() for o in self._open.values()),
             finished=tuple(self._finished),
             client=(client := self._client_check()),
-            bottleneck=bottleneck(client, self._table.ttft_ms.p50),  # the table is built above
+            bottleneck=bottleneck(client, self._table.ttft_ms.p50, CORES),  # table built above
         )
 
     def _client_check(self) -> ClientCheck | None:

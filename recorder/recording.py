@@ -39,6 +39,7 @@ from llmtop.recorder.plan import (
 )
 from llmtop.recorder.runner import Runner
 from llmtop.recorder.tally import LiveTally
+from llmtop.recorder.workers import WorkerPool
 from llmtop.storage.db import resolve_db_path
 from llmtop.storage.writer import EventWriter, RunInfo
 
@@ -94,6 +95,8 @@ class Recording:
         self.model = plan.model or ""
         self.probe: LoopProbe | None = None
         """llmtop's own loop lag and CPU while requests go out (recorder/loop_probe.py)."""
+        self._pool: WorkerPool | None = None
+        """The worker processes that send the requests with ``--workers`` > 1."""
 
     # --- control ---------------------------------------------------------------------------
 
@@ -246,8 +249,11 @@ class Recording:
     async def _store_client_check(self, writer: EventWriter) -> None:
         """Keep the self-check with the run (its schedule lag is read from the requests)."""
         if self.probe is not None and self.run_id is not None and writer.error is None:
+            check = self.probe.summary()
+            if self._pool is not None:
+                check = self._pool.client_check(check)
             with contextlib.suppress(StorageError):
-                await writer.set_client_check(self.run_id, self.probe.summary().as_dict())
+                await writer.set_client_check(self.run_id, check.as_dict())
 
     async def _only_model(self, backend: Backend) -> str:
         models = await backend.list_models()
@@ -311,10 +317,7 @@ class Recording:
             await asyncio.wait(waits, timeout=SETUP_TIMEOUT_S)
             for w in waits:
                 w.cancel()
-            runner = Runner(
-                backend, run_id=self.run_id, model=self.model, emit=self._emit,
-                before_request=self._before_request,
-            )  # fmt: skip
+            runner = await self._runner(backend)
             self.status = ""  # requests go out now: the progress is theirs
             self.probe = LoopProbe(self._emit, self.run_id)
             self.probe.start()
@@ -329,6 +332,8 @@ class Recording:
             except* _Stopped:
                 raise _Stopped from None
         finally:
+            if self._pool is not None:
+                await self._pool.close()
             if self.probe is not None:
                 self.probe.stop()
             for t in tasks:
@@ -336,6 +341,23 @@ class Recording:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+
+    async def _runner(self, backend: Backend) -> Runner | WorkerPool:
+        """This loop's runner, or with ``--workers`` > 1 the started worker processes."""
+        assert self.run_id is not None
+        n = self.plan.workers
+        if n <= 1:
+            return Runner(
+                backend, run_id=self.run_id, model=self.model, emit=self._emit,
+                before_request=self._before_request,
+            )  # fmt: skip
+        self._status(f"starting {n} worker processes")
+        self._pool = WorkerPool(
+            self.plan, backend=backend.name, url=backend.base_url, model=self.model,
+            run_id=self.run_id, emit=self._emit, count=n, before_step=self._before_request,
+        )  # fmt: skip
+        await self._pool.start()
+        return self._pool
 
     def _slo_broke(self, i: int) -> bool:
         scenario = self.plan.scenario

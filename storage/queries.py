@@ -104,7 +104,8 @@ class RunSummary:
     @property
     def bottleneck(self) -> str | None:
         """Why llmtop itself could have moved the numbers, or ``None`` (core/self_check.py)."""
-        return bottleneck(self.client, self.overall.ttft_ms.p50)
+        cores = self.run.host.get("cpus_allowed") or self.run.host.get("cores_logical")
+        return bottleneck(self.client, self.overall.ttft_ms.p50, cores)
 
     def as_dict(self) -> dict[str, Any]:
         """The one JSON shape of a run, printed by ``runs --json``, ``record --json`` and

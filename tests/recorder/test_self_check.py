@@ -38,8 +38,10 @@ def test_the_verdict_names_the_cause_and_by_how_much():
     assert lagging is not None and WARNING in lagging
     assert "30 ms late (p99), 30% of the TTFT p50 of 100 ms (limit 5%)" in lagging
     assert "--workers 2" in lagging
-    busy = bottleneck(ClientCheck(loop_cpu_pct=93.0, workers=2), ttft_ms_p50=None)
+    busy = bottleneck(ClientCheck(loop_cpu_pct=93.0, workers=2), ttft_ms_p50=None, cores=8)
     assert busy is not None and "93% of a core busy (limit 85%)" in busy and "--workers 4" in busy
+    full = bottleneck(ClientCheck(loop_cpu_pct=93.0, workers=2), ttft_ms_p50=None, cores=2)
+    assert full is not None and "all 2 cores have a worker" in full
 
 
 def test_the_probe_sees_a_blocked_loop_and_reports_each_second():
