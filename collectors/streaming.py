@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import json
 import math
 import os
 import time
@@ -24,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import orjson
 from yarl import URL
 
 from llmtop.collectors.http import HttpClient, SendTrace, connect_reason, error_from_body, one_line
@@ -53,6 +55,29 @@ class StreamError(Exception):
         self.kind: ErrorKind = kind
         self.message = message
         self.http_status = http_status
+
+
+# --- JSON ----------------------------------------------------------------------------------------
+
+
+def loads_json(text: str) -> Any:
+    """One stream line's JSON: orjson, else (what orjson refuses) the standard library.
+
+    Why: parsing is most of a token's cost. orjson reads an OpenAI chunk in 0.76 us where
+    ``json.loads`` takes 1.9 us (bench/collector.py's payload, this machine). It is stricter, so
+    whatever it refuses (NaN, integers beyond 64 bits, lone surrogates, nesting past 1,024) is
+    read again by ``json``, which then decides exactly as before: the two read the same streams
+    the same way (tests/faults/test_faults_fuzz.py), errors included (``ValueError``,
+    ``RecursionError``).
+    """
+    try:
+        return _orjson_loads(text)
+    except _OrjsonError:
+        return json.loads(text)
+
+
+_orjson_loads = orjson.loads
+_OrjsonError = orjson.JSONDecodeError
 
 
 # --- what a server reports -----------------------------------------------------------------

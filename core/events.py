@@ -1,8 +1,9 @@
 """Every event that flows from collectors to storage and the live aggregator, and nothing else.
 
-Events are frozen, slotted dataclasses: cheap to make on the token path, safe to hand across
-tasks and threads. All ``t_ns`` values come from ``time.perf_counter_ns()`` (CLOCK_MONOTONIC on
-Linux, so they compare across processes on one machine); wall-clock time labels runs only.
+Events are frozen, slotted dataclasses (``TokenReceived``, made once per token, a named tuple):
+immutable, safe to hand across tasks, threads and processes. All ``t_ns`` values come from
+``time.perf_counter_ns()`` (CLOCK_MONOTONIC on Linux, so they compare across processes on one
+machine); wall-clock time labels runs only.
 Request events are self-contained: ``RequestFinished`` repeats the request's start and first-token
 times so a consumer can compute its metrics without remembering earlier events.
 """
@@ -10,7 +11,7 @@ times so a consumer can compute its metrics without remembering earlier events.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 ErrorKind = Literal["connect", "timeout", "http_status", "protocol", "cancelled"]
 """Why a request failed: cannot connect, a timeout, an HTTP error status, a response we could
@@ -56,13 +57,19 @@ class RequestStarted:
     how late it went out (schedule lag)."""
 
 
-@dataclass(frozen=True, slots=True)
-class TokenReceived:
-    """One stream chunk with content arrived at ``t_ns``; it may carry several tokens."""
+class TokenReceived(NamedTuple):
+    """One stream chunk with content arrived at ``t_ns``; it may carry several tokens.
+
+    The one event that is a named tuple, not a frozen dataclass, because it is made once per token:
+    measured here a frozen slotted dataclass takes 1.5 us to build and a named tuple 0.6 us; its
+    fields are in the order of the ``tokens`` table, so the writer inserts the events themselves;
+    and a tuple of ints is untracked by the garbage collector, which would otherwise keep scanning
+    the thousands buffered between flushes. Immutable all the same.
+    """
 
     run_id: int
     request_id: int
-    index: int
+    index: int  # type: ignore[assignment]  # the field hides tuple.index; nothing calls that
     """0-based index of this content chunk within its request."""
     t_ns: int
     n_tokens: int = 1

@@ -66,7 +66,7 @@ class Batch:
     __slots__ = ("clients", "downs", "gpus", "requests", "samples", "servers", "tokens")
 
     def __init__(self) -> None:
-        self.tokens: list[tuple[int, int, int, int, int, int]] = []
+        self.tokens: list[TokenReceived] = []
         self.requests: dict[tuple[int, int], dict[str, Any]] = {}
         self.samples: list[tuple[Any, ...]] = []
         self.gpus: list[tuple[Any, ...]] = []
@@ -96,12 +96,8 @@ class RowBuilder:
         b = Batch()
         token = TokenReceived
         # The hot path: nearly every event is a token; one comprehension each way is fastest.
-        if self.store_tokens:
-            b.tokens = [
-                (e.run_id, e.request_id, e.index, e.t_ns, e.n_tokens, e.text_len)
-                for e in events
-                if type(e) is token
-            ]
+        if self.store_tokens:  # a TokenReceived is its own row (core/events.py)
+            b.tokens = [e for e in events if type(e) is token]
         for ev in [e for e in events if type(e) is not token]:
             match ev:
                 case RequestStarted():
