@@ -39,7 +39,9 @@ from llmtop.recorder.worker_process import WorkerSetup
 from llmtop.scenarios.model import Scenario, Step
 
 STREAMS_PER_WORKER = 128
-"""``--workers auto`` gives each process at most this many streams (see the README's bench)."""
+"""``--workers auto`` gives each process at most this many streams. Issue 17 measured one loop's
+read lag growing 4x from 64 to 256 streams; bench/fidelity.py here (2 cores) kept one loop within
+the TTFT targets at 256 staggered streams, so 128 leaves room; not yet measured on more cores."""
 START_AHEAD_S = 0.05
 """A step starts this long after the recording says so, so every worker has heard it in time."""
 STOP_WAIT_S = 30.0
