@@ -124,11 +124,11 @@ class ResourcesPanel(Widget):
             row("server CPU", fmt.pct(r.server_cpu_pct), r.server_cpu_series, scpu_top)
         c = self.client
         if c is not None:
-            lag = f"lag {fmt.num(c.loop_lag_ms_p99)} ms" if c.loop_lag_ms_p99 is not None else ""
-            grid.add_row(
-                Text("llmtop", style=label),
+            lag = f"{fmt.num(c.loop_lag_ms_p99)} ms p99" if c.loop_lag_ms_p99 is not None else ""
+            grid.add_row(  # the event loop's lag (p99) and the CPU of llmtop's processes
+                Text("llmtop lag", style=label),
                 lag,
-                Text(f"loop p99 · CPU {fmt.pct(c.cpu_pct)}", style=muted),
+                Text(f"CPU {fmt.pct(c.cpu_pct)}", style=muted, overflow="ellipsis"),
             )
         parts: list[Table | Text] = [grid]
         if self.bottleneck:
