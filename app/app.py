@@ -312,6 +312,24 @@ def open_dashboard(db_path: str | None, theme: str | None, flags: dict[str, obje
         raise UsageError("the dashboard needs a terminal; for runs without one use 'llmtop record'")
     open_database(path).close()  # create or migrate it once; screens then read it read-only
     app.run()
-    if app.run_status.run_id is not None:
-        print(f"llmtop: last run #{app.run_status.run_id} {app.run_status.state}; "
-              f"see 'llmtop report {app.run_status.run_id}'")  # fmt: skip
+    run_id = app.run_status.run_id
+    if run_id is not None:
+        print(f"llmtop: last run #{run_id} {stored_status(path, run_id) or app.run_status.state}; "
+              f"see 'llmtop report {run_id}'")  # fmt: skip
+
+
+def stored_status(db_path: Path, run_id: int) -> str | None:
+    """The run's status as the database has it: quitting mid-run closes the run as cancelled
+    after the last UI tick, so the status line may still say running."""
+    from llmtop.storage import queries
+    from llmtop.storage.db import open_readonly
+
+    try:
+        db = open_readonly(db_path)
+    except LlmtopError:
+        return None
+    try:
+        run = queries.get_run(db, run_id)
+        return None if run is None else run.status
+    finally:
+        db.close()

@@ -47,13 +47,21 @@ class LlmtopGroup(click.Group):
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as e:
-            if isinstance(e, click.NoSuchOption | click.BadParameter | click.MissingParameter):
-                fail(f"{e.format_message()} (see 'llmtop --help')", 2)
-            raise
+            usage_error(e, ctx)
+            raise  # unreachable: usage_error exits
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        ctx.meta["llmtop.command"] = name  # for the help hint of an error click gives no context
+        return name, command, rest
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:  # a subcommand's bad option, value or a command that is not
+            usage_error(e, ctx)
         except LlmtopError as e:
             fail(str(e), e.exit_code)
         except KeyboardInterrupt:
@@ -66,6 +74,18 @@ class LlmtopGroup(click.Group):
             raise  # click's own: it prints them
         except Exception as e:
             internal_error(e)
+
+
+def usage_error(e: click.UsageError, group: click.Context) -> None:
+    """click's usage box (four lines: usage, hint, blank, error) as one ``llmtop:`` line, exit 2:
+    what was wrong, then where the help is."""
+    if e.ctx is not None:
+        where = e.ctx.command_path
+    else:  # some parser errors carry no context: name the subcommand being parsed
+        name = group.meta.get("llmtop.command")
+        where = f"llmtop {name}" if name else "llmtop"
+    message = " ".join(e.format_message().split())
+    fail(f"{message} (see '{where} --help')", 2)
 
 
 def internal_error(e: Exception) -> None:

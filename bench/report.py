@@ -5,7 +5,9 @@ into a temporary database. Timed, interleaved and repeated (the machine is share
 number is the median of its repeats and comes with its peer measured in the same rounds):
 - ``run_summary``: the storage query every report needs anyway (the peer);
 - ``report``: load everything a report shows and render it for a 140-column terminal;
-- ``compare``: load both runs with their per-request values and judge every metric.
+- ``compare``: load both runs with their per-request values and judge every metric;
+- ``llmtop report A --html/--svg/--png FILE`` and ``llmtop report A`` (the terminal report,
+  their peer) as whole processes, start-up and imports included: what a user waits for.
 
     .venv/bin/python bench/report.py [--requests N] [--tokens N] [--repeats N]
 """
@@ -15,7 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +61,15 @@ def timed(fn) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - t
 
 
+def cli_seconds(*args: str) -> float:
+    """One ``llmtop`` command as a user runs it, output discarded."""
+    exe = Path(sys.executable).with_name("llmtop")
+    t = time.perf_counter()
+    subprocess.run([str(exe), *args], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "140"})  # fmt: skip
+    return time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=2000)
@@ -70,16 +83,27 @@ def main() -> None:
         db = open_readonly(path)
         out = Console(file=io.StringIO(), width=140, force_terminal=True)
         rounds: dict[str, list[float]] = {"summary": [], "report": [], "compare": []}
+        files = ("html", "svg", "png")
+        cli: dict[str, list[float]] = {k: [] for k in ("terminal", *files)}
         for _ in range(args.repeats):
             rounds["summary"].append(timed(lambda: queries.run_summary(db, a)))
             rounds["report"].append(
                 timed(lambda: out.print(*report_renderables(load_report(db, a), 140)))
             )
             rounds["compare"].append(timed(lambda: load_comparison(db, [a, b])))
+            cli["terminal"].append(cli_seconds("report", str(a), "--db", str(path)))
+            for kind in files:
+                target = Path(tmp) / f"report.{kind}"
+                cli[kind].append(
+                    cli_seconds("report", str(a), "--db", str(path), f"--{kind}", str(target))
+                )
         med = {k: statistics.median(v) for k, v in rounds.items()}
+        proc = {k: statistics.median(v) for k, v in cli.items()}
         rows = args.requests * args.tokens
         print(f"report {med['report']:.2f} s, compare {med['compare']:.2f} s, run_summary alone "
-              f"{med['summary']:.2f} s ({args.requests:,} requests, {rows:,} tokens a run; "
+              f"{med['summary']:.2f} s; whole process: llmtop report --html {proc['html']:.2f} s, "
+              f"--svg {proc['svg']:.2f} s, --png {proc['png']:.2f} s, terminal "
+              f"{proc['terminal']:.2f} s ({args.requests:,} requests, {rows:,} tokens a run; "
               f"median of {args.repeats})")  # fmt: skip
         db.close()
     sys.exit(0)

@@ -27,23 +27,35 @@ BACKENDS: tuple[str, ...] = ("auto", "ollama", "openai", "engine")
 PROBE_TIMEOUT_S = 1.5
 
 
+ENGINE_SERVER = "llmtop-engine"
+"""How ``llmtop serve`` names itself in its ``Server`` header (engine/version.py)."""
+
+
 async def ollama_answers(base: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
     """``None`` if an Ollama API answers ``GET /api/version`` at ``base``, else why not."""
+    why_not, _ = await probe_ollama(base, timeout_s)
+    return why_not
+
+
+async def probe_ollama(base: str, timeout_s: float = PROBE_TIMEOUT_S) -> tuple[str | None, str]:
+    """``(why not, Server header)``: ``why not`` is ``None`` when an Ollama API answers
+    ``GET /api/version`` at ``base``; the header tells ``llmtop serve`` from a real Ollama."""
     try:
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         async with (
             aiohttp.ClientSession(timeout=timeout) as s,
             s.get(f"{base}/api/version") as resp,
         ):
+            server = resp.headers.get("Server", "")
             if resp.status == 200 and "version" in (await resp.json(content_type=None) or {}):
-                return None
-            return f"HTTP {resp.status} from {base}/api/version"
+                return None, server
+            return f"HTTP {resp.status} from {base}/api/version", server
     except aiohttp.ClientConnectorError as e:
-        return connect_reason(e)
+        return connect_reason(e), ""
     except TimeoutError:
-        return f"no answer within {timeout_s:g} s"
+        return f"no answer within {timeout_s:g} s", ""
     except (aiohttp.ClientError, ValueError, TypeError) as e:
-        return one_line(e)
+        return one_line(e), ""
 
 
 async def openai_answers(base: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
@@ -69,10 +81,11 @@ async def openai_answers(base: str, timeout_s: float = PROBE_TIMEOUT_S) -> str |
 
 
 async def detect_api(url: str) -> str:
-    """``ollama`` or ``openai``: the API the server at ``url`` speaks.
+    """``ollama``, ``engine`` or ``openai``: the API the server at ``url`` speaks.
 
-    A URL that ends in ``/v1`` is asked as OpenAI first; otherwise Ollama first (``llmtop serve``
-    speaks both and is driven through its Ollama API, as when it is started for a run).
+    A URL that ends in ``/v1`` is asked as OpenAI first; otherwise Ollama first. ``llmtop serve``
+    speaks both; its ``Server`` header names it, and it is driven as ``engine`` (its Ollama API),
+    as when it is started for a run.
 
     Raises:
         UsageError: ``url`` is not an http(s) URL.
@@ -82,9 +95,14 @@ async def detect_api(url: str) -> str:
     order = ("openai", "ollama") if url.rstrip("/").endswith("/v1") else ("ollama", "openai")
     why: dict[str, str] = {}
     for api in order:
-        problem = await (ollama_answers(ollama) if api == "ollama" else openai_answers(openai))
-        if problem is None:
-            return api
+        if api == "ollama":
+            problem, server = await probe_ollama(ollama)
+            if problem is None:
+                return "engine" if server.startswith(ENGINE_SERVER) else "ollama"
+        else:
+            problem = await openai_answers(openai)
+            if problem is None:
+                return "openai"
         why[api] = problem
     raise SourceError(
         f"nothing at {url} answers as Ollama (GET {ollama}/api/version: {why['ollama']}) or as "
@@ -130,9 +148,13 @@ class AutoBackend:
     async def _choose(self) -> Backend:
         if self._url is not None:
             self._on_status(f"asking {self._url} which API it speaks")
-            if await detect_api(self._url) == "openai":
+            api = await detect_api(self._url)
+            if api == "openai":
                 return OpenAIBackend(self._url, api_key_env=self._api_key_env,
                                      timeouts=self._timeouts, max_connections=self._max)  # fmt: skip
+            if api == "engine":
+                return EngineBackend(url=self._ollama.base_url, timeouts=self._timeouts,
+                                     max_connections=self._max)  # fmt: skip
             return self._ollama
         why_not = await ollama_answers(self._ollama.base_url)
         if why_not is None:

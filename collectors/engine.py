@@ -44,7 +44,7 @@ def engine_available() -> str | None:
     """``None`` when the engine can run here, else why not (for ``auto`` and ``doctor``)."""
     missing = [m for m in ("torch", "gguf") if importlib.util.find_spec(m) is None]
     if missing:
-        return f"the in-repo engine needs {' and '.join(missing)}: pip install 'llmtop[engine]'"
+        return f"the in-repo engine needs {' and '.join(missing)}: pip install 'llmtop-monitor[engine]'"
     return None
 
 
@@ -199,7 +199,8 @@ class EngineBackend:
         template = self.launch.command or default_command(self.launch.model)
         cmd = [arg.replace("{port}", str(port)) for arg in template]
         self._out = tempfile.TemporaryFile()
-        env = {**os.environ, **(self.launch.env or {})}
+        # its start's progress as lines (loading, kernels, warming up), relayed by _wait_ready
+        env = {**os.environ, "LLMTOP_SERVE_PROGRESS": "lines", **(self.launch.env or {})}
         try:
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT, env=env,
@@ -215,7 +216,9 @@ class EngineBackend:
         self._out.seek(0)
         lines = [ln.strip() for ln in self._out.read().decode("utf-8", "replace").splitlines()]
         lines = [ln for ln in lines if ln and not ln.startswith("Traceback")]
-        return one_line(lines[-1]) if lines else ""
+        # the engine's own lines start "llmtop: " or "llmtop serve: "; ours add the name once
+        last = lines[-1].removeprefix("llmtop serve: ").removeprefix("llmtop: ") if lines else ""
+        return one_line(last)
 
     async def _wait_ready(self, url: str) -> None:
         assert self._proc is not None

@@ -11,13 +11,15 @@ tables and the reports alike, so a value reads the same wherever it is shown.
   share); both print one decimal: ``93.5%``.
 - Bytes are binary units with three significant digits: ``512 MiB``, ``1.41 GiB``, ``23.5 GiB``.
 - An axis tick is a value the chart chose, not a measurement: three significant digits and no
-  trailing zeros (``19``, ``20.2``, ``1,360``), so the labels stay short and distinct.
+  trailing zeros (``19``, ``20.2``, ``1,360``), so the labels stay short; more digits only
+  where three would print two ticks alike (``ticks``).
 - ``None`` (not measured, not reported) always prints as an em dash.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime
 
 DASH = "—"
@@ -51,6 +53,17 @@ def tick(value: float | None) -> str:
     if abs(value) >= 1000:
         return f"{value:,.0f}"
     return f"{value:.3g}"
+
+
+def ticks(values: Sequence[float]) -> list[str]:
+    """An axis's ticks together: as ``tick``, with more digits only where three would repeat a
+    label (4.000, 4.002, 4.004 GiB read ``4``, ``4``, ``4`` at three)."""
+    labels = [tick(v) for v in values]
+    for digits in range(4, 10):
+        if len(set(labels)) == len(labels):
+            break
+        labels = [f"{v:,.{digits}g}" for v in values]
+    return labels
 
 
 def count(value: float | int | None) -> str:

@@ -8,12 +8,10 @@ once, before the server listens).
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from importlib import metadata
 from typing import Any
 
 from starlette.requests import Request
@@ -40,6 +38,7 @@ from llmtop.engine.api_common import (
 )
 from llmtop.engine.jobs import Done, JobHandle, Piece, SamplingParams
 from llmtop.engine.model_service import ModelService
+from llmtop.engine.version import engine_version
 
 NDJSON = "application/x-ndjson"
 
@@ -318,17 +317,7 @@ class OllamaApi:
         )
 
     async def version(self, request: Request) -> Response:
-        return JSONResponse({"version": _llmtop_version()})
-
-
-@functools.cache
-def _llmtop_version() -> str:
-    """llmtop's version from its installed metadata, not from ``llmtop.__version__``: the
-    engine imports nothing of llmtop outside ``llmtop.engine`` (it is a program of its own)."""
-    try:
-        return metadata.version("llmtop")
-    except metadata.PackageNotFoundError:  # a source tree that was never installed
-        return "unknown"
+        return JSONResponse({"version": engine_version()})
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, str]]:

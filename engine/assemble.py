@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from llmtop.engine import native
 from llmtop.engine.errors import ModelLoadError
 from llmtop.engine.loader import LoadedModel, default_model_path, load_model
 from llmtop.engine.metrics import EngineMetrics, SchedulerGauges
@@ -66,7 +68,16 @@ def resolve_model(model: str) -> tuple[Path | None, str]:
     return path, path.name.removesuffix(".gguf")
 
 
-def start(options: ServeOptions) -> Served:
+Progress = Callable[[str], None]
+"""Told what the start is doing now (loading the model, building kernels, warming up): the
+start takes seconds to tens of seconds and must not be silent."""
+
+
+def _quiet(text: str) -> None:
+    """A ``Progress`` that says nothing."""
+
+
+def start(options: ServeOptions, progress: Progress = _quiet) -> Served:
     """Load the model and start the engine thread (which then runs the scheduler loop).
 
     The model is loaded, warmed up and run on one thread: torch work spread over two threads
@@ -82,7 +93,7 @@ def start(options: ServeOptions) -> Served:
 
     def engine_thread() -> None:
         try:
-            built.append(_build(options, path, name))
+            built.append(_build(options, path, name, progress))
         except BaseException as e:
             failed.append(e)
             return
@@ -97,8 +108,11 @@ def start(options: ServeOptions) -> Served:
     return built[0]
 
 
-def _build(options: ServeOptions, path: Path | None, name: str) -> Served:
+def _build(options: ServeOptions, path: Path | None, name: str, progress: Progress) -> Served:
+    where = path or default_model_path()
+    progress(f"loading {name} ({where.name})")
     loaded = load_model(path, threads=options.threads)  # here: the engine thread's own setting
+    progress(f"loaded {name} in {loaded.load_ns / 1e9:.1f} s")
     if options.context_length and options.context_length > loaded.config.context_length:
         raise ModelLoadError(
             f"--ctx {options.context_length} is longer than the model's context of "
@@ -106,6 +120,10 @@ def _build(options: ServeOptions, path: Path | None, name: str) -> Served:
         )
     ctx = options.context_length or min(DEFAULT_CONTEXT, loaded.config.context_length)
     runner = ModelRunner(loaded.model, options.max_batch, ctx)
+    if native.will_build():
+        progress("building the engine's C kernels (once per version and compiler)")
+        native.library()
+    progress(f"warming up {options.max_batch} batch slots")
     warm_up(runner)
     metrics = EngineMetrics(name)
     tokenizer = loaded.tokenizer

@@ -24,6 +24,7 @@ from llmtop.engine.api_openai import OpenAIApi
 from llmtop.engine.metrics import CONTENT_TYPE, EngineMetrics
 from llmtop.engine.model_service import ModelService
 from llmtop.engine.serve_options import DEFAULT_IDLE_TIMEOUT_S
+from llmtop.engine.version import server_header
 
 
 def create_app(service: ModelService, metrics: EngineMetrics) -> Starlette:
@@ -186,6 +187,8 @@ def run(
         lifespan="off",
         timeout_graceful_shutdown=5,
         timeout_keep_alive=idle_timeout_s,
+        server_header=False,  # ours instead: clients (and llmtop's auto) can tell it from Ollama
+        headers=[("server", server_header())],
     )
     url = url_of(sock)
     _Server(config, lambda: on_ready(url), on_stop).run(sockets=[sock])

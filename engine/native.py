@@ -134,6 +134,14 @@ def target_path(cc: str) -> Path:
     return cache_dir() / f"{LIB_PREFIX}{build_key(cc)}.so"
 
 
+def will_build() -> bool:
+    """Whether ``library()`` is about to compile (kernels wanted, a compiler, no build yet)."""
+    if library.cache_info().currsize or os.environ.get("LLMTOP_ENGINE_KERNEL") == "torch":
+        return False
+    cc = compiler()
+    return cc is not None and cpu_supported() and not target_path(cc).exists()
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, built on first call; None where they cannot run here."""

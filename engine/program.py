@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 import errno
+import os
 import socket
 import sys
 
@@ -39,6 +40,34 @@ class ServeFailed(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+PROGRESS_ENV = "LLMTOP_SERVE_PROGRESS"
+"""``lines``: the start's progress as lines on stderr even when it is not a terminal (llmtop's
+own launcher sets it and relays the last line). Otherwise a pipe gets only warnings, errors and
+the ready line, so a script sees one error line when the start fails."""
+_status_shown = False
+
+
+def _say(text: str) -> None:
+    """The start's progress on stderr (stdout carries the ready line, a contract with launchers):
+    one line rewritten in place on a terminal, lines when asked for, else nothing."""
+    global _status_shown
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r\033[Kllmtop serve: {text}")
+        sys.stderr.flush()
+        _status_shown = True
+    elif os.environ.get(PROGRESS_ENV) == "lines":
+        print(f"llmtop serve: {text}", file=sys.stderr, flush=True)
+
+
+def _clear() -> None:
+    """Erase the progress line on a terminal before a line that stays."""
+    global _status_shown
+    if _status_shown:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+        _status_shown = False
 
 
 def serve(options: ServeOptions) -> None:
@@ -65,11 +94,12 @@ def serve(options: ServeOptions) -> None:
         raise ServeFailed(f"cannot listen on {host}:{port}: {e.strerror or e}", 1) from None
     try:
         try:
-            served = assemble.start(options)
+            served = assemble.start(options, progress=_say)
         except EngineError as e:
             raise ServeFailed(str(e), 2) from None
 
         def ready(url: str) -> None:
+            _clear()
             print(f"{READY_PREFIX}{url} (model {served.service.card.name})", flush=True)
 
         run(
@@ -95,9 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serve(_parse(argv))
     except ServeFailed as e:
+        _clear()
         print(f"llmtop: {e}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
+        _clear()
         print("llmtop: interrupted", file=sys.stderr)
         return 130
     return 0

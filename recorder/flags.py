@@ -88,6 +88,21 @@ class RunFlags:
         return out
 
 
+def plan_warnings(plan: RecordPlan) -> list[str]:
+    """What the plan does that the user may not mean (it still runs): a closed step with fewer
+    requests than workers never has ``concurrency`` in flight (``--requests 2`` on the
+    ``concurrency`` scenario makes c4 and c8 measure 2 at a time)."""
+    out = []
+    for step in plan.scenario.steps:
+        c, n = step.concurrency, step.requests
+        if not step.open_loop and c is not None and n is not None and n < c:
+            out.append(
+                f"step {step.name!r} sends {n} request{'s' if n != 1 else ''} with concurrency "
+                f"{c}: never more than {n} in flight (give --requests {c} or more)"
+            )
+    return out
+
+
 def plan_from_flags(flags: RunFlags) -> RecordPlan:
     """The run that the flags describe.
 

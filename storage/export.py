@@ -1,5 +1,10 @@
 """Export a table as CSV or JSON, streamed row by row (a million rows in bounded memory).
 
+Times in the tables are ``perf_counter_ns`` readings, exact between each other but with no
+reference point; every table that has them gets a ``t_unix_s`` column too, the same moment on
+the wall clock (the run's ``started_at`` plus the offset from its ``t0_ns``), so rows can be
+placed in time and joined with other tools' logs.
+
 CSV text cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``,
 tab or CR) get a leading ``'``; the csv module quotes commas, quotes and newlines, so awkward text
 round-trips through ``csv.reader``.
@@ -10,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Any, TextIO
 
 from sqlite_utils import Database
@@ -23,6 +29,22 @@ _ORDER = {
     "samples": "run_id, t_ns",
     "gpu_samples": "run_id, t_ns, gpu",
 }
+
+
+_CLOCK = {"requests": "t_start_ns", "tokens": "t_ns", "samples": "t_ns", "gpu_samples": "t_ns"}
+"""The perf_counter column of each table that gets a ``t_unix_s`` beside it."""
+
+
+def _run_clocks(db: Database) -> dict[int, tuple[float, int]]:
+    """run id -> (its start as Unix seconds, its ``t0_ns``), for runs that have both."""
+    out = {}
+    for run_id, started_at, t0_ns in db.conn.execute("select id, started_at, t0_ns from runs"):
+        if started_at and t0_ns is not None:
+            try:
+                out[run_id] = (datetime.fromisoformat(started_at).timestamp(), t0_ns)
+            except ValueError:
+                continue
+    return out
 
 
 def neutralize(value: Any) -> Any:
@@ -53,7 +75,19 @@ def iter_rows(
         while batch := cursor.fetchmany():
             yield from batch
 
-    return columns, rows()
+    clock = _CLOCK.get(table)
+    if clock is None or clock not in columns:
+        return columns, rows()
+    runs, i_run, i_ns = _run_clocks(db), columns.index("run_id"), columns.index(clock)
+
+    def placed() -> Iterator[tuple[Any, ...]]:
+        for row in rows():
+            start = runs.get(row[i_run])
+            t_ns = row[i_ns]
+            wall = None if start is None or t_ns is None else start[0] + (t_ns - start[1]) / 1e9
+            yield (*row, None if wall is None else round(wall, 6))
+
+    return [*columns, "t_unix_s"], placed()
 
 
 def write_csv(out: TextIO, columns: Sequence[str], rows: Iterator[tuple[Any, ...]]) -> int:

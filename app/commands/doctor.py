@@ -141,7 +141,7 @@ def check_engine() -> list[Check]:
             out.append(Check("engine", dist, "ok", f"version {v}"))
     if missing:
         out.append(Check("engine", "packages", "problem",
-                         f"missing: {', '.join(missing)}; install with pip install 'llmtop[engine]'"))  # fmt: skip
+                         f"missing: {', '.join(missing)}; install with pip install 'llmtop-monitor[engine]'"))  # fmt: skip
     path = model_file()
     if path is None:
         out.append(Check("engine", "model file", "problem",

@@ -21,7 +21,7 @@ from llmtop.app.commands.common import db_option, db_path_of
 from llmtop.app.commands.record_view import ProgressView, print_summary, summary_json
 from llmtop.app.commands.run_options import OneLineErrors, backend_options, run_options
 from llmtop.core.errors import LlmtopError, SourceError, StorageError, UsageError
-from llmtop.recorder.flags import RunFlags, plan_from_flags
+from llmtop.recorder.flags import RunFlags, plan_from_flags, plan_warnings
 from llmtop.recorder.loop_probe import new_event_loop
 from llmtop.recorder.recording import Recording, RecordResult
 from llmtop.storage import queries
@@ -56,6 +56,8 @@ def record(ctx: click.Context, db_path: str | None, quiet: bool, as_json: bool, 
     path = db_path_of(ctx, db_path)
     show_progress = not quiet and sys.stderr.isatty()
     err = Console(stderr=True)
+    for warning in plan_warnings(plan):
+        err.print(f"llmtop: warning: {warning}", markup=False, highlight=False, soft_wrap=True)
 
     def on_status(text: str, *, notice: bool = False) -> None:
         # Progress ("starting the engine (4 s)") is the progress view's to show, on a terminal;

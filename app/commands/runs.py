@@ -145,6 +145,8 @@ def _delete(db: Database, ids: tuple[int, ...], yes: bool, as_json: bool) -> Non
 @click.option("--delete", "delete_ids", type=int, multiple=True, metavar="ID",
               help="Delete this run and all its data (repeatable); asks first on a terminal.")  # fmt: skip
 @click.option("--yes", "-y", is_flag=True, help="Delete without asking.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Also the runs that failed before sending a request (hidden by default).")  # fmt: skip
 @click.pass_context
 def runs(
     ctx: click.Context,
@@ -157,6 +159,7 @@ def runs(
     since: str | None,
     delete_ids: tuple[int, ...],
     yes: bool,
+    show_all: bool,
 ) -> None:
     """The runs in the database, newest first, with their key numbers; or delete runs.
 
@@ -177,7 +180,15 @@ def runs(
         return
     since_iso = parse_since(since) if since is not None else None
     rows = queries.list_runs(db, model=model, backend=backend, scenario=scenario,
-                             since=since_iso, limit=limit)  # fmt: skip
+                             since=since_iso, limit=limit if show_all else None)  # fmt: skip
+    empty = 0
+    if not show_all:  # a server that was down: the attempt is kept, but it is not a run to read
+        kept = [r for r in rows if not _empty_failure(r)]
+        empty, rows = len(rows) - len(kept), kept[:limit] if limit else kept
+    note = (
+        f"({empty} run{'s' if empty != 1 else ''} that failed before a request not shown; "
+        "--all shows them)"
+    )
     summaries = {r.id: queries.run_summary(db, r.id, with_itl=False) for r in rows}
     if as_json:
         out = [s.as_dict() for r in rows if (s := summaries[r.id]) is not None]
@@ -187,8 +198,10 @@ def runs(
         if any(v is not None for v in filters.values()):
             given = ", ".join(f"--{k} {v}" for k, v in filters.items() if v is not None)
             click.echo(f"no runs match {given}", err=True)
-        else:
+        elif not empty:
             click.echo("no runs yet: record one with 'llmtop record'", err=True)
+        if empty:
+            click.echo(note, err=True)
         return
     cells: list[list[str | Text]] = []
     for r in rows:
@@ -224,3 +237,10 @@ def runs(
     if hidden:
         click.echo(f"({', '.join(hidden)} left out to fit; widen the terminal or use --json)",
                    err=True)  # fmt: skip
+    if empty:
+        click.echo(note, err=True)
+
+
+def _empty_failure(r: queries.RunRow) -> bool:
+    """A run that failed before its first request (unreachable server, unknown model)."""
+    return r.status == "failed" and r.n_requests == 0

@@ -63,7 +63,7 @@ def serve(**values: Any) -> None:
     if missing:
         raise SourceError(
             f"the engine needs the 'engine' extra ({', '.join(missing)} missing): "
-            "pip install 'llmtop[engine]'"
+            "pip install 'llmtop-monitor[engine]'"
         )
     argv = program_argv(ServeOptions(**values))  # click checked every range already
     sys.stdout.flush()

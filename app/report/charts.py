@@ -1,45 +1,39 @@
 """Terminal charts as text: pure functions from numbers to a plotext canvas (ANSI string).
 
+``draw`` renders a chart of ``chart_specs`` (what ``scenario_charts`` chose) at a size in
+columns and lines; files draw the same charts as vectors (``svg_charts``).
+
 Each chart gets its own ``textual_plotext.Plot`` (plotext's module API is global state, unsafe
 across threads and widgets; LIBRARIES.md section 2). The output carries ANSI colours; callers
 wrap it in ``rich.text.Text.from_ansi`` so rich drops them where colour does not belong (a pipe,
-a file) and keeps them in a terminal, an SVG or an HTML export.
+a file) and keeps them in a terminal.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 from textual_plotext import Plot
 
+from llmtop.app.report.chart_specs import (
+    BarChart,
+    Chart,
+    HistogramChart,
+    LineChart,
+    Marker,
+    ScatterChart,
+    Series,
+)
 from llmtop.core.fmt import num, tick
+from llmtop.core.fmt import ticks as fmt_ticks
 from llmtop.storage.queries import Histogram
 
 PALETTE: tuple[str, ...] = ("cyan", "magenta", "orange", "green", "blue", "red", "yellow")
 DOT_LIMIT = 400
 HEADROOM = 1.25
 """Bar charts leave this much room above the tallest bar so the legend never covers a bar."""
-
-
-@dataclass(frozen=True, slots=True)
-class Series:
-    """One named line or set of bars; ``None`` is a value that was not measured."""
-
-    name: str
-    values: Sequence[float | None]
-    color: str = "cyan"
-
-
-@dataclass(frozen=True, slots=True)
-class Marker:
-    """A reference line: a percentile on a histogram, an SLO on a latency chart."""
-
-    label: str
-    value: float
-    color: str = "red"
 
 
 def _plot(width: int, height: int) -> Plot:
@@ -66,7 +60,7 @@ def _ticks(lo: float, hi: float, count: int = 5) -> tuple[list[float], list[str]
         return [lo], [tick(lo)]
     step = (hi - lo) / (count - 1)
     ticks = [lo + i * step for i in range(count)]
-    return ticks, [tick(t) for t in ticks]
+    return ticks, fmt_ticks(ticks)
 
 
 def note_chart(title: str, reason: str, *, width: int, height: int = 5) -> str:
@@ -239,3 +233,52 @@ def bar_chart(
     for i, (end, text) in enumerate(zip(ends, texts, strict=True)):
         p.text(text, x=end, y=i + 1, alignment="left")
     return _titled(title, width, p.build())
+
+
+def draw(chart: Chart, width: int, height: int) -> str:
+    """One chart as plotext text, ``width`` columns by at most ``height`` lines."""
+    match chart:
+        case HistogramChart():
+            return histogram_chart(
+                chart.hist,
+                title=chart.title,
+                width=width,
+                height=height,
+                xlabel=chart.xlabel,
+                markers=chart.markers,
+                color=chart.color,
+            )
+        case ScatterChart():
+            return scatter_chart(
+                chart.points,
+                title=chart.title,
+                width=width,
+                height=height,
+                xlabel=chart.xlabel,
+                color=chart.color,
+                markers=chart.markers,
+                connect=chart.connect,
+            )
+        case LineChart():
+            return line_chart(
+                chart.labels,
+                chart.series,
+                title=chart.title,
+                width=width,
+                height=height,
+                xlabel=chart.xlabel,
+                markers=chart.markers,
+                y_max=chart.y_max,
+            )
+        case BarChart():
+            return bar_chart(
+                chart.labels,
+                chart.series,
+                title=chart.title,
+                width=width,
+                height=height,
+                stacked=chart.stacked,
+                unit=chart.unit,
+            )
+        case _:
+            assert_never(chart)

@@ -5,38 +5,32 @@ over time. Then by what the steps vary: prefill + decode latency and decode tok/
 by temperature; req/s and latency by concurrency; goodput and P95 latency by offered rate; CPU,
 memory and req/s over time for a steady load (``soak``).
 
-Charts come as rows of ``ChartFn`` (width, height -> ANSI text) so the layout decides the size:
-two to a row on a wide console, a row's lone chart at full width, one per row when narrow.
+This is the one place that decides what a report charts: it returns what each chart shows
+(``chart_specs``), and the terminal (``charts``, plotext) and the files (``svg_charts``,
+matplotlib) draw the same list, each at its own size.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from llmtop.app.report.charts import (
+from llmtop.app.report.chart_specs import (
+    BarChart,
+    ChartRows,
+    ChartSection,
+    HistogramChart,
+    LineChart,
     Marker,
+    ScatterChart,
     Series,
-    bar_chart,
-    histogram_chart,
-    line_chart,
-    scatter_chart,
 )
 from llmtop.app.report.data import Breakdown, Group, ReportData
 from llmtop.core import fmt, metrics
 
-ChartFn = Callable[[int, int], str]
-"""Draws one chart at (width, height) columns and lines."""
-ChartRows = list[list[ChartFn]]
-
 GOODPUT_TARGET = 0.9
 """A rate sweep "holds its SLOs" while at least this share of requests meets them."""
 TIME_BUCKETS = 24
-
-
-def _sized(fn: Callable[..., str], /, **kw: object) -> ChartFn:
-    """A chart builder with everything but its size bound."""
-    return lambda width, height: fn(width=width, height=height, **kw)
 
 
 def standard_charts(data: ReportData) -> ChartRows:
@@ -48,21 +42,18 @@ def standard_charts(data: ReportData) -> ChartRows:
     if slo.e2e_ms is not None:
         marks.append(Marker("SLO", slo.e2e_ms, "red"))
     ttft_marks = [Marker("SLO", slo.ttft_ms, "red")] if slo.ttft_ms is not None else []
-    hist = _sized(
-        histogram_chart,
+    hist = HistogramChart(
         hist=data.e2e_histogram,
         markers=marks,
         title=f"E2E latency (ms), {o.ok} requests",
     )
-    ttft = _sized(
-        scatter_chart,
+    ttft = ScatterChart(
         points=data.ttft_series,
         title="TTFT over the run (ms)",
         color="orange",
         markers=ttft_marks,
     )
-    tps = _sized(
-        scatter_chart,
+    tps = ScatterChart(
         points=data.decode_tps_series,
         title="Decode tok/s over the run",
         color="green",
@@ -104,16 +95,14 @@ def _prefill_decode(labels: list[str], b: Breakdown, what: str) -> ChartRows:
     split = [Series("TTFT (prefill)", ttft, "orange"), Series("decode", decode, "cyan")]
     return [
         [
-            _sized(
-                bar_chart,
+            BarChart(
                 labels=labels,
                 series=split,
                 stacked=True,
                 unit=" ms",
                 title=f"Latency by {what}: prefill + decode (mean ms)",
             ),
-            _sized(
-                bar_chart,
+            BarChart(
                 labels=labels,
                 series=[Series("decode tok/s", tps, "green")],
                 title=f"Decode tok/s by {what} (mean)",
@@ -132,15 +121,13 @@ def _by_concurrency(b: Breakdown) -> ChartRows:
     ]
     return [
         [
-            _sized(
-                line_chart,
+            LineChart(
                 labels=labels,
                 series=[Series("req/s", [x.req_per_s for x in s], "green")],
                 title="Requests/s by concurrency",
                 xlabel="concurrent workers",
             ),
-            _sized(
-                line_chart,
+            LineChart(
                 labels=labels,
                 series=lat,
                 title="Latency by concurrency (ms)",
@@ -162,8 +149,7 @@ def _by_rate(b: Breakdown, data: ReportData) -> ChartRows:
     ]
     return [
         [
-            _sized(
-                line_chart,
+            LineChart(
                 labels=labels,
                 series=[Series("goodput %", good, "green")],
                 title="Goodput by offered rate (% of requests within SLOs)",
@@ -171,8 +157,7 @@ def _by_rate(b: Breakdown, data: ReportData) -> ChartRows:
                 markers=[Marker("target", GOODPUT_TARGET * 100, "red")],
                 y_max=115.0,
             ),
-            _sized(
-                line_chart,
+            LineChart(
                 labels=labels,
                 series=lat,
                 title="P95 latency by offered rate (ms)",
@@ -216,31 +201,27 @@ def _over_time(data: ReportData) -> ChartRows:
     """A steady load: is the machine saturated, does memory creep, does throughput hold?"""
     mem_gib = [(t, v / (1 << 30)) for t, v in data.mem_series]
     tput = throughput_over_time([t for t, _ in data.e2e_series])
-    line = {"connect": True}
     return [
         [
-            _sized(
-                scatter_chart,
+            ScatterChart(
                 points=data.cpu_series,
                 title="CPU % over the run (machine)",
                 color="orange",
-                **line,
+                connect=True,
             ),
-            _sized(
-                scatter_chart,
+            ScatterChart(
                 points=mem_gib,
                 title="Memory used over the run (GiB)",
                 color="blue",
-                **line,
+                connect=True,
             ),
         ],
         [
-            _sized(
-                scatter_chart,
+            ScatterChart(
                 points=tput,
                 title="Completed requests/s over the run",
                 color="green",
-                **line,
+                connect=True,
             ),
         ],
     ]
@@ -308,3 +289,34 @@ def finding(data: ReportData) -> str | None:
             return f"Goodput was below {target} at every offered rate."
         return f"SLOs held for ≥ {target} of requests up to {best:g} req/s offered."
     return None
+
+
+NO_REQUESTS = "This run recorded no requests: nothing to tabulate or chart."
+NO_SUCCESS = "No request succeeded: nothing to chart."
+
+
+def nothing_to_chart(data: ReportData) -> str | None:
+    """Why a run has no charts at all (no requests, none succeeded), or ``None``."""
+    o = data.summary.overall
+    if o.n == 0:
+        return NO_REQUESTS
+    if o.ok == 0:
+        return NO_SUCCESS
+    return None
+
+
+def chart_sections(data: ReportData) -> list[ChartSection]:
+    """Every chart of a report, in order: what the scenario varies, then latency and speed.
+
+    The terminal and the files both lay out this list, so a chart added here appears in both.
+    """
+    if nothing_to_chart(data):
+        return []
+    sections = []
+    fit = fit_charts(data)
+    if fit:
+        dim = data.breakdown.dimension if data.breakdown else ""
+        heading = f"by {dim}" if dim != "time" else "over time"
+        sections.append(ChartSection(heading, fit, finding(data)))
+    sections.append(ChartSection("latency and speed", standard_charts(data)))
+    return sections

@@ -117,9 +117,20 @@ def visible_rows(summary: RunSummary) -> list[Row]:
     return rows
 
 
-def _over_slo(slo: Slo, field: str | None, value: float | int | None) -> bool:
+def over_slo(slo: Slo, field: str | None, value: float | int | None) -> bool:
     limit = getattr(slo, field) if field else None
     return limit is not None and value is not None and value > limit
+
+
+def table_rows(summary: RunSummary) -> list[Row]:
+    """The rows the summary shows (terminal, HTML, image): measured ones, the offered rate."""
+    rows = visible_rows(summary)
+    rates = step_rates(summary.run.params)
+    if any(c.step in rates for c in columns(summary)):
+        offered = Row("Throughput", "offered req/s", lambda s: rates.get(s.step), _rate)
+        at = next(i for i, r in enumerate(rows) if r.section == "Throughput")
+        rows.insert(at, offered)
+    return rows
 
 
 def summary_table(summary: RunSummary) -> Table:
@@ -136,22 +147,14 @@ def summary_table(summary: RunSummary) -> Table:
             style="bold" if c is summary.overall and len(cols) > 1 else None,
         )
     section = None
-    rows = visible_rows(summary)
-    rates = step_rates(summary.run.params)
-    if any(c.step in rates for c in cols):
-        offered = Row("Throughput", "offered req/s", lambda s: rates.get(s.step), _rate)
-        at = next(i for i, r in enumerate(rows) if r.section == "Throughput")
-        rows.insert(at, offered)
-    for row in rows:
+    for row in table_rows(summary):
         if row.section != section and section is not None:
             table.add_section()
         cells: list[Text | str] = []
         for c in cols:
             value = row.get(c)
             text = row.show(value)
-            cells.append(
-                Text(text, style="red") if _over_slo(summary.slo, row.slo, value) else text
-            )
+            cells.append(Text(text, style="red") if over_slo(summary.slo, row.slo, value) else text)
         table.add_row(row.section if row.section != section else "", row.label, *cells)
         section = row.section
     return table

@@ -20,7 +20,7 @@ from textual.widgets import Button, Input, Label, Select, Static
 from textual.worker import Worker, WorkerState
 
 from llmtop.core.errors import LlmtopError
-from llmtop.recorder.flags import BACKENDS, FlagError, RunFlags, plan_from_flags
+from llmtop.recorder.flags import BACKENDS, FlagError, RunFlags, plan_from_flags, plan_warnings
 from llmtop.scenarios.loader import builtin_names, load_scenario
 
 FILE = "__file__"
@@ -36,6 +36,18 @@ NUMBER_FIELDS: dict[str, tuple[str, str, InputKind, list[Validator]]] = {
     "max-tokens": ("max_tokens", "max tokens", "integer", [Integer(minimum=1)]),
     "temperature": ("temperature", "temperature", "number", [Number(minimum=0, maximum=2)]),
 }
+
+
+URL_DEFAULT = {
+    "auto": "OLLAMA_HOST",
+    "ollama": "OLLAMA_HOST",
+    "openai": "OPENAI_BASE_URL",
+    "engine": "start one",
+}
+"""The URL field's placeholder: where the backend looks when it is left empty (short: the field
+is narrow)."""
+ENGINE_MODELS = "(engine: smollm2)"
+"""What the engine offers, shown instead of asking a server that is not started yet."""
 
 
 def _url_ok(value: str) -> bool:
@@ -54,6 +66,8 @@ class LauncherScreen(ModalScreen[RunFlags | None]):
         super().__init__()
         self.settings = settings
         self.running = running
+        self._error_field: str | None = None
+        """The field the error message is about; fixing it clears the message."""
 
     # --- layout ------------------------------------------------------------------------------
 
@@ -68,11 +82,11 @@ class LauncherScreen(ModalScreen[RunFlags | None]):
                 yield Select([(b, b) for b in BACKENDS], value=s.backend, allow_blank=False,
                              id="backend", compact=True)  # fmt: skip
                 yield Label("URL")
-                yield Input(s.url or "", placeholder="OLLAMA_HOST or http://127.0.0.1:11434",
+                yield Input(s.url or "", placeholder=URL_DEFAULT.get(s.backend, ""),
                             id="url", compact=True,
                             validators=[Function(_url_ok, "starts with http:// or https://")])  # fmt: skip
                 yield Label("model")
-                yield Input(s.model or "", placeholder="the server's only model", id="model",
+                yield Input(s.model or "", placeholder="its only model", id="model",
                             compact=True)  # fmt: skip
                 yield Label("server has")
                 yield Select([], prompt="(asking…)", id="models", compact=True)
@@ -94,6 +108,7 @@ class LauncherScreen(ModalScreen[RunFlags | None]):
                 yield Label("name")
                 yield Input(s.name, placeholder="a label for this run", id="name",
                             compact=True)  # fmt: skip
+            yield Static("", id="launch-warning")
             yield Static("", id="launch-error")
             with Horizontal(id="launch-buttons"):
                 if self.running:
@@ -102,6 +117,7 @@ class LauncherScreen(ModalScreen[RunFlags | None]):
                 yield Button("Start ▶", id="start", variant="primary", compact=True)
 
     def on_mount(self) -> None:
+        self._warn()
         self.query_one("#launcher").border_title = "launch a run"
         self.query_one("#launcher").border_subtitle = "ctrl+s start · esc cancel"
         self._describe()
@@ -116,6 +132,7 @@ class LauncherScreen(ModalScreen[RunFlags | None]):
         if event.value == FILE:
             file_input.focus()
         self._describe()
+        self._warn()
 
     @on(Input.Changed, "#scenario-file")
     def _file_changed(self) -> None:
@@ -146,31 +163,39 @@ class LauncherScreen(ModalScreen[RunFlags | None]):
     @on(Select.Changed, "#backend")
     @on(Input.Submitted, "#url")
     def _server_changed(self) -> None:
+        backend = str(self.query_one("#backend", Select).value)
+        self.query_one("#url", Input).placeholder = URL_DEFAULT.get(backend, "")
         self.fetch_models()
 
     @work(exclusive=True, group="models", exit_on_error=False)
-    async def fetch_models(self) -> list[str]:
-        from llmtop.collectors.backends import make_backend
+    async def fetch_models(self) -> tuple[list[str], str]:
+        """The server's models and what the list says when it has none."""
+        from llmtop.collectors.backends import detect_api, make_backend, ollama_answers
         from llmtop.recorder.watcher import watch_target
 
         backend = str(self.query_one("#backend", Select).value)
         url = self.query_one("#url", Input).value.strip() or None
-        if backend in ("auto", "engine"):
-            if backend == "engine":
-                return []
-            url, _ = watch_target("ollama", url)  # auto: ask Ollama, the first it tries
-            backend = "ollama"
+        if backend == "engine" and url is None:
+            return [], ENGINE_MODELS
+        if backend == "auto":
+            if url is None:  # Ollama if it answers, else the engine (what a run would do)
+                url, _ = watch_target("ollama", None)
+                if await ollama_answers(url) is not None:
+                    return [], ENGINE_MODELS
+                backend = "ollama"
+            else:
+                backend = await detect_api(url)
         async with make_backend(backend, url) as b:
-            return await b.list_models()
+            return await b.list_models(), "(no models listed)"
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "models":
             return
         select = self.query_one("#models", Select)
         if event.state is WorkerState.SUCCESS:
-            models: list[str] = event.worker.result or []
+            models, when_none = event.worker.result or ([], "(no models listed)")
             select.set_options((m, m) for m in models)
-            select.prompt = "pick one" if models else "(no models listed)"
+            select.prompt = "pick one" if models else when_none
             model_input = self.query_one("#model", Input)
             if not model_input.value and len(models) == 1:
                 model_input.value = models[0]
@@ -183,9 +208,53 @@ class LauncherScreen(ModalScreen[RunFlags | None]):
         if event.value is not Select.BLANK and event.value is not Select.NULL:
             self.query_one("#model", Input).value = str(event.value)
 
+    # --- as the user types --------------------------------------------------------------------
+
+    @on(Input.Changed)
+    def _edited(self, event: Input.Changed) -> None:
+        """A field marked wrong that now holds a good value loses the mark and its message; the
+        warnings follow the values."""
+        widget = event.input
+        if widget.id is not None and widget.id == self._error_field:
+            result = widget.validate(event.value.strip())
+            if result is None or result.is_valid:
+                widget.remove_class("-invalid")
+                self._error("")
+        self._warn()
+
+    def _warn(self) -> None:
+        """Warnings of the plan the form makes now (it may still start), e.g. fewer requests
+        than workers."""
+        warning = self.query_one("#launch-warning", Static)
+        try:
+            plan = plan_from_flags(self._settings())
+        except (FlagError, ValueError):
+            plan = None
+        text = "" if plan is None else "\n".join(f"note: {w}" for w in plan_warnings(plan))
+        warning.update(text)
+        warning.display = bool(text)
+
+    def _settings(self) -> RunFlags:
+        """The form's values as flags, unchecked (``collect`` checks them)."""
+        flags: dict[str, Any] = {
+            "backend": str(self.query_one("#backend", Select).value),
+            "url": self.query_one("#url", Input).value.strip() or None,
+            "model": self.query_one("#model", Input).value.strip() or None,
+            "scenario": self._scenario_ref() or None,
+            "name": self.query_one("#name", Input).value.strip() or None,
+        }
+        for field_id, (flag, _, kind, _) in NUMBER_FIELDS.items():
+            text = self.query_one(f"#{field_id}", Input).value.strip()
+            try:
+                flags[flag] = (int(text) if kind == "integer" else float(text)) if text else None
+            except ValueError:
+                flags[flag] = None
+        return self.settings.replace(**flags)
+
     # --- answers -----------------------------------------------------------------------------
 
     def _error(self, message: str, field_id: str | None = None) -> None:
+        self._error_field = field_id
         self.query_one("#launch-error", Static).update(f"[b]{message}[/]" if message else "")
         if field_id is not None:
             widget = self.query_one(f"#{field_id}")

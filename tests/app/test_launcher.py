@@ -115,3 +115,49 @@ async def test_an_unreachable_server_fails_the_run_with_a_message(tmp_path, db_p
         assert "failed" in shot
     (run,) = queries.list_runs(open_readonly(db_path))
     assert run.status == "failed" and url in (run.error or ""), run.error
+
+
+async def test_a_fixed_value_clears_its_error(tmp_path, db_path):
+    app = make_app(db_path, tmp_path / "cfg", backend="ollama", url=refused_url(), model="m")
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.push_screen(LauncherScreen(app.launch_settings))
+        await wait_for(pilot, on_screen(app, LauncherScreen))
+        screen = app.screen
+        temperature = screen.query_one("#temperature", Input)
+        temperature.value = "3"
+        await pilot.press("ctrl+s")
+        error = screen.query_one("#launch-error", Static)
+        assert "temperature" in str(error.render()) and temperature.has_class("-invalid")
+        temperature.value = "1"
+        await wait_for(pilot, lambda: str(error.render()).strip() == "")
+        assert not temperature.has_class("-invalid")
+
+
+async def test_fewer_requests_than_workers_is_noted(tmp_path, db_path):
+    """``requests=2`` on ``concurrency``: c4 and c8 never have more than 2 in flight."""
+    app = make_app(db_path, tmp_path / "cfg", backend="ollama", url=refused_url(), model="m")
+    async with app.run_test(size=(100, 40)) as pilot:
+        app.push_screen(LauncherScreen(app.launch_settings))
+        await wait_for(pilot, on_screen(app, LauncherScreen))
+        screen = app.screen
+        warning = screen.query_one("#launch-warning", Static)
+        screen.query_one("#scenario", Select).value = "concurrency"
+        screen.query_one("#requests", Input).value = "2"
+        await wait_for(pilot, lambda: "c4" in str(warning.render()))
+        text = str(warning.render())
+        assert "never more than 2 in flight" in text and "c8" in text and "c2" not in text
+        screen.query_one("#requests", Input).value = "8"
+        await wait_for(pilot, lambda: str(warning.render()).strip() == "")
+        assert not warning.display
+
+
+async def test_auto_without_ollama_lists_the_engines_model(tmp_path, db_path, monkeypatch):
+    monkeypatch.setenv("OLLAMA_HOST", refused_url())
+    app = make_app(db_path, tmp_path / "cfg")  # backend auto, no URL
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.push_screen(LauncherScreen(app.launch_settings))
+        await wait_for(pilot, on_screen(app, LauncherScreen))
+        models = app.screen.query_one("#models", Select)
+        await wait_for(pilot, lambda: models.prompt != "(asking…)")
+        assert models.prompt == "(engine: smollm2)"
+        assert app.screen.query_one("#url", Input).placeholder == "OLLAMA_HOST"

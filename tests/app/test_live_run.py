@@ -14,6 +14,7 @@ from support.dashboard import ITL_MS, MODEL, TTFT_MS, make_app, on_screen, wait_
 from textual.notifications import Notify
 from textual.widgets import Input, Select
 
+from llmtop.app.app import stored_status
 from llmtop.app.screens.compare import CompareScreen
 from llmtop.app.screens.launcher import LauncherScreen
 from llmtop.app.screens.run_detail import RunDetailScreen
@@ -154,6 +155,8 @@ async def test_quitting_mid_run_closes_it_cancelled(fake_server, db_path, tmp_pa
     # the app waited for the recording to close the run: cancelled, what arrived kept
     run = queries.get_run(open_readonly(db_path), run_id)
     assert run is not None and run.status == "cancelled" and 1 <= run.n_requests < 100
+    # what `llmtop` prints on the way out: the stored status, not the last tick's "running"
+    assert stored_status(db_path, run_id) == "cancelled"
 
 
 async def test_a_killed_recording_process_is_reported_with_its_exit_code(

@@ -103,3 +103,23 @@ def test_not_sqlite_and_newer_schema_are_one_line(tmp_path):
     )
     db.close()
     assert_one_line_error(run_llmtop("export", "--csv", "--db", str(newer)), 1, "newer llmtop")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["runs", "--db", "{dir}"], "'llmtop runs --help'"),
+        (["report", "--db", "{dir}"], "is a directory"),
+        (["export", "--csv", "--db", "{dir}"], "is a directory"),
+        (["compare", "1", "2", "--db", "{dir}"], "'llmtop compare --help'"),
+        (["export", "--table", "nosuch"], "'nosuch' is not one of"),
+        (["runs", "--since"], "'llmtop runs --help'"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["--requests", "0"], "'llmtop --help'"),
+        (["record", "--concurrency", "0"], "'llmtop record --help'"),
+    ],
+)
+def test_every_usage_error_is_one_line(tmp_path, args, fragment):
+    """click's four-line usage box never reaches the user: one ``llmtop:`` line, exit 2."""
+    args = [a.replace("{dir}", str(tmp_path)) for a in args]
+    assert_one_line_error(run_llmtop(*args), 2, fragment)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -47,16 +49,56 @@ def test_markdown_and_json(dbfile):
     assert [s["step"] for s in data["steps"]] == ["c1", "c2", "c4", "c8"]
 
 
-def test_svg_and_html_files(dbfile, tmp_path):
-    svg, html = tmp_path / "r.svg", tmp_path / "r.html"
-    proc = run_llmtop("report", "1", "--svg", str(svg), "--html", str(html), "--db", dbfile)
+def test_html_svg_and_png_files(dbfile, tmp_path):
+    svg, html, png = tmp_path / "r.svg", tmp_path / "r.html", tmp_path / "r.png"
+    proc = run_llmtop("report", "1", "--svg", str(svg), "--html", str(html), "--png", str(png),
+                      "--db", dbfile)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""  # the report went to the files
-    assert f"to {svg}" in proc.stderr and f"to {html}" in proc.stderr
+    for path in (svg, html, png):
+        assert f"to {path}" in proc.stderr
     root = ET.parse(svg).getroot()
-    assert "Latency by prompt" in "".join(root.itertext()).replace("\xa0", " ")
+    assert "Latency by prompt: prefill + decode (mean ms)" in "".join(root.itertext())
+    assert len(root.findall(".//{http://www.w3.org/2000/svg}path")) > 50  # vector charts
     page = html.read_text()
     assert "Latency by prompt" in page and "Decode tok/s over the run" in page
+    assert page.count("<svg ") >= 5
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_file_reports_do_not_load_the_terminal_stack_and_the_terminal_not_matplotlib(
+    dbfile, tmp_path
+):
+    """The CLI's start time: each path imports only what it draws with."""
+    code = (
+        "import sys\n"
+        "from llmtop.app.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('matplotlib' in sys.modules, 'textual' in sys.modules, file=sys.stderr)\n"
+    )
+    page = tmp_path / "r.html"
+    for args, loaded in ((["--html", str(page)], "True False"), ([], "False True")):
+        proc = subprocess.run(
+            [sys.executable, "-c", code, "report", "1", "--db", dbfile, *args],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert proc.stderr.strip().splitlines()[-1] == loaded, (args, proc.stderr)
+
+
+def test_without_matplotlib_a_file_report_says_what_to_install(dbfile, tmp_path):
+    # a package named matplotlib that cannot be imported, ahead of the real one on the path
+    shadow = tmp_path / "shadow" / "matplotlib"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'matplotlib'\", name='matplotlib')\n"
+    )
+    env = {"PYTHONPATH": str(shadow.parent)}
+    out = tmp_path / "r.png"
+    proc = run_llmtop("report", "1", "--png", str(out), "--db", dbfile, env=env)
+    assert_one_line_error(proc, 1, "--png needs matplotlib", "pip install")
+    assert not out.exists()
+    terminal = run_llmtop("report", "1", "--db", dbfile, env=env)  # the terminal needs none
+    assert terminal.returncode == 0 and "Latency by prompt" in terminal.stdout
 
 
 @pytest.mark.parametrize(
@@ -65,6 +107,9 @@ def test_svg_and_html_files(dbfile, tmp_path):
         (["99"], 2, "no run with id 99"),
         (["--markdown", "--json"], 2, "choose one of --markdown and --json"),
         (["--svg", "/nonexistent/dir/r.svg"], 2, "cannot write /nonexistent/dir/r.svg"),
+        (["--png", "/nonexistent/r.png"], 2, "cannot write /nonexistent/r.png: no directory"),
+        (["--html", "/"], 2, "cannot write /: it is a directory"),
+        (["--html", "r.html", "--width", "100"], 2, "--width sets the terminal report's"),
     ],
 )
 def test_bad_input_is_one_line(dbfile, args, code, fragment):

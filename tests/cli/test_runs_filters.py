@@ -133,3 +133,14 @@ def test_delete_asks_on_a_terminal(dbfile, answer, kept):
     assert "Delete run 2 and all its data? [y/N]" in out
     assert ids(db=dbfile) == kept
     assert ("deleted run 2" in out) == (kept == [3, 1])
+
+
+def test_runs_that_failed_before_a_request_are_hidden_unless_all(dbfile, tmp_path):
+    refused = run_llmtop("record", "--backend", "ollama", "--url", "http://127.0.0.1:9",
+                         "--model", "m", "--db", dbfile)  # fmt: skip
+    assert refused.returncode == 1
+    assert ids(db=dbfile) == [3, 2, 1]
+    assert ids("--all", db=dbfile) == [4, 3, 2, 1]
+    assert ids("--limit", "1", db=dbfile) == [3]  # the limit counts the runs shown
+    table = run_llmtop("runs", "--db", dbfile)
+    assert "1 run that failed before a request not shown; --all shows them" in table.stderr

@@ -78,6 +78,7 @@ async def test_the_engine_is_stopped_when_the_run_fails():
 
 
 async def test_an_engine_that_exits_is_reported_with_its_last_line():
+    """Its own "llmtop: " prefix is dropped: the CLI puts one in front of the whole message."""
     cmd = [sys.executable, "-c", "import sys; print('loading'); "
            "print('llmtop: no model file smollm2', file=sys.stderr); sys.exit(3)"]  # fmt: skip
     with pytest.raises(SourceError) as e:
@@ -85,7 +86,7 @@ async def test_an_engine_that_exits_is_reported_with_its_last_line():
             pass
     assert (
         str(e.value)
-        == "the llmtop engine exited with code 3 before it answered: llmtop: no model file smollm2"
+        == "the llmtop engine exited with code 3 before it answered: no model file smollm2"
     )
 
 

@@ -240,3 +240,26 @@ async def test_a_full_disk_fails_the_run_and_keeps_what_was_written(tmp_path):
     assert conn.execute("select status from requests where id = 1").fetchone() == ("ok",)
     assert conn.execute("select count(*) from tokens where request_id = 1").fetchone()[0] == 3000
     assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+
+
+async def test_what_the_start_waits_for_is_heard_then_cleared(tmp_path):
+    """The backend's start (an engine loading) is told to the recording's status sink; once
+    requests go out the status is empty, so displays show the requests instead."""
+    heard: list[tuple[str, bool]] = []
+    be = ScriptedBackend()
+
+    def factory(plan, on_status):
+        on_status("loading the fake model", notice=False)
+        on_status("no fake Ollama: measuring the fake engine", notice=True)
+        return be
+
+    rec = Recording(
+        plan_of(Scenario("s", (Step("x", P, requests=2),))), tmp_path / "r.db",
+        backend_factory=factory, on_status=lambda t, notice=False: heard.append((t, notice)),
+    )  # fmt: skip
+    res = await rec.run()
+    assert res.status == "finished"
+    assert ("loading the fake model", False) in heard
+    assert ("no fake Ollama: measuring the fake engine", True) in heard
+    assert any(t.startswith("checking that") for t, _ in heard)
+    assert rec.status == ""

@@ -8,7 +8,9 @@ from support.runs import FakeRequest, write_run
 
 from llmtop.app.report.charts import Marker, Series, bar_chart, histogram_chart
 from llmtop.app.report.data import bin_count, load_report
-from llmtop.app.report.document import render_file, report_renderables
+from llmtop.app.report.document import report_renderables
+from llmtop.app.report.html_page import report_html
+from llmtop.app.report.report_image import report_png, report_svg
 from llmtop.app.report.scenario_charts import throughput_over_time
 from llmtop.app.report.text_formats import report_markdown
 from llmtop.storage.db import open_readonly
@@ -38,7 +40,21 @@ def test_a_run_where_everything_failed_shows_the_errors(db):
     text = plain(*report_renderables(data, 160), width=160)
     assert "·  failed  ·  requests 2  ·  2 failed (connect 1, timeout 1)" in text
     assert "No request succeeded: nothing to chart." in text
-    render_file(data, "svg")  # files render too
+
+
+@pytest.mark.parametrize("run", [1, 2, 3])
+def test_files_of_small_runs_say_what_is_missing(db, run):
+    data = load_report(db, run)
+    svg, page = report_svg(data, "r"), report_html(data, "r")
+    assert report_png(data, "r").startswith(b"\x89PNG")
+    message = {1: "This run recorded no requests", 2: "No request succeeded: nothing to chart."}
+    if run in message:
+        assert message[run] in svg and message[run] in page
+        assert "<figure" not in page
+    else:  # one request: every chart drawn, the TPOT row left out as in the terminal
+        assert page.count('<figure class="chart"') == 3
+        assert "E2E latency (ms), 1 requests" in svg
+        assert "TPOT" not in page
 
 
 def test_one_request_with_one_token(db):

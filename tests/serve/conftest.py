@@ -18,7 +18,7 @@ CONTEXT = 512  # small, so a too-long prompt is cheap to build
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[ServeProcess]:
-    sp = start_serve("--port", "0", "--max-batch", "8", "--ctx", str(CONTEXT))
+    sp = start_serve("--port", "0", "--max-batch", "8", "--ctx", str(CONTEXT), progress=True)
     yield sp
     assert sp.stop() in (0, -signal.SIGTERM), sp.stderr
     assert not any("Traceback" in line for line in sp.stderr), "\n".join(sp.stderr)

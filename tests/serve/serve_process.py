@@ -38,14 +38,16 @@ def _pump(stream, sink: list[str], lines: queue.Queue[tuple[str, str]] | None, t
             lines.put((tag, line.rstrip("\n")))
 
 
-def start_serve(*args: str, timeout: float = 90) -> ServeProcess:
-    """Start ``llmtop serve ARGS`` and wait for its ready line (or its exit)."""
+def start_serve(*args: str, timeout: float = 90, progress: bool = False) -> ServeProcess:
+    """Start ``llmtop serve ARGS`` and wait for its ready line (or its exit); ``progress`` asks
+    for its start's progress as lines on stderr, as llmtop's own launcher does."""
+    extra = {"LLMTOP_SERVE_PROGRESS": "lines"} if progress else {}
     proc = subprocess.Popen(
         [llmtop_exe(), "serve", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "NO_COLOR": "1"},
+        env={**os.environ, "NO_COLOR": "1", **extra},
     )
     sp = ServeProcess(proc)
     lines: queue.Queue[tuple[str, str]] = queue.Queue()

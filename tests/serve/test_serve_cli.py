@@ -21,7 +21,11 @@ def test_ready_line_names_the_real_port_and_the_model(server):
     m = READY_LINE.match(line)
     assert m and int(m.group(1)) > 0
     assert server.url == f"http://127.0.0.1:{m.group(1)}"
-    assert not server.stderr, server.stderr  # loopback: no warning
+    assert not any("warning" in x for x in server.stderr), server.stderr  # loopback: no warning
+    # every wait before the ready line said what it waited for, on stderr
+    said = " ".join(server.stderr)
+    for stage in ("loading smollm2", "warming up"):
+        assert f"llmtop serve: {stage}" in said, server.stderr
 
 
 def test_a_taken_port_fails_at_once_with_one_line():

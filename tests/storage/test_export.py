@@ -105,3 +105,19 @@ def test_export_streams_in_bounded_memory(tmp_path):
     assert peak < 4 << 20, f"peak {peak / 1e6:.1f} MB"
     conn = sqlite3.connect(path)
     assert conn.execute("select count(*) from tokens").fetchone()[0] == n
+
+
+@pytest.mark.parametrize(("table", "clock"), [("requests", "t_start_ns"), ("tokens", "t_ns")])
+def test_times_are_placed_on_the_wall_clock(db, table, clock):
+    """Each perf_counter time gets ``t_unix_s``: the run's start plus its offset from t0_ns."""
+    from datetime import datetime
+
+    (run,) = as_json(db, table="runs", run_ids=[2])
+    start = datetime.fromisoformat(run["started_at"]).timestamp()
+    rows = as_json(db, table=table, run_ids=[2])
+    assert rows and all(r[clock] is not None for r in rows)
+    for r in rows:
+        expected = start + (r[clock] - run["t0_ns"]) / 1e9
+        assert r["t_unix_s"] == pytest.approx(expected, abs=1e-6)
+    by_clock = sorted(rows, key=lambda r: r[clock])
+    assert [r["t_unix_s"] for r in by_clock] == sorted(r["t_unix_s"] for r in rows)
