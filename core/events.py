@@ -163,6 +163,22 @@ class ServerSampled:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerIdentified:
+    """Which server answers at ``url``: its kind, its version when it tells, and the canonical
+    series (core/server_series.py) llmtop reads from it. Sent once a sampler knows, and again
+    if the answer changes."""
+
+    run_id: int | None
+    t_ns: int
+    kind: str
+    """``vllm``, ``llama.cpp``, ``sglang``, ``tgi``, ``ollama``, ``llmtop-engine`` or ``metrics``
+    (a Prometheus page of no kind llmtop knows)."""
+    version: str | None
+    url: str
+    series: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ClientSampled:
     """llmtop's own process over the last interval: how late its event loop woke (a probe timer,
     recorder/loop_probe.py) and how much CPU it used. ``worker`` is the recording process (0,
@@ -198,6 +214,7 @@ Event = (
     | ResourcesSampled
     | GpuSampled
     | ServerSampled
+    | ServerIdentified
     | ClientSampled
     | SourceDown
 )

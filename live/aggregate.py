@@ -28,6 +28,7 @@ from llmtop.core.events import (
     RequestFinished,
     RequestStarted,
     ResourcesSampled,
+    ServerIdentified,
     ServerSampled,
     SourceDown,
     TokenReceived,
@@ -164,30 +165,56 @@ class _GpuTrack:
 
 
 class _ServerTrack:
-    """One server source's newest sample and the series of what the panel charts."""
+    """One server source's newest sample, what changed since the one before, and the series
+    the panel charts."""
 
     def __init__(self) -> None:
         self.last: ServerSampled | None = None
         self.canon: dict[str, float] = {}
-        self.running, self.waiting, self.kv = _Series(), _Series(), _Series()
+        self.first: dict[str, float] | None = None
+        self.window = metrics.ServerWindow()
+        self.means: dict[str, float] = {}
+        self.running, self.waiting, self.kv, self.gen = _Series(), _Series(), _Series(), _Series()
 
     def add(self, ev: ServerSampled) -> None:
-        self.last = ev
-        c = self.canon = canonical_values(ev.values)
+        c = canonical_values(ev.values, ev.source)
+        prev, prev_ev = self.canon, self.last
+        if prev_ev is not None and ev.t_ns > prev_ev.t_ns:
+            seconds = (ev.t_ns - prev_ev.t_ns) / metrics.NS_PER_S
+            self.window = metrics.server_window(prev, c, seconds)
+            self.means.update(self.window.means_ms)
+            self.gen.add(self.window.generation_tps)
+        if self.first is None:
+            self.first = c
+        self.last, self.canon = ev, c
         self.running.add(c.get("requests_running"))
         self.waiting.add(c.get("requests_waiting"))
         self.kv.add(_scaled(c.get("kv_cache_usage"), 100))
 
-    def view(self) -> ServerView:
+    def view(self, version: str | None) -> ServerView:
         ev = self.last
         assert ev is not None
-        c = self.canon
+        c, w = self.canon, self.window
+        since = metrics.server_window(self.first or c, c, None)
         return ServerView(
-            ev.source, ev.t_ns, _loaded_models(ev.values), c.get("requests_running"),
-            c.get("requests_waiting"), _scaled(c.get("kv_cache_usage"), 100),
-            _scaled(c.get("ttft_s_p50"), 1000), _scaled(c.get("tpot_s_p50"), 1000),
-            self.running.get(), self.waiting.get(), self.kv.get(), tuple(sorted(ev.values.items())),
-        )  # fmt: skip
+            source=ev.source,
+            t_ns=ev.t_ns,
+            models=_loaded_models(ev.values),
+            version=version,
+            running=c.get("requests_running"),
+            waiting=c.get("requests_waiting"),
+            kv_cache_pct=_scaled(c.get("kv_cache_usage"), 100),
+            generation_tps=w.generation_tps,
+            prompt_tps=w.prompt_tps,
+            prefix_cache_hit_rate=since.prefix_cache_hit_rate,
+            preemptions=since.preemptions,
+            means_ms=tuple(sorted(self.means.items())),
+            running_series=self.running.get(),
+            waiting_series=self.waiting.get(),
+            kv_cache_series=self.kv.get(),
+            generation_tps_series=self.gen.get(),
+            values=tuple(sorted(ev.values.items())),
+        )
 
 
 class Aggregator:
@@ -209,6 +236,7 @@ class Aggregator:
         self._last_res: ResourcesSampled | None = None
         self._gpus: dict[int, _GpuTrack] = {}
         self._servers: dict[str, _ServerTrack] = {}
+        self._idents: dict[str, ServerIdentified] = {}
         self._down: dict[str, str] = {}
 
     # --- any thread --------------------------------------------------------------------------
@@ -315,6 +343,8 @@ class Aggregator:
                 endpoint = "server:ollama" if ev.source == "ollama" else "server:metrics"
                 self._down.pop(endpoint, None)
                 self._down.pop(ev.source, None)
+            case ServerIdentified():
+                self._idents[ev.kind] = ev
             case SourceDown():
                 self._down[ev.source] = ev.reason
             case ClientSampled():
@@ -433,7 +463,10 @@ class Aggregator:
             table=self._run_table(),
             resources=self._resources(),
             gpus=tuple(self._gpus[k].view() for k in sorted(self._gpus)),
-            servers=tuple(self._servers[k].view() for k in sorted(self._servers)),
+            servers=tuple(
+                self._servers[k].view(self._idents[k].version if k in self._idents else None)
+                for k in sorted(self._servers)
+            ),
             down=tuple(sorted(self._down.items())),
             in_flight=tuple(o.view() for o in self._open.values()),
             finished=tuple(self._finished),

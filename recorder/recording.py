@@ -28,6 +28,7 @@ from llmtop.collectors.server_metrics import ServerMetricsSampler
 from llmtop.collectors.system import SystemSampler, host_info, local_port
 from llmtop.core.errors import SourceError, StorageError, UsageError
 from llmtop.core.events import Event
+from llmtop.core.metrics import counter_increase
 from llmtop.core.requests import StatusSink, no_status
 from llmtop.recorder.loop_probe import LoopProbe, new_event_loop
 from llmtop.recorder.plan import (
@@ -45,6 +46,10 @@ from llmtop.storage.writer import EventWriter, RunInfo
 
 OnEvent = Callable[[Event], None]
 SETUP_TIMEOUT_S = 10.0
+SETTLE_S = 2.0
+"""Longest wait, after a step, for the server's counters to count the tokens the step received
+(llama.cpp adds to its counters when a request completes, a moment after its last byte)."""
+SETTLE_EVERY_S = 0.05
 
 __all__ = [
     "FailureKind", "OnEvent", "RecordPlan", "RecordResult", "Recording", "RecordingThread",
@@ -318,15 +323,24 @@ class Recording:
             for w in waits:
                 w.cancel()
             runner = await self._runner(backend)
-            self.status = ""  # requests go out now: the progress is theirs
+            server = next((s for s in samplers if isinstance(s, ServerMetricsSampler)), None)
             self.probe = LoopProbe(self._emit, self.run_id)
             self.probe.start()
             try:
+                # The server's /metrics read at each step's boundaries (the warm-up's end too):
+                # the end of one is the start of the next, so counter increases over a step
+                # are its own tokens.
+                before = await server.scrape() if server is not None else None
+                self.status = ""  # requests go out now: the progress is theirs
                 await runner.warmup(scenario)
+                if server is not None:
+                    before = await _settled(server, before, self.tally.warmup_tokens)
                 for i, step in enumerate(scenario.steps):
                     self.tally.begin_step(i)
                     self._steps_run.append(step.name)
                     await runner.run_step(step, i)
+                    if server is not None:
+                        before = await _settled(server, before, self.tally.steps[i].output_tokens)
                     if self._slo_broke(i):
                         break
             except* _Stopped:
@@ -386,6 +400,25 @@ class Recording:
         if self.plan.sample_server:
             out.append(ServerMetricsSampler(self.run_id, backend.base_url, backend.name))
         return out
+
+
+async def _settled(
+    server: ServerMetricsSampler, before: dict[str, float] | None, tokens: int
+) -> dict[str, float] | None:
+    """Scrape the server after a step until its generation counter has grown by the ``tokens``
+    the step received (at most ``SETTLE_S``); the canonical values of the last scrape."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_S
+    while True:
+        now = await server.scrape()
+        if now is None or before is None:
+            return now
+        grown = counter_increase(
+            before.get("generation_tokens_total"), now.get("generation_tokens_total")
+        )
+        if grown is None or grown >= tokens or loop.time() >= deadline:
+            return now
+        await asyncio.sleep(SETTLE_EVERY_S)
 
 
 async def record(

@@ -19,6 +19,7 @@ from llmtop.core.events import (
     RequestFinished,
     RequestStarted,
     ResourcesSampled,
+    ServerIdentified,
     ServerSampled,
     SourceDown,
     TokenReceived,
@@ -53,6 +54,9 @@ INSERT_GPU = (
 INSERT_SERVER = (
     "INSERT INTO server_samples (run_id, t_ns, source, key, value) VALUES (?, ?, ?, ?, ?)"
 )
+INSERT_IDENT = (
+    "INSERT INTO servers (run_id, t_ns, kind, version, url, series) VALUES (?, ?, ?, ?, ?, ?)"
+)
 INSERT_DOWN = "INSERT INTO source_down (run_id, t_ns, source, reason) VALUES (?, ?, ?, ?)"
 INSERT_CLIENT = (
     "INSERT INTO client_samples (run_id, t_ns, worker, loop_lag_ms_p50, loop_lag_ms_p99,"
@@ -63,7 +67,9 @@ INSERT_CLIENT = (
 class Batch:
     """Rows of one flush, built on the writer thread from a list of events."""
 
-    __slots__ = ("clients", "downs", "gpus", "requests", "samples", "servers", "tokens")
+    __slots__ = (
+        "clients", "downs", "gpus", "idents", "requests", "samples", "servers", "tokens",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.tokens: list[TokenReceived] = []
@@ -73,6 +79,7 @@ class Batch:
         self.servers: list[tuple[Any, ...]] = []
         self.downs: list[tuple[Any, ...]] = []
         self.clients: list[tuple[Any, ...]] = []
+        self.idents: list[tuple[Any, ...]] = []
 
 
 class RowBuilder:
@@ -169,6 +176,10 @@ class RowBuilder:
                     b.servers.extend(
                         (ev.run_id, ev.t_ns, ev.source, k, v) for k, v in ev.values.items()
                     )
+                case ServerIdentified():
+                    b.idents.append(
+                        (ev.run_id, ev.t_ns, ev.kind, ev.version, ev.url, ",".join(ev.series))
+                    )
                 case SourceDown():
                     b.downs.append((ev.run_id, ev.t_ns, ev.source, ev.reason))
                 case ClientSampled():
@@ -210,3 +221,5 @@ def write_batch(conn: sqlite3.Connection, b: Batch) -> None:
         conn.executemany(INSERT_DOWN, b.downs)
     if b.clients:
         conn.executemany(INSERT_CLIENT, b.clients)
+    if b.idents:
+        conn.executemany(INSERT_IDENT, b.idents)

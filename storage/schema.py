@@ -19,6 +19,7 @@ TABLES: tuple[str, ...] = (
     "samples",
     "gpu_samples",
     "server_samples",
+    "servers",
     "source_down",
     "client_samples",
 )
@@ -135,7 +136,24 @@ def m001_initial(db: Database) -> None:
 
 
 @MIGRATIONS()
-def m002_client_self_check(db: Database) -> None:
+def m002_servers(db: Database) -> None:
+    """Which server answered each run: kind, version and the series read (issue 16)."""
+    db.table("servers").create(
+        {
+            "run_id": int,
+            "t_ns": int,
+            "kind": str,  # vllm, llama.cpp, sglang, tgi, ollama, llmtop-engine, metrics
+            "version": str,
+            "url": str,
+            "series": str,  # canonical series read, comma-separated
+        }
+    )
+    db.table("servers").create_index(["run_id"])
+    db.table("server_samples").create_index(["run_id", "source", "t_ns"])
+
+
+@MIGRATIONS()
+def m003_client_self_check(db: Database) -> None:
     """llmtop checking itself (issue 17): each open-loop request's scheduled time beside the
     time it went out (``t_start_ns``), the run's own loop lag and CPU, and their time series."""
     db.table("requests").add_column("t_scheduled_ns", int)

@@ -1,6 +1,8 @@
 """``llmtop doctor``: what llmtop finds on this machine, and why anything is off.
 
-Each check is a row: the server at ``OLLAMA_HOST`` (and ``--url`` when given), the in-repo
+Each check is a row: the server at ``OLLAMA_HOST`` (and ``--url`` when given, with the kind and
+version of the server found there, the metric series llmtop reads from it, or the flag that
+turns its metrics on), the in-repo
 engine's pieces (torch, gguf, tokenizers, the bundled model file), NVML and each GPU, the
 machine, and the database (path, schema version, runs). Nothing is created or changed: a
 database that does not exist yet is reported as such, not made.
@@ -8,6 +10,7 @@ database that does not exist yet is reported as such, not made.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import importlib.util
 import json
@@ -25,7 +28,7 @@ from rich.table import Table
 from llmtop.app.commands.common import db_option, db_path_of
 from llmtop.app.commands.run_options import OneLineErrors
 from llmtop.collectors.gpu import inventory
-from llmtop.collectors.server_metrics import server_root
+from llmtop.collectors.server_metrics import Probe, probe
 from llmtop.collectors.system import host_info
 from llmtop.core.errors import StorageError
 from llmtop.storage.db import ENV_DB, applied_migrations, open_readonly, resolve_db_path
@@ -101,16 +104,30 @@ def check_openai(url: str) -> list[Check]:
                 )
             else:
                 out.append(Check("servers", name, "problem", f"GET /models answered HTTP {r.status_code}"))  # fmt: skip
-            m = c.get(server_root(url) + "/metrics")
-            state: State = "ok" if m.status_code == 200 else "off"
-            out.append(Check("servers", "  /metrics", state,
-                             "Prometheus metrics found" if state == "ok" else
-                             f"HTTP {m.status_code}: no server-side metrics"))  # fmt: skip
+        out.append(check_metrics(url))
     except httpx.HTTPError as e:
         out.append(Check("servers", name, "problem", f"not answering ({_why(e)})"))
     except ValueError:
         out.append(Check("servers", name, "problem", "answers, but not as an OpenAI API does"))
     return out
+
+
+def check_metrics(url: str) -> Check:
+    """The server's own metrics: which kind and version answers, which series llmtop reads,
+    or why none (with the flag that turns them on)."""
+
+    async def look() -> Probe:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            return await probe(client, url)
+
+    p = asyncio.run(look())
+    who = p.kind or "unknown server"
+    if p.version:
+        who += f" {p.version}"
+    if p.series:
+        return Check("servers", "  /metrics", "ok",
+                     f"{who}; reads {len(p.series)} series: {', '.join(p.series)}")  # fmt: skip
+    return Check("servers", "  /metrics", "off", f"{who}; {p.problem or 'no series read'}")
 
 
 def _version(dist: str) -> str | None:

@@ -9,10 +9,12 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from llmtop.app.report.compare import Change, Comparison, Row
+from llmtop.app.report.compare import SERVER_GROUP, Change, Comparison, Row
 from llmtop.app.report.text_formats import md_table
 from llmtop.core import fmt
 
+LABEL_ONLY_GROUPS = ("Throughput", "Resources", SERVER_GROUP)
+"""Groups whose rows are named by their label alone."""
 VERDICT_STYLE = {
     "better": "bold green",
     "worse": "bold red",
@@ -50,7 +52,7 @@ def run_title(c: Comparison, i: int) -> str:
 
 def row_name(row: Row) -> str:
     """``TTFT ms p50``; throughput and resource rows are named by their label alone."""
-    if row.spec.group in ("Throughput", "Resources"):
+    if row.spec.group in LABEL_ONLY_GROUPS:
         return row.spec.label
     return f"{row.spec.group} {row.spec.label}"
 
@@ -59,7 +61,7 @@ def _names(rows: list[Row]) -> str:
     """Metric names grouped: ``TTFT ms mean/p95, requests/s``."""
     groups: dict[str, list[str]] = {}
     for row in rows:
-        key = "" if row.spec.group in ("Throughput", "Resources") else row.spec.group
+        key = "" if row.spec.group in LABEL_ONLY_GROUPS else row.spec.group
         groups.setdefault(key, []).append(row.spec.label)
     return ", ".join(
         f"{g} {'/'.join(labels)}" if g else ", ".join(labels) for g, labels in groups.items()
@@ -89,7 +91,9 @@ def summary_lines(c: Comparison) -> list[str]:
 def runs_table(c: Comparison) -> Table:
     """Which run is which."""
     t = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("run", "name", "scenario", "backend", "model", "started", "status", "requests"):
+    for col in (
+        "run", "name", "scenario", "backend", "server", "model", "started", "status", "requests",
+    ):  # fmt: skip
         t.add_column(col, justify="right" if col in ("run", "requests") else "left")
     for i, r in enumerate(c.runs):
         t.add_row(
@@ -97,7 +101,8 @@ def runs_table(c: Comparison) -> Table:
             r.name,
             r.scenario,
             r.backend,
-            r.model,
+            c.servers[i] if i < len(c.servers) else "",
+            fmt.model_name(r.model),
             r.started_at[:19].replace("T", " "),
             r.status,
             str(r.n_requests),
@@ -199,11 +204,12 @@ def comparison_json(comparisons: list[Comparison]) -> dict[str, Any]:
                 "name": r.name,
                 "scenario": r.scenario,
                 "backend": r.backend,
+                "server": first.servers[i] if i < len(first.servers) else None,
                 "model": r.model,
                 "started_at": r.started_at,
                 "status": r.status,
             }
-            for r in first.runs
+            for i, r in enumerate(first.runs)
         ],
         "threshold": first.threshold,
         "confidence": first.confidence,

@@ -55,6 +55,20 @@ def _prefill(s: StepSummary) -> float | None:
     return metrics.prefill_share(s.ttft_ms.mean, s.e2e_ms.mean)
 
 
+def _server(name: str) -> Getter:
+    """A getter of one of the server's own numbers (``ServerMetrics.<name>``)."""
+
+    def get(s: StepSummary) -> float | int | None:
+        m = s.server_metrics
+        return None if m is None else getattr(m, name)
+
+    return get
+
+
+SERVER_SECTION = "Server's own"
+"""The rows read from the server's /metrics: counter increases over the step, histogram means."""
+
+
 ROWS: tuple[Row, ...] = (
     Row("Requests", "ok", lambda s: s.ok),
     Row("Requests", "errors", lambda s: s.errors),
@@ -90,6 +104,20 @@ ROWS: tuple[Row, ...] = (
     Row("Resources", "server CPU % (mean)", lambda s: s.server_cpu_pct_mean),
     Row("Resources", "GPU util % (mean)", lambda s: s.gpu_util_mean),
     Row("Resources", "GPU memory (peak)", lambda s: s.gpu_mem_peak, fmt.size),
+    Row(SERVER_SECTION, "output tokens", _server("generation_tokens"), fmt.count),
+    Row(SERVER_SECTION, "prompt tokens", _server("prompt_tokens"), fmt.count),
+    Row(SERVER_SECTION, "cached prompt tokens", _server("cached_prompt_tokens"), fmt.count),
+    Row(SERVER_SECTION, "prefix-cache hits", _server("prefix_cache_hit_rate"), fmt.share),
+    Row(SERVER_SECTION, "output tok/s", _server("generation_tps")),
+    Row(SERVER_SECTION, "preemptions", _server("preemptions"), fmt.count),
+    Row(SERVER_SECTION, "TTFT ms (mean)", _server("ttft_ms_mean")),
+    Row(SERVER_SECTION, "TPOT ms (mean)", _server("tpot_ms_mean")),
+    Row(SERVER_SECTION, "queue ms (mean)", _server("queue_ms_mean")),
+    Row(SERVER_SECTION, "prefill ms (mean)", _server("prefill_ms_mean")),
+    Row(SERVER_SECTION, "E2E ms (mean)", _server("e2e_ms_mean")),
+    Row(SERVER_SECTION, "running (max)", _server("running_max"), fmt.count),
+    Row(SERVER_SECTION, "waiting (max)", _server("waiting_max"), fmt.count),
+    Row(SERVER_SECTION, "KV cache (max)", _server("kv_cache_usage_max"), fmt.share),
 )
 
 
@@ -197,9 +225,10 @@ def header(summary: RunSummary, headline: str | None = None) -> Panel:
     lines = [
         _facts(
             ("scenario", Text(r.scenario or "—", "bold")),
-            ("model", Text(r.model or "—", "bold")),
+            ("model", Text(fmt.model_name(r.model) or "—", "bold")),
             ("on", r.backend or "—"),
             ("at", r.base_url),
+            ("server", server_name(o)),
         ),
         _facts(
             ("started", r.started_at[:19].replace("T", " ") + " UTC"),
@@ -235,6 +264,14 @@ def client_facts(c: ClientCheck) -> Text:
         ("workers", str(c.workers) if c.workers > 1 else ""),
     )  # fmt: skip
     return Text.assemble(("llmtop itself  ", "dim"), facts) if facts else facts
+
+
+def server_name(s: StepSummary) -> str:
+    """``llama.cpp b0-unknown``: the server's kind and version, from its own metrics."""
+    m = s.server_metrics
+    if m is None:
+        return ""
+    return f"{m.kind} {m.version}" if m.version else m.kind
 
 
 def key_numbers(o: StepSummary) -> str | None:

@@ -105,7 +105,10 @@ async def test_the_mouse_works(tmp_path, db_path, two_runs):
     app = make_app(db_path, tmp_path / "cfg")
 
     def footer_key(key: str) -> FooterKey | None:
-        return next((k for k in app.screen.query(FooterKey) if k.key == key), None)
+        """The footer's key, once it is laid out (a click on a zero-size region hits nothing)."""
+        return next(
+            (k for k in app.screen.query(FooterKey) if k.key == key and k.region.width), None
+        )
 
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_for(pilot, lambda: footer_key("r") is not None)

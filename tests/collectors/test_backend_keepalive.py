@@ -13,7 +13,7 @@ import time
 import pytest
 from support.cli import run_llmtop
 from support.collect import Sink
-from support.servers import REAL_SERVERS, Behavior, ConnPolicy, FakeServer, llama_server_conn
+from support.servers import Behavior, ConnPolicy, FakeServer, llama_server_conn, recorded
 
 from llmtop.collectors.openai_compat import OpenAIBackend
 from llmtop.core.events import RequestFinished
@@ -32,7 +32,7 @@ def wait_for_idle_close(srv: FakeServer, n: int, timeout_s: float = 10.0) -> Non
         assert time.monotonic() < deadline, "the server never closed the idle connection"
 
 
-LLAMA_BODY = (REAL_SERVERS / "llama-server-stream-body.txt").read_text()
+LLAMA_BODY = recorded("llama-server-stream-body.txt")
 """One streamed chat completion as llama-server sent it: 5 tokens, usage and timings."""
 
 

@@ -161,7 +161,15 @@ def test_resources_gpus_servers_and_sources_down():
         ServerSampled(None, T0, "vllm", {"vllm:num_requests_running": 3.0,
                                          "vllm:num_requests_waiting": 1.0,
                                          "vllm:kv_cache_usage_perc": 0.25,
-                                         "vllm:time_to_first_token_seconds:p50": 0.125}),
+                                         "vllm:generation_tokens_total": 1000.0,
+                                         "vllm:time_to_first_token_seconds:count": 10.0,
+                                         "vllm:time_to_first_token_seconds:sum": 2.0}),
+        ServerSampled(None, T0 + 500 * MS, "vllm", {"vllm:num_requests_running": 3.0,
+                                                    "vllm:num_requests_waiting": 1.0,
+                                                    "vllm:kv_cache_usage_perc": 0.25,
+                                                    "vllm:generation_tokens_total": 1050.0,
+                                         "vllm:time_to_first_token_seconds:count": 12.0,
+                                         "vllm:time_to_first_token_seconds:sum": 2.25}),
     ])  # fmt: skip
     s = agg.snapshot()
     r = s.resources
@@ -179,7 +187,8 @@ def test_resources_gpus_servers_and_sources_down():
         1.0,
         25.0,
     )
-    assert metrics_view.models == () and metrics_view.ttft_ms_p50 == pytest.approx(125.0)
+    assert metrics_view.models == () and metrics_view.mean_ms("ttft_s") == pytest.approx(125.0)
+    assert metrics_view.generation_tps == pytest.approx(100.0)  # 50 tokens in 0.5 s
     (m,) = ollama_view.models
     assert (m.name, m.size_bytes, m.vram_bytes) == ("llama3.2:1b", 2e9, 1.5e9)
     assert ollama_view.running is None

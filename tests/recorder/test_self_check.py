@@ -34,6 +34,7 @@ def test_the_verdict_names_the_cause_and_by_how_much():
     quiet = ClientCheck(loop_lag_ms_p50=0.1, loop_lag_ms_p99=1.0, loop_cpu_pct=20.0)
     assert bottleneck(quiet, ttft_ms_p50=400.0) is None
     assert bottleneck(None, ttft_ms_p50=400.0) is None
+    assert bottleneck(ClientCheck(loop_lag_ms_p99=0.3), ttft_ms_p50=3.0) is None  # the floor
     lagging = bottleneck(ClientCheck(loop_lag_ms_p99=30.0), ttft_ms_p50=100.0)
     assert lagging is not None and WARNING in lagging
     assert "30 ms late (p99), 30% of the TTFT p50 of 100 ms (limit 5%)" in lagging

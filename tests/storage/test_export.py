@@ -32,6 +32,13 @@ def db(tmp_path):
     )
     d = open_database(path)
     d["gpu_samples"].insert({"run_id": 2, "t_ns": 1, "gpu": 0, "name": "@fake", "util_pct": 50.0})
+    d["server_samples"].insert_all([
+        {"run_id": 2, "t_ns": 1, "source": "llama.cpp", "key": "llamacpp:tokens_predicted_total",
+         "value": 384.0},
+        {"run_id": 2, "t_ns": 1, "source": "llama.cpp", "key": "scrape_ms", "value": 1.5},
+    ])  # fmt: skip
+    d["servers"].insert({"run_id": 2, "t_ns": 1, "kind": "llama.cpp", "version": "b0-unknown",
+                         "url": "http://127.0.0.1:8081", "series": "generation_tokens_total"})  # fmt: skip
     return d
 
 

@@ -99,6 +99,8 @@ class Stream:
         self._pending_head: bytes | None = None
         self.started = False
         self.ended = False
+        self.headers: dict[str, str] = {}
+        """Extra response headers (a persona's ``Server:``), sent with either kind of answer."""
 
     @property
     def closed(self) -> bool:
@@ -109,7 +111,12 @@ class Stream:
         self.started = True
         self._pending_head = _head(
             status,
-            {"Content-Type": content_type, "Transfer-Encoding": "chunked", **self._extra},
+            {
+                **self._extra,
+                **self.headers,
+                "Content-Type": content_type,
+                "Transfer-Encoding": "chunked",
+            },
         )
 
     def _send(self, data: bytes) -> None:
@@ -147,6 +154,7 @@ class Stream:
         if resp.status == 0:
             return
         headers = {
+            **self.headers,
             "Content-Type": resp.content_type,
             "Content-Length": str(len(resp.body)),
             **self._extra,

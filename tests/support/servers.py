@@ -18,6 +18,10 @@ Each model name maps to a ``Behavior``; a model the server does not have gets a 
 server words it. ``default`` (if given) answers any other model name. ``script`` queues behaviours
 that the next generation requests take, in arrival order, whatever their model.
 
+``FakeServer(persona=Persona("llama.cpp"))`` plays a real server recorded on this machine (vLLM
+0.32 or llama-server): its /metrics page with moving counters, its headers, its version
+(fake_personas.py).
+
 Endpoints: ``POST /api/generate``, ``/api/chat`` (NDJSON; headers go out with the first chunk, as
 Ollama does), ``POST /v1/chat/completions``, ``/v1/completions`` (SSE; headers and the role chunk at
 once, as vLLM does; ``stream_options.include_usage`` honoured; ``"stream": false`` answers one JSON
@@ -95,37 +99,24 @@ if __package__ in (None, ""):  # run as a script: python tests/support/servers.p
     from fake_app import State, serve_forever
     from fake_faults import FAULTS, Behavior, Fault, RequestLog
     from fake_http import ConnPolicy
+    from fake_personas import Persona, recorded, recorded_headers
 else:
     from .fake_app import State, serve_forever
     from .fake_faults import FAULTS, Behavior, Fault, RequestLog
     from .fake_http import ConnPolicy
+    from .fake_personas import Persona, recorded, recorded_headers
 
 __all__ = [
-    "FAULTS", "Behavior", "ConnPolicy", "FakeServer", "Fault", "RequestLog", "llama_server_conn",
-    "raise_priority", "refused_url", "restore_priority",
+    "FAULTS", "Behavior", "ConnPolicy", "FakeServer", "Fault", "Persona", "RequestLog",
+    "llama_server_conn", "raise_priority", "recorded", "refused_url", "restore_priority",
 ]  # fmt: skip
-
-REAL_SERVERS = Path(__file__).resolve().parent.parent / "data" / "real-servers"
-"""Raw responses recorded from real servers (see each file's first lines for how)."""
-
-
-def recorded_headers(name: str) -> dict[str, str]:
-    """The response headers of a curl ``-v`` trace in ``tests/data/real-servers/`` (``< `` lines
-    after the status line), the body framing (Content-Type, Transfer-Encoding) left out."""
-    out: dict[str, str] = {}
-    for line in (REAL_SERVERS / name).read_text().splitlines():
-        if line.startswith("< ") and ":" in line and not line.startswith("< HTTP/"):
-            key, _, value = line[2:].partition(":")
-            if key.lower() not in ("content-type", "transfer-encoding", "content-length"):
-                out[key.strip()] = value.strip()
-    return out
 
 
 def llama_server_conn(*, late: bool = False) -> ConnPolicy:
     """llama.cpp's llama-server as recorded: ``Keep-Alive: timeout=5, max=100``, then it closes
     the connection after every response (issue 16); ``late``: the close reaches the client only
     once it sends the next request on that connection (``ConnPolicy.close_on_next_request``)."""
-    headers = recorded_headers("llama-server-stream-headers.txt")
+    headers = recorded_headers("llama.cpp")
     assert headers.get("Keep-Alive") == "timeout=5, max=100", headers
     return ConnPolicy(close_after_response=True, close_on_next_request=late, headers=headers)
 
@@ -210,6 +201,7 @@ class FakeServer:
         realtime: run the subprocess at real-time priority (SCHED_FIFO, else nice -10, when
             allowed) so that other load on a shared machine cannot make it late; for timing
             tests, not for floods (it would starve its core).
+        persona: play a real server (fake_personas.py): its /metrics, headers, version.
     """
 
     def __init__(
@@ -223,9 +215,11 @@ class FakeServer:
         api_key: str | None = None,
         realtime: bool = False,
         conn: ConnPolicy | None = None,
+        persona: Persona | None = None,
     ) -> None:
         self._cfg = _config_json(models or {"fake": Behavior()}, default)
         self._cfg["api_key"] = api_key
+        self._cfg["persona"] = None if persona is None else asdict(persona)
         if conn is not None:
             self._cfg["conn"] = asdict(conn)
         self.process = process
