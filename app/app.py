@@ -212,7 +212,8 @@ class LlmtopApp(App[None]):
             else:
                 self.notify(f"run #{result.run_id} {result.status}: {result.ok:,} ok, "
                             f"{result.errors:,} errors", timeout=5)  # fmt: skip
-        self.session.watch(status.backend, status.url or None)
+        # Back to what the user pointed llmtop at: an engine the run started is gone with it.
+        self.session.watch(self.launch_settings.backend, self.launch_settings.url)
         return status
 
     def _set_status(self, status: RunStatus) -> None:

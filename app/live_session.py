@@ -36,7 +36,10 @@ class LiveSession:
         if not self.watch_enabled or self.running:
             return
         target, kind = watch_target(backend, url)
-        self.watcher = Watcher(target, kind, self.aggregator.add)
+        self.aggregator.clear_server()  # what was shown described another target
+        # the bundled engine runs only during a run: between runs there is no server to read
+        watched = None if backend == "engine" and url is None else target
+        self.watcher = Watcher(watched, kind, self.aggregator.add)
         self.watcher.start()
 
     def stop_watching(self) -> None:
@@ -50,6 +53,7 @@ class LiveSession:
             raise RuntimeError("a run is already going")
         self.stop_watching()
         self.aggregator.clear_run()
+        self.aggregator.clear_server()  # the run's samplers read its own server
         self.aggregator.set_slo(plan.scenario.slo)
         self.recording = RecordingProcess(plan, self.db_path, self.aggregator.add)
         self.recording.start()

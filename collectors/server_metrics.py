@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import ollama
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmtop.core.events import ServerIdentified, ServerSampled, SourceDown
@@ -318,11 +319,47 @@ class ServerMetricsSampler:
             self.endpoints.append(_Endpoint("metrics", f"{root}/metrics"))
         self.identified: ServerIdentified | None = None
         self._client: httpx.AsyncClient | None = None
+        self._ollama: ollama.AsyncClient | None = None
+        """The official client, for Ollama's own API (``/api/ps``); ``/metrics`` is plain HTTP."""
         self._emit: Emit | None = None
         self._lock = asyncio.Lock()
 
+    async def _poll_ollama(self, ep: _Endpoint, emit: Emit) -> None:
+        """``/api/ps`` through the official ``ollama`` client (its models and memory)."""
+        assert self._ollama is not None
+        t_sent = self.clock()
+        try:
+            reply = await self._ollama.ps()
+        except ollama.ResponseError as e:
+            if e.status_code in (404, 405, 501):
+                self._down(ep, emit, _not_served(ep.url, e.status_code, None), retry=False)
+            else:
+                self._down(ep, emit, f"{ep.url} answered HTTP {e.status_code}", retry=True)
+            return
+        except ConnectionError as e:  # the client's own, raised from httpx's
+            cause = e.__cause__
+            why = _why(cause) if isinstance(cause, httpx.HTTPError) else "nothing answers"
+            self._down(ep, emit, f"{ep.url} unreachable: {why}", retry=True)
+            return
+        except httpx.HTTPError as e:
+            self._down(ep, emit, f"{ep.url} unreachable: {_why(e)}", retry=True)
+            return
+        except (ValueError, TypeError) as e:  # a reply the client could not read as /api/ps
+            self._down(ep, emit, f"{ep.url} unreadable: {e}", retry=True)
+            return
+        t_ns = self.clock()
+        values = parse_ollama_ps(reply.model_dump(mode="json"))
+        ep.down = None
+        ep.backoff = 1.0
+        values["scrape_ms"] = (t_ns - t_sent) / NS_PER_MS
+        ep.last = canonical_values(values, "ollama")
+        emit(ServerSampled(self.run_id, t_ns, "ollama", values))
+
     async def poll(self, client: httpx.AsyncClient, ep: _Endpoint, emit: Emit) -> None:
         """Read one endpoint once, emitting its values or, on a change of state, why not."""
+        if ep.name == "ollama" and self._ollama is not None:
+            await self._poll_ollama(ep, emit)
+            return
         t_sent = self.clock()
         try:
             resp = await client.get(ep.url)
@@ -431,6 +468,10 @@ class ServerMetricsSampler:
         verify = any(ep.url.startswith("https:") for ep in self.endpoints)
         try:
             client = httpx.AsyncClient(timeout=timeout, transport=self.transport, verify=verify)
+            if any(ep.name == "ollama" for ep in self.endpoints):
+                self._ollama = ollama.AsyncClient(
+                    host=self.root, timeout=timeout, transport=self.transport, verify=verify
+                )
         except Exception:
             self.ready.set()
             raise
@@ -454,6 +495,9 @@ class ServerMetricsSampler:
                         tick = int((loop.time() - start) / period)
             finally:
                 self._client = self._emit = None
+                if self._ollama is not None:
+                    await self._ollama.close()
+                    self._ollama = None
 
 
 def _why(e: httpx.HTTPError) -> str:

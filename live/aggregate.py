@@ -168,7 +168,10 @@ class _ServerTrack:
     """One server source's newest sample, what changed since the one before, and the series
     the panel charts."""
 
-    def __init__(self) -> None:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        """``server:ollama`` (``/api/ps``) or ``server:metrics``: where its samples come from, so
+        that endpoint going down clears what it said."""
         self.last: ServerSampled | None = None
         self.canon: dict[str, float] = {}
         self.first: dict[str, float] | None = None
@@ -280,6 +283,21 @@ class Aggregator:
             self._reset_run(None)
             self._force = True
 
+    def clear_server(self) -> None:
+        """Forget what was read of the server and why it could not be (a new target: a run that
+        talks to another server, or watching another address), so nothing shown describes a
+        server that is no longer read. Events already taken but not folded are dropped with it."""
+        with self._lock:
+            for _ in range(len(self._inbox)):
+                ev = self._inbox.popleft()
+                if not _about_the_server(ev):
+                    self._fold(ev)
+            self._servers.clear()
+            self._idents.clear()
+            for source in [s for s in self._down if s.startswith("server")]:
+                del self._down[source]
+            self._force = True
+
     # --- folding -----------------------------------------------------------------------------
 
     def _reset_run(self, run_id: int | None) -> None:
@@ -335,18 +353,23 @@ class Aggregator:
                 self._rss.add(ev.server_rss_bytes)
                 self._scpu.add(ev.server_cpu_pct)
                 self._down.pop("system", None)
+                if ev.server_rss_bytes is not None:  # the process is found again
+                    self._down.pop("server-process", None)
             case GpuSampled():
                 self._gpus.setdefault(ev.gpu, _GpuTrack()).add(ev)
                 self._down.pop("gpu", None)
             case ServerSampled():
-                self._servers.setdefault(ev.source, _ServerTrack()).add(ev)
                 endpoint = "server:ollama" if ev.source == "ollama" else "server:metrics"
+                self._servers.setdefault(ev.source, _ServerTrack(endpoint)).add(ev)
                 self._down.pop(endpoint, None)
                 self._down.pop(ev.source, None)
             case ServerIdentified():
                 self._idents[ev.kind] = ev
             case SourceDown():
                 self._down[ev.source] = ev.reason
+                # values that endpoint gave are no longer read: show the reason, not old numbers
+                for key in [k for k, tr in self._servers.items() if tr.endpoint == ev.source]:
+                    del self._servers[key]
             case ClientSampled():
                 if ev.run_id is not None:
                     self._request_run(ev.run_id)
@@ -502,6 +525,13 @@ class Aggregator:
             ev.server_rss_bytes, ev.server_cpu_pct, self._cpu.get(), self._mem.get(),
             self._rss.get(), self._scpu.get(),
         )  # fmt: skip
+
+
+def _about_the_server(ev: Event) -> bool:
+    """Events that describe the server (its samples, identity, or why it cannot be read)."""
+    if isinstance(ev, ServerSampled | ServerIdentified):
+        return True
+    return isinstance(ev, SourceDown) and ev.source.startswith("server")
 
 
 def _note(kind: str, message: str) -> str:

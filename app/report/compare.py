@@ -117,15 +117,9 @@ SPECS: tuple[Spec, ...] = (
         share="goodput",
         show=fmt.share,
     ),
-    Spec("cpu_pct_mean", "Resources", "CPU % (mean)", lambda s: s.cpu_pct_mean, None),
-    Spec(
-        "mem_used_peak",
-        "Resources",
-        "memory (peak)",
-        lambda s: s.mem_used_peak,
-        None,
-        show=fmt.size,
-    ),
+    Spec("cpu_pct_mean", "Resources", "machine CPU % (mean)", lambda s: s.cpu_pct_mean, None),
+    # Not the machine's memory: other processes' memory is not the server's doing. The server
+    # process's own (RSS) is what a change in the server moves.
     Spec(
         "server_rss_peak",
         "Resources",
@@ -249,10 +243,12 @@ def judge(
             )
         relative = noise.relative_change(float(a), float(b))
         small = abs(relative) < threshold if relative is not None else delta == 0
-    if interval is not None and interval[0] <= 0 <= interval[1]:
-        return Change(delta, relative, interval, "noise", "interval contains zero")
+    # Small first: a change under the threshold reads "same" whatever its interval; a large one
+    # whose interval spans zero reads "not significant" (never "within noise" beside -92 %).
     if small:
         return Change(delta, relative, interval, "noise", "below threshold")
+    if interval is not None and interval[0] <= 0 <= interval[1]:
+        return Change(delta, relative, interval, "noise", "interval contains zero")
     if spec.better is None:
         return Change(delta, relative, interval, "changed", "no better direction")
     improved = delta < 0 if spec.better == "lower" else delta > 0
@@ -359,11 +355,16 @@ def differences(samples: Sequence[RunSample]) -> list[str]:
         ("backend", "backend"),
         ("base_url", "server URL"),
     ):
-        seen = [getattr(s.run, attr) or "—" for s in samples]
-        if attr == "model":
-            seen = [fmt.model_name(m) for m in seen]
+        seen = [_shown_setting(s.run, attr) for s in samples]
         if len(set(seen)) > 1:
             notes.append(f"the runs differ in {what}: " + " vs ".join(seen))
+    setups = [setup_of(s.run, s.summary.step or None) for s in samples]
+    for key, what in SETUP_WORDS:
+        seen = [u.get(key, "—") for u in setups]
+        if len(set(seen)) > 1:
+            notes.append(
+                f"the runs differ in {what}: " + " vs ".join(seen) + ", which moves the numbers"
+            )
     notes += load_notes(samples)
     bad = [s.run for s in samples if s.run.status != "finished"]
     for r in bad:
@@ -372,6 +373,67 @@ def differences(samples: Sequence[RunSample]) -> list[str]:
     if len(slos) > 1:
         notes.append("the runs have different SLOs: goodput is judged against each run's own")
     return notes
+
+
+SETUP_WORDS: tuple[tuple[str, str], ...] = (
+    ("concurrency", "concurrency"),
+    ("load", "arrivals"),
+    ("prompts", "prompts"),
+    ("max_tokens", "max tokens"),
+    ("temperature", "temperature"),
+    ("api", "API"),
+)
+"""Settings of a run's steps that change what is measured, and how a note names them."""
+
+
+def _shown_setting(run: RunRow, attr: str) -> str:
+    """A run attribute as compared: the model's short name; no URL for an engine llmtop started
+    (its port is a free one picked per run: two engine runs are the same server)."""
+    value = getattr(run, attr) or "—"
+    if attr == "model":
+        return fmt.model_name(value)
+    if attr == "base_url" and run.backend == "engine" and _loopback(value):
+        return "the engine llmtop started"
+    return str(value)
+
+
+def _loopback(url: str) -> bool:
+    host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def setup_of(run: RunRow, step: str | None) -> dict[str, str]:
+    """What a run (or one of its steps) asked of the server, setting by setting, as text:
+    steps joined by commas (``1, 2, 4, 8``). From the scenario kept in ``params_json``."""
+    steps = [s for s in run.params.get("steps", []) if step is None or s.get("name") == step]
+    prompts = run.params.get("prompts", {})
+
+    def prompt_text(label: str) -> str:
+        p = prompts.get(label, {})
+        size = f"{p['tokens']} tokens" if p.get("tokens") else f"{p.get('chars', '?')} chars"
+        return f"{label} ({size})"
+
+    def load(s: dict[str, object]) -> str:
+        if s.get("rate") is None:
+            return "closed loop"
+        return f"{s.get('arrival')} {s['rate']:g} req/s"
+
+    out: dict[str, str] = {}
+    columns = {
+        "concurrency": lambda s: "—" if s.get("concurrency") is None else str(s["concurrency"]),
+        "load": load,
+        "prompts": lambda s: " + ".join(prompt_text(p) for p in s.get("prompts") or []) or "—",
+        "max_tokens": lambda s: str(s.get("max_tokens") or "—"),
+        "temperature": lambda s: "—" if s.get("temperature") is None else f"{s['temperature']:g}",
+        "api": lambda s: str(s.get("api") or "—"),
+    }
+    for key, show in columns.items():
+        values = [show(s) for s in steps]
+        if values:
+            out[key] = (
+                ", ".join(dict.fromkeys(values)) if len(set(values)) == 1 else ", ".join(values)
+            )
+    return out
 
 
 VALUE_SOURCES: tuple[str, ...] = ("ttft_ms", "tpot_ms", "e2e_ms", "decode_tps")

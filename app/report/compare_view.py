@@ -25,10 +25,13 @@ VERDICT_STYLE = {
 VERDICT_WORD = {
     "better": "✓ better",
     "worse": "✗ worse",
-    "noise": "≈ within noise",
+    "noise": "≈ same",
     "changed": "changed",
     "n/a": "",
 }
+UNSURE_WORD = "? not significant"
+"""A change the requests' own spread could explain (the interval of the difference spans zero):
+said so, never "within noise" beside a figure of -92.6 %."""
 
 
 def change_text(row: Row, change: Change | None) -> str:
@@ -42,6 +45,8 @@ def change_text(row: Row, change: Change | None) -> str:
     else:
         amount = f"{change.delta:+g}"
     word = VERDICT_WORD[change.verdict]
+    if change.verdict == "noise" and change.reason == "interval contains zero":
+        word = UNSURE_WORD
     return f"{amount} {word}".strip()
 
 
@@ -73,17 +78,21 @@ def summary_lines(c: Comparison) -> list[str]:
     lines = []
     for i in range(1, len(c.runs)):
         by: dict[str, list[Row]] = {"worse": [], "better": [], "noise": [], "changed": []}
+        unsure = 0
         for row in c.rows:
             ch = row.changes[i]
             if ch is not None and ch.verdict in by:
                 by[ch.verdict].append(row)
+                unsure += ch.verdict == "noise" and ch.reason == "interval contains zero"
         parts = []
         for verdict in ("worse", "better"):
             if by[verdict]:
                 parts.append(f"{len(by[verdict])} {verdict}: {_names(by[verdict])}")
             else:
                 parts.append(f"0 {verdict}")
-        parts.append(f"{len(by['noise'])} within noise")
+        same = len(by["noise"]) - unsure
+        parts.append(f"{same} the same (under {c.threshold:.0%})")
+        parts.append(f"{unsure} not significant")
         lines.append(f"run {c.runs[i].id} vs run {c.runs[0].id}: " + "; ".join(parts))
     return lines
 
@@ -145,9 +154,9 @@ def comparison_renderables(comparisons: list[Comparison]) -> list[RenderableType
         what = f"step {c.step}" if c.step else "whole runs"
         items.append(
             Text(
-                f"{what}: change against run {c.runs[0].id}; within noise = the {c.confidence:.0%} "
-                f"bootstrap interval of the difference contains zero, or the change is under "
-                f"{c.threshold:.0%}",
+                f"{what}: change against run {c.runs[0].id}; 'not significant' = the "
+                f"{c.confidence:.0%} bootstrap interval of the difference spans zero (the "
+                f"requests' own spread could explain it); 'same' = under {c.threshold:.0%}",
                 style="dim",
             )
         )

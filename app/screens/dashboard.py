@@ -120,6 +120,7 @@ class DashboardScreen(Screen[None]):
         res.client, res.bottleneck = snap.client, snap.bottleneck
         server = self.query_one(ServerPanel)
         server.servers = snap.servers
+        server.now_ns = snap.t_ns
         self.query_one(StatusLine).server = server_activity(snap.servers)
         server.down = tuple(
             (s, r) for s, r in snap.down if s not in GPU_SOURCES and s not in SYSTEM_SOURCES

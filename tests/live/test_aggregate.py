@@ -198,9 +198,34 @@ def test_resources_gpus_servers_and_sources_down():
     (g,) = s.gpus
     assert (g.name, g.util_pct, g.util_series, g.temp_c) == ("H100", 87.0, (87.0,), 61.0)
     assert s.down == (("server:ollama", "connection refused"),)  # gpu back, ollama gone
-    assert s.servers[0].models[0].name == "llama3.2:1b"  # last known values stay
+    # what /api/ps said is no longer read: the reason shows, not its old models
+    assert [v.source for v in s.servers] == ["vllm"]
     agg.add(ServerSampled(None, T0 + 3 * MS, "ollama", {}))
     assert agg.snapshot().down == ()  # ollama answers again
+
+
+def test_a_new_target_forgets_the_old_servers_numbers_and_errors():
+    """The watcher's "no process listens on port 11434" and its server's values must not show
+    during a run against another server (issue 15: the panel described the wrong server)."""
+    agg = Aggregator()
+    feed(agg, [
+        ServerSampled(None, T0, "vllm", {"vllm:num_requests_running": 2.0}),
+        SourceDown(None, T0, "server-process", "no process listens on port 11434 yet"),
+        SourceDown(None, T0, "server:ollama", "connection refused"),
+        SourceDown(None, T0, "gpu", "no NVIDIA driver"),
+    ])  # fmt: skip
+    agg.add(ServerSampled(None, T0 + MS, "vllm", {"vllm:num_requests_running": 1.0}))
+    agg.clear_server()  # before the snapshot: the pending server sample is dropped too
+    s = agg.snapshot()
+    assert s.servers == () and s.down == (("gpu", "no NVIDIA driver"),)
+
+
+def test_the_server_process_found_again_clears_its_error():
+    agg = Aggregator()
+    feed(agg, [SourceDown(None, T0, "server-process", "no process listens on port 40099 yet")])
+    assert agg.snapshot().down == (("server-process", "no process listens on port 40099 yet"),)
+    agg.add(ResourcesSampled(None, T0 + MS, 10.0, (10.0,), 1 << 30, 8 << 30, 300 << 20, 90.0))
+    assert agg.snapshot().down == ()
 
 
 def test_live_table_equals_the_stored_summary(tmp_path):
