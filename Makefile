@@ -48,7 +48,8 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/storage_ingest.py
-	$(BIN)/python bench/collector.py
+	$(BIN)/python bench/collector.py --in-process
+	$(BIN)/python bench/fidelity.py --streams 1,64,256
 	$(BIN)/python bench/report.py
 	$(BIN)/python bench/tui.py
 	$(BIN)/python bench/serve.py

@@ -43,6 +43,8 @@ class GenerationRequest:
     warmup: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     """Backend-specific options passed through as they are (e.g. Ollama ``num_ctx``)."""
+    t_scheduled_ns: int | None = None
+    """When an open-loop schedule has it due (``perf_counter_ns``); ``None`` in a closed loop."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,12 +14,14 @@ equals its stored summary.
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 from collections import deque
 from typing import assert_never
 
 from llmtop.core import metrics
 from llmtop.core.events import (
+    ClientSampled,
     Event,
     GpuSampled,
     RequestFailed,
@@ -32,6 +34,7 @@ from llmtop.core.events import (
     TokenReceived,
 )
 from llmtop.core.metrics import EMPTY_STATS, Slo
+from llmtop.core.self_check import ClientCheck, bottleneck
 from llmtop.core.server_series import canonical_values
 from llmtop.live.snapshot import (
     EMPTY_SNAPSHOT,
@@ -62,6 +65,11 @@ MAX_SAMPLES = 240
 """Resource and server samples kept per series: two minutes at the samplers' 2 Hz."""
 MAX_FINISHED = 50
 """Finished requests kept for the requests panel, newest first."""
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+"""The live view runs where the recording does: its suggestion of --workers fits this machine."""
+CLIENT_WINDOW = 5
+"""Self-check samples (one a second per process) the live verdict looks at: a few seconds, so
+one slow second shows without the warning flickering."""
 
 
 OLLAMA_LOADED = "ollama:loaded:"
@@ -297,6 +305,7 @@ class Aggregator:
         self._step = ""
         self._open: dict[int, _Open] = {}
         self._finished: deque[LiveRequest] = deque(maxlen=MAX_FINISHED)
+        self._client: dict[int, deque[ClientSampled]] = {}
         self._window: deque[tuple[int, float | None, float | None]] = deque(maxlen=MAX_SERIES)
         self._ttft: list[float] = []  # sorted, measured ok requests
         self._tpot: list[float] = []
@@ -361,6 +370,11 @@ class Aggregator:
                 # values that endpoint gave are no longer read: show the reason, not old numbers
                 for key in [k for k, tr in self._servers.items() if tr.endpoint == ev.source]:
                     del self._servers[key]
+            case ClientSampled():
+                if ev.run_id is not None:
+                    self._request_run(ev.run_id)
+                q = self._client.setdefault(ev.worker, deque(maxlen=CLIENT_WINDOW))
+                q.append(ev)
             case _:
                 assert_never(ev)
 
@@ -479,6 +493,25 @@ class Aggregator:
             down=tuple(sorted(self._down.items())),
             in_flight=tuple(o.view() for o in self._open.values()),
             finished=tuple(self._finished),
+            client=(client := self._client_check()),
+            bottleneck=bottleneck(client, self._table.ttft_ms.p50, CORES),  # table built above
+        )
+
+    def _client_check(self) -> ClientCheck | None:
+        """The last few seconds of every process: the worst lag and loop, the CPU added up."""
+        if not self._client:
+            return None
+        recent = [q[-1] for q in self._client.values()]
+        p99s = [e.loop_lag_ms_p99 for q in self._client.values() for e in q]
+        loops = [e.loop_cpu_pct for q in self._client.values() for e in q]
+        cpus = [e.cpu_pct for e in recent if e.cpu_pct is not None]
+        p50s = [e.loop_lag_ms_p50 for e in recent if e.loop_lag_ms_p50 is not None]
+        return ClientCheck(
+            loop_lag_ms_p50=max(p50s) if p50s else None,
+            loop_lag_ms_p99=max((v for v in p99s if v is not None), default=None),
+            cpu_pct=sum(cpus) if cpus else None,
+            loop_cpu_pct=max((v for v in loops if v is not None), default=None),
+            workers=len(self._client),
         )
 
     def _resources(self) -> Resources | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llmtop.core.metrics import EMPTY_STATS, Slo, Stats
+from llmtop.core.self_check import ClientCheck
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +165,10 @@ class Snapshot:
     """Oldest first."""
     finished: tuple[LiveRequest, ...] = ()
     """Newest first."""
+    client: ClientCheck | None = None
+    """llmtop itself over the last few seconds (loop lag, CPU), while a run goes."""
+    bottleneck: str | None = None
+    """Why llmtop itself may be moving this run's numbers now (core/self_check.py), or ``None``."""
 
 
 EMPTY_SNAPSHOT = Snapshot()

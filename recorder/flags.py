@@ -16,8 +16,9 @@ from typing import Any
 from llmtop.core.errors import UsageError
 from llmtop.core.requests import Api, Timeouts
 from llmtop.recorder.plan import RecordPlan
+from llmtop.recorder.workers import auto_workers
 from llmtop.scenarios.loader import load_scenario
-from llmtop.scenarios.model import Arrival, Overrides, apply_overrides, single_step
+from llmtop.scenarios.model import Arrival, Overrides, Scenario, apply_overrides, single_step
 
 BACKENDS: tuple[str, ...] = ("auto", "ollama", "openai", "engine")
 
@@ -60,6 +61,9 @@ class RunFlags:
     sample_hz: float | None = None
     timeout: float | None = None
     """Seconds a request may stay silent (before its first token, and between chunks)."""
+    workers: str | None = None
+    """Processes that send the requests: a number, or ``auto`` (from the concurrency and the
+    cores); ``None``: one."""
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> RunFlags:
@@ -136,6 +140,7 @@ def plan_from_flags(flags: RunFlags) -> RecordPlan:
         raise FlagError(str(e), "scenario") from None
     except ValueError as e:  # apply_overrides: an arrival that needs a rate
         raise FlagError(str(e), "rate") from None
+    workers = parse_workers(flags.workers, scenario)
     timeouts = Timeouts()
     if flags.timeout:
         t = flags.timeout
@@ -152,4 +157,27 @@ def plan_from_flags(flags: RunFlags) -> RecordPlan:
         timeouts=timeouts,
         server_pid=flags.server_pid,
         flags=flags.given(),
+        workers=workers,
     )
+
+
+MAX_WORKERS = 64
+
+
+def parse_workers(value: str | None, scenario: Scenario) -> int:
+    """``--workers``: a number of processes (1..64), or ``auto``.
+
+    Raises:
+        FlagError: anything else.
+    """
+    if value is None:
+        return 1
+    text = str(value).strip().lower()
+    if text == "auto":
+        return auto_workers(scenario)
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise FlagError(
+            f"--workers {value!r}: give a number of processes from 1 to {MAX_WORKERS}, or auto",
+            "workers",
+        )
+    return int(text)

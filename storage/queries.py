@@ -7,6 +7,7 @@ The statistics themselves come from core/metrics.py: these functions only select
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import json
 from collections import defaultdict
@@ -18,6 +19,7 @@ from sqlite_utils import Database
 
 from llmtop.core import metrics
 from llmtop.core.metrics import EMPTY_STATS, Slo, Stats
+from llmtop.core.self_check import ClientCheck, bottleneck
 from llmtop.core.server_series import canonical_values, normal_kind
 
 REQUEST_METRICS: tuple[str, ...] = (
@@ -46,6 +48,8 @@ class RunRow:
     error: str | None
     n_requests: int = 0
     n_errors: int = 0
+    client: dict[str, Any] | None = None
+    """llmtop's own self-check, stored at the end of the run (core/self_check.ClientCheck)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,14 @@ class RunSummary:
     overall: StepSummary
     steps: tuple[StepSummary, ...]
     slo: Slo
+    client: ClientCheck | None = None
+    """How llmtop itself did (loop lag, schedule lag, CPU); ``None`` for runs before it was kept."""
+
+    @property
+    def bottleneck(self) -> str | None:
+        """Why llmtop itself could have moved the numbers, or ``None`` (core/self_check.py)."""
+        cores = self.run.host.get("cpus_allowed") or self.run.host.get("cores_logical")
+        return bottleneck(self.client, self.overall.ttft_ms.p50, cores)
 
     def as_dict(self) -> dict[str, Any]:
         """The one JSON shape of a run, printed by ``runs --json``, ``record --json`` and
@@ -162,6 +174,9 @@ class RunSummary:
             },
             "overall": self.overall.as_dict(),
             "steps": [s.as_dict() for s in self.steps],
+            "client": None
+            if self.client is None
+            else {**self.client.as_dict(), "bottleneck": self.bottleneck},
         }
 
 
@@ -196,6 +211,7 @@ def _run_row(row: dict[str, Any]) -> RunRow:
         error=row["error"],
         n_requests=row.get("n_requests") or 0,
         n_errors=row.get("n_errors") or 0,
+        client=json.loads(row["client_json"]) if row.get("client_json") else None,
     )
 
 
@@ -568,7 +584,22 @@ def run_summary(
             for i, (name, rs) in enumerate(steps.items())
         ),
         slo=slo,
+        client=client_check(run, rows),
     )
+
+
+def client_check(run: RunRow, rows: Sequence[dict[str, Any]]) -> ClientCheck | None:
+    """The run's stored self-check with the schedule lag of its open-loop requests (sent minus
+    scheduled, warm-up excluded); ``None`` for a run recorded before llmtop kept one."""
+    lags = [
+        (r["t_start_ns"] - r["t_scheduled_ns"]) / metrics.NS_PER_MS
+        for r in rows
+        if not r["warmup"] and r.get("t_scheduled_ns") is not None and r["t_start_ns"] is not None
+    ]
+    if run.client is None and not lags:
+        return None
+    check = ClientCheck.from_dict(run.client or {})
+    return dataclasses.replace(check, schedule_lag_ms_p99=metrics.percentile(lags, 99))
 
 
 # --- charts ------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ TABLES: tuple[str, ...] = (
     "server_samples",
     "servers",
     "source_down",
+    "client_samples",
 )
 """Every table llmtop owns, in the order export and deletion walk them."""
 
@@ -149,6 +150,27 @@ def m002_servers(db: Database) -> None:
     )
     db.table("servers").create_index(["run_id"])
     db.table("server_samples").create_index(["run_id", "source", "t_ns"])
+
+
+@MIGRATIONS()
+def m003_client_self_check(db: Database) -> None:
+    """llmtop checking itself (issue 17): each open-loop request's scheduled time beside the
+    time it went out (``t_start_ns``), the run's own loop lag and CPU, and their time series."""
+    db.table("requests").add_column("t_scheduled_ns", int)
+    db.table("runs").add_column("client_json", str)  # core/self_check.ClientCheck, at the end
+    db.table("client_samples").create(
+        {
+            "run_id": int,
+            "t_ns": int,
+            "worker": int,  # 0, or the worker process's number with --workers
+            "loop_lag_ms_p50": float,
+            "loop_lag_ms_p99": float,
+            "loop_lag_ms_max": float,
+            "cpu_pct": float,  # the process, % of one core
+            "loop_cpu_pct": float,  # its event loop thread
+        }
+    )
+    db.table("client_samples").create_index(["run_id", "t_ns"])
 
 
 def schema_version() -> int:

@@ -21,6 +21,7 @@ from rich.text import Text
 from llmtop.app.report.data import step_rates
 from llmtop.core import fmt, metrics
 from llmtop.core.metrics import Slo
+from llmtop.core.self_check import ClientCheck
 from llmtop.storage.queries import RunSummary, StepSummary
 
 Getter = Callable[[StepSummary], float | int | None]
@@ -241,9 +242,28 @@ def header(summary: RunSummary, headline: str | None = None) -> Panel:
     ]
     if r.error:
         lines.append(Text(f"error: {r.error}", style="red"))
+    c = summary.client
+    if c is not None:
+        lines.append(client_facts(c))
+        if summary.bottleneck:
+            lines.append(Text(summary.bottleneck, style="yellow"))
     if headline:
         lines.append(Text(headline, style="bold"))
     return Panel(RichGroup(*lines), title=title, title_align="left", box=box.ROUNDED)
+
+
+def client_facts(c: ClientCheck) -> Text:
+    """llmtop's own lag and CPU during the run, one line (core/self_check.py)."""
+    lag = ""
+    if c.loop_lag_ms_p99 is not None:
+        lag = f"p50 {fmt.num(c.loop_lag_ms_p50)} ms, p99 {fmt.num(c.loop_lag_ms_p99)} ms"
+    facts = _facts(
+        ("loop lag", lag),
+        ("schedule lag p99", "" if c.schedule_lag_ms_p99 is None else f"{fmt.num(c.schedule_lag_ms_p99)} ms"),
+        ("CPU", fmt.pct(c.cpu_pct) if c.cpu_pct is not None else ""),
+        ("workers", str(c.workers) if c.workers > 1 else ""),
+    )  # fmt: skip
+    return Text.assemble(("llmtop itself  ", "dim"), facts) if facts else facts
 
 
 def server_name(s: StepSummary) -> str:

@@ -117,6 +117,7 @@ class DashboardScreen(Screen[None]):
         res.gpus = snap.gpus
         res.gpu_down = next((down[s] for s in GPU_SOURCES if s in down), None)
         res.system_down = next((down[s] for s in SYSTEM_SOURCES if s in down), None)
+        res.client, res.bottleneck = snap.client, snap.bottleneck
         server = self.query_one(ServerPanel)
         server.servers = snap.servers
         server.now_ns = snap.t_ns

@@ -15,12 +15,12 @@ from typing import Any
 
 try:
     from .fake_faults import FAULTS, Behavior, Ctx, Fault, RequestLog
-    from .fake_http import Request, Response, Stream, serve
+    from .fake_http import ConnPolicy, Request, Response, Stream, serve
     from .fake_personas import LLAMA_501, Persona, PersonaState
     from .fake_wire import wire_for
 except ImportError:  # run as a script (servers.py): the folder is on sys.path
     from fake_faults import FAULTS, Behavior, Ctx, Fault, RequestLog  # type: ignore[no-redef]
-    from fake_http import Request, Response, Stream, serve  # type: ignore[no-redef]
+    from fake_http import ConnPolicy, Request, Response, Stream, serve  # type: ignore[no-redef]
     from fake_personas import LLAMA_501, Persona, PersonaState  # type: ignore[no-redef]
     from fake_wire import wire_for  # type: ignore[no-redef]
 
@@ -37,6 +37,7 @@ class State:
     running: int = 0
     generated: int = 0
     api_key: str | None = None
+    conn: ConnPolicy = field(default_factory=ConnPolicy)
     persona: PersonaState | None = None
     """The real server this one plays (fake_personas.py), or none."""
     pending: set[asyncio.Task[None]] = field(default_factory=set)
@@ -61,6 +62,12 @@ class State:
             self.persona = None if p is None else PersonaState(Persona(**p))
         if "script" in cfg:
             self.script = deque(Behavior(**b) for b in cfg["script"])
+        if "conn" in cfg:
+            c = cfg["conn"]
+            self.conn.close_after_response = bool(c.get("close_after_response", False))
+            self.conn.close_on_next_request = bool(c.get("close_on_next_request", False))
+            self.conn.idle_close_ms = c.get("idle_close_ms")
+            self.conn.headers = dict(c.get("headers") or {})
 
     def denied(self, req: Request) -> Response | None:
         """401 unless the request carries the API key (when one is set)."""
@@ -177,6 +184,12 @@ def _config(state: State, req: Request) -> Response:
     return Response.json({"ok": True})
 
 
+def _conn_counts(state: State, req: Request) -> Response:
+    return Response.json(
+        {"connections": state.conn.connections, "idle_closed": state.conn.idle_closed}
+    )
+
+
 def _log(state: State, req: Request) -> Response:
     out = [asdict(r) for r in state.log]
     if req.query.get("clear"):
@@ -192,6 +205,7 @@ SIMPLE: dict[tuple[str, str], Callable[[State, Request], Response]] = {
     ("GET", "/metrics"): _metrics,
     ("POST", "/_fake/config"): _config,
     ("GET", "/_fake/log"): _log,
+    ("GET", "/_fake/conn"): _conn_counts,
 }
 STREAMING: dict[tuple[str, str], tuple[str, str]] = {
     ("POST", "/api/generate"): ("ollama", "generate"),
@@ -238,7 +252,7 @@ def make_handler(state: State) -> Callable[[Request, Stream], Awaitable[None]]:
 
 async def serve_forever(state: State, port: int, ready: Callable[[int], None]) -> None:
     """Run until cancelled; ``ready(port)`` is called once the socket listens."""
-    server = await serve(make_handler(state), "127.0.0.1", port)
+    server = await serve(make_handler(state), "127.0.0.1", port, state.conn)
     ready(server.sockets[0].getsockname()[1])
     try:
         await asyncio.Event().wait()
