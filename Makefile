@@ -48,10 +48,13 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/storage_ingest.py
-	$(BIN)/python bench/collector.py
+	$(BIN)/python bench/collector.py --in-process
+	$(BIN)/python bench/fidelity.py --streams 1,64,256
 	$(BIN)/python bench/report.py
 	$(BIN)/python bench/tui.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/accuracy.py
+	$(BIN)/python bench/durability.py
 
 # llama.cpp, the engine's yardstick, in a venv of its own (never a dependency of llmtop);
 # pip builds llama-cpp-python from source with the machine's gcc and cmake: minutes, once.

@@ -163,7 +163,12 @@ class LlmtopApp(App[None]):
     # --- the tick ----------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Read the aggregator; hand a new snapshot to the dashboard only when it changed."""
+        """Read the aggregator; hand a new snapshot to the dashboard only when it changed.
+
+        Not once the app is shutting down: the timer runs in a task of its own, so a tick can
+        come while the screens' widgets are being removed, and would find them gone."""
+        if not self.is_running:
+            return
         snap = self.aggregator.snapshot()
         if snap is not self._snap:
             self._snap = snap
@@ -243,7 +248,8 @@ class LlmtopApp(App[None]):
             else:
                 self.notify(f"run #{result.run_id} {result.status}: {result.ok:,} ok, "
                             f"{result.errors:,} errors", timeout=5)  # fmt: skip
-        self.session.watch(status.backend, status.url or None)
+        # Back to what the user pointed llmtop at: an engine the run started is gone with it.
+        self.session.watch(self.launch_settings.backend, self.launch_settings.url)
         return status
 
     def _set_status(self, status: RunStatus) -> None:

@@ -44,6 +44,7 @@ class LiveSession:
         if self.running:
             return
         self._target = (backend, url)
+        self.aggregator.clear_server()  # what was shown described another target
         if self.follow_enabled:
             self.follower = RunFollower(self.db_path, self.aggregator.add, on_follow=self._follow)
             self.follower.start()
@@ -53,8 +54,11 @@ class LiveSession:
         """Sample the machine and the server again (a followed run ended)."""
         if self.watcher is not None or not self.watch_enabled or self.running:
             return
-        target, kind = watch_target(*self._target)
-        self.watcher = Watcher(target, kind, self.aggregator.add)
+        backend, url = self._target
+        target, kind = watch_target(backend, url)
+        # the bundled engine runs only during a run: between runs there is no server to read
+        watched = None if backend == "engine" and url is None else target
+        self.watcher = Watcher(watched, kind, self.aggregator.add)
         self.watcher.start()
 
     def _follow(self, run: FollowedRun) -> None:
@@ -78,6 +82,7 @@ class LiveSession:
             raise RuntimeError("a run is already going")
         self.stop_watching()
         self.aggregator.clear_run()
+        self.aggregator.clear_server()  # the run's samplers read its own server
         self.aggregator.set_slo(plan.scenario.slo)
         self.recording = RecordingProcess(plan, self.db_path, self.aggregator.add)
         self.recording.start()

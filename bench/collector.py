@@ -1,14 +1,17 @@
-"""Collector throughput: tokens/s ingested and CPU per 1,000 tokens of our backend path (backend +
-EventWriter storing every token in SQLite, as ``llmtop record`` does by default) beside a minimal
-aiohttp client (stream, parse, timestamp, nothing else), and ``llmtop record`` itself.
+"""Collector throughput: tokens/s and CPU per token of ``llmtop record`` (a whole process, every
+token stored) beside a minimal aiohttp client (a whole process: stream, parse, timestamp, nothing
+else), against a fake server flooding N concurrent streams; and the same two in-process (our
+backend + EventWriter, the minimal loop) for the part that is only the hot path.
 
-The fake server (tests/support/servers.py, its own process) floods 1, 64 and 256 concurrent
-streams as fast as it can; it is pinned to one core and this process (client and writer thread)
-to another. Each measurement is repeated, the two clients interleaved; the best of each is kept.
-Prints one line; the goal (issue 5): ours >= 0.6x the minimal client's tokens/s at <= 2x its CPU.
+Whole-process numbers: CPU is the child's rusage from start to exit (imports, samplers, the final
+summary included); tokens/s is over its ingestion window (first request written to last token).
+The server (tests/support/servers.py) runs on one core, both clients one after the other on
+another. Each measurement is repeated, interleaved; the best of each is kept. Prints one line per
+stream count, the load average beside it. Goal (issue 17): record >= 1.0x the minimal client's
+tokens/s at <= 1.2x its CPU per token (64 streams).
 
-    .venv/bin/python bench/collector.py [--api ollama|openai] [--tokens N] [--repeat R]
-                                        [--no-record] [--with-httpx]
+    .venv/bin/python bench/collector.py [--streams 64] [--per-stream 2048] [--repeat 3]
+                                        [--api openai|ollama] [--in-process] [--with-httpx]
 """
 
 from __future__ import annotations
@@ -173,125 +176,124 @@ async def our_path(url: str, api: str, streams: int, per_stream: int, db: Path) 
     return result
 
 
-# --- llmtop record, as a user runs it -----------------------------------------------------------
+# --- whole processes ----------------------------------------------------------------------------
 
 
-def record(
-    url: str, api: str, streams: int, per_stream: int, db: Path, core: int | None
-) -> tuple[int, float, float]:
-    """``(tokens, seconds from first request to last end, CPU seconds)`` of one ``llmtop record``."""
+def _child_cpu(run: Callable[[], None]) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def minimal_process(url: str, api: str, streams: int, per_stream: int, core: int | None) -> Result:
+    """The minimal client as its own process: ``(tokens, its window, its CPU start to exit)``."""
+    pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
+    out: list[str] = []
+
+    def run() -> None:
+        cmd = [sys.executable, __file__, "--minimal-process", url, api, str(streams), str(per_stream)]  # fmt: skip
+        out.append(subprocess.run(cmd, check=True, capture_output=True, text=True, preexec_fn=pin).stdout)  # fmt: skip
+
+    cpu = _child_cpu(run)
+    tokens, window = json.loads(out[0])
+    return Result(tokens, window, cpu)
+
+
+def _minimal_main(url: str, api: str, streams: int, per_stream: int) -> None:
+    t = time.perf_counter()
+    tokens = asyncio.run(minimal_client(url, api, streams, per_stream))
+    print(json.dumps([tokens, time.perf_counter() - t]))
+
+
+def record_process(url: str, api: str, streams: int, per_stream: int, db: Path, core: int | None) -> Result:  # fmt: skip
+    """``llmtop record`` as a user runs it: tokens, its ingestion window, its CPU start to exit."""
     exe = Path(sys.executable).parent / "llmtop"
     cmd = [str(exe), "record", "--backend", api, "--url", url if api == "ollama" else url + "/v1",
            "--model", MODEL, "--requests", str(streams), "--concurrency", str(streams),
-           "--max-tokens", str(per_stream), "--quiet", "--db", str(db)]  # fmt: skip
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+           "--max-tokens", str(per_stream), "--warmup", "0", "--quiet", "--db", str(db)]  # fmt: skip
     pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, preexec_fn=pin)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = _child_cpu(lambda: subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, preexec_fn=pin))  # fmt: skip
     with sqlite3.connect(db) as conn:
         run_id = conn.execute("select max(id) from runs").fetchone()[0]
         tokens, t0, t1 = conn.execute(
             "select sum(chunks), min(t_start_ns), max(t_end_ns) from requests where run_id = ?",
             [run_id],
         ).fetchone()
-    return tokens, (t1 - t0) / 1e9, cpu
+        (stored,) = conn.execute(
+            "select count(*) from tokens where run_id = ?", [run_id]
+        ).fetchone()
+    assert stored == tokens == streams * per_stream, (stored, tokens)
+    return Result(tokens, (t1 - t0) / 1e9, cpu)
 
 
-def bench_record(
-    url: str, api: str, streams: int, per_stream: int, tmp: Path, core: int | None, repeat: int
-) -> Result:
-    """Best of ``repeat``; the CPU of a 1-token run (start-up, imports) is subtracted."""
-    _, _, base_cpu = record(url, api, 1, 1, tmp / "rec-base.db", core)
-    best: Result | None = None
-    for i in range(repeat):
-        tokens, window, cpu = record(
-            url, api, streams, per_stream, tmp / f"rec-{streams}-{i}.db", core
-        )
-        r = Result(tokens, window, max(cpu - base_cpu, 1e-9))
-        best = r if best is None or r.tok_s > best.tok_s else best
-    assert best is not None
-    return best
+def _best(a: Result | None, b: Result) -> Result:
+    return b if a is None or b.tok_s > a.tok_s else a
 
 
 def main() -> None:
+    if len(sys.argv) == 6 and sys.argv[1] == "--minimal-process":
+        _minimal_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--api", choices=["ollama", "openai"], default="ollama")
-    ap.add_argument(
-        "--tokens", type=int, default=131_072, help="tokens per measurement (all streams)"
-    )
-    ap.add_argument("--streams", default="1,64,256")
+    ap.add_argument("--api", choices=["ollama", "openai"], default="openai")
+    ap.add_argument("--streams", default="64")
+    ap.add_argument("--per-stream", type=int, default=2048, help="tokens per stream")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--lines-per-write", type=int, default=64, help="chunks per server write")
-    ap.add_argument("--no-record", action="store_true", help="skip `llmtop record`")
+    ap.add_argument("--in-process", action="store_true", help="also backend+writer in-process")
     ap.add_argument("--with-httpx", action="store_true", help="also a minimal httpx client")
     args = ap.parse_args()
     cores = sorted(os.sched_getaffinity(0))
-    client_core, server_core = (cores[0], cores[1]) if len(cores) >= 2 else (None, None)
-    if client_core is not None:
-        os.sched_setaffinity(0, {client_core})  # before any thread starts: the writer inherits it
+    client_core, server_core = (cores[-1], cores[0]) if len(cores) >= 2 else (None, None)
     flood = Behavior(tokens=10**9, lines_per_write=args.lines_per_write, log_sends=False)
-    parts, worst_ratio, worst_cpu = [], float("inf"), 0.0
+    per = args.per_stream
     with FakeServer({MODEL: flood}, process=True, cpus={server_core} if server_core is not None else None) as srv, \
             tempfile.TemporaryDirectory() as tmp:  # fmt: skip
         for streams in [int(s) for s in args.streams.split(",")]:
-            per_stream = max(1, args.tokens // streams)
-            best_ours: Result | None = None
-            best_min: Result | None = None
+            load = os.getloadavg()[0]
+            rec: Result | None = None
+            floor: Result | None = None
             for i in range(args.repeat):
-                order = ["min", "ours"] if i % 2 == 0 else ["ours", "min"]
-                for who in order:
+                for who in ["min", "rec"] if i % 2 == 0 else ["rec", "min"]:
                     if who == "min":
-                        floor = minimal_client(srv.url, args.api, streams, per_stream)
-                        r = asyncio.run(measure(lambda c=floor: c))
-                        assert r.tokens == streams * per_stream, r
-                        best_min = r if best_min is None or r.tok_s > best_min.tok_s else best_min
+                        floor = _best(floor, minimal_process(srv.url, args.api, streams, per, client_core))  # fmt: skip
                     else:
-                        db = Path(tmp) / f"ours-{streams}-{i}.db"
-                        r = asyncio.run(our_path(srv.url, args.api, streams, per_stream, db))
-                        best_ours = (
-                            r if best_ours is None or r.tok_s > best_ours.tok_s else best_ours
-                        )
-            assert best_ours is not None and best_min is not None
-            ratio, cpu_x = (
-                best_ours.tok_s / best_min.tok_s,
-                best_ours.us_per_tok / best_min.us_per_tok,
+                        db = Path(tmp) / f"rec-{streams}-{i}.db"
+                        rec = _best(rec, record_process(srv.url, args.api, streams, per, db, client_core))  # fmt: skip
+            assert rec is not None and floor is not None
+            line = (
+                f"collector {streams} streams x {per} tokens ({args.api}; server cpu{server_core}, "
+                f"clients cpu{client_core}; best of {args.repeat}; load {load:.2f}->"
+                f"{os.getloadavg()[0]:.2f}): whole process: llmtop record {rec.tok_s / 1e3:.0f}k "
+                f"tok/s {rec.us_per_tok:.2f} us CPU/token, minimal aiohttp {floor.tok_s / 1e3:.0f}k "
+                f"{floor.us_per_tok:.2f} us ({rec.tok_s / floor.tok_s:.2f}x tok/s, "
+                f"{rec.us_per_tok / floor.us_per_tok:.2f}x CPU/token; goal >= 1.0x at <= 1.2x)"
             )
-            worst_ratio, worst_cpu = min(worst_ratio, ratio), max(worst_cpu, cpu_x)
-            part = (
-                f"{streams} streams: ours {best_ours.tok_s / 1e3:.0f}k tok/s {best_ours.us_per_tok:.1f} ms CPU/1k tok, "
-                f"minimal {best_min.tok_s / 1e3:.0f}k {best_min.us_per_tok:.1f} ms ({ratio:.2f}x tok/s, {cpu_x:.2f}x CPU)"
-            )
+            if args.in_process:
+                if client_core is not None:
+                    os.sched_setaffinity(0, {client_core})
+                ours: Result | None = None
+                mini: Result | None = None
+                for i in range(args.repeat):
+                    db = Path(tmp) / f"ours-{streams}-{i}.db"
+                    ours = _best(ours, asyncio.run(our_path(srv.url, args.api, streams, per, db)))
+                    c = minimal_client(srv.url, args.api, streams, per)
+                    mini = _best(mini, asyncio.run(measure(lambda c=c: c)))
+                assert ours is not None and mini is not None
+                line += (
+                    f"; in-process: backend+writer {ours.tok_s / 1e3:.0f}k {ours.us_per_tok:.2f} us, "
+                    f"minimal {mini.tok_s / 1e3:.0f}k {mini.us_per_tok:.2f} us "
+                    f"({ours.tok_s / mini.tok_s:.2f}x, {ours.us_per_tok / mini.us_per_tok:.2f}x CPU)"
+                )
             if args.with_httpx:
-                best_httpx: Result | None = None
+                hx: Result | None = None
                 for _ in range(args.repeat):
-                    hx = minimal_httpx(srv.url, args.api, streams, per_stream)
-                    r = asyncio.run(measure(lambda c=hx: c))
-                    best_httpx = (
-                        r if best_httpx is None or r.tok_s > best_httpx.tok_s else best_httpx
-                    )
-                assert best_httpx is not None
-                part += (
-                    f", minimal httpx {best_httpx.tok_s / 1e3:.0f}k {best_httpx.us_per_tok:.1f} ms"
-                )
-            if not args.no_record and streams > 1:
-                rec = bench_record(
-                    srv.url, args.api, streams, per_stream, Path(tmp), client_core, args.repeat
-                )
-                part += f", llmtop record {rec.tok_s / 1e3:.0f}k {rec.us_per_tok:.1f} ms"
-            parts.append(part)
-    met = worst_ratio >= 0.6 and worst_cpu <= 2.0
-    pinned = (
-        f"client cpu{client_core}, server cpu{server_core}"
-        if client_core is not None
-        else "unpinned (1 core)"
-    )
-    print(
-        f"collector ({args.api}, {pinned}, best of {args.repeat}): "
-        + "; ".join(parts)
-        + f"; goal >= 0.6x tok/s at <= 2x CPU: {'met' if met else 'NOT met'}"
-        + f" (worst {worst_ratio:.2f}x, {worst_cpu:.2f}x)"
-    )
+                    h = minimal_httpx(srv.url, args.api, streams, per)
+                    hx = _best(hx, asyncio.run(measure(lambda h=h: h)))
+                assert hx is not None
+                line += f"; minimal httpx in-process {hx.tok_s / 1e3:.0f}k {hx.us_per_tok:.2f} us"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,16 @@ How t0 is taken: an aiohttp ``TraceConfig`` hook, ``on_request_chunk_sent``, fir
 before the request's one coalesced write of headers and body to the socket (after any wait for a
 pooled connection and after connecting), so TTFT never includes pool queueing or connect time.
 ``RequestStarted`` is emitted there and then, so a live view sees the request in flight.
+
+Stale pooled connections (issue 16): a kept-alive connection can die while it waits in the pool
+(the server's idle timeout), and some servers close every connection right after its response
+(llama.cpp's llama-server says ``Keep-Alive: timeout=5, max=100``, then closes). aiohttp only
+learns of the close when its loop next reads the socket, so a request sent at once on the same
+connection goes out on a dead one. Such a request is sent again on a new connection without
+counting an attempt (its t0 is the write on the new connection); and once two pooled connections
+were found dead and none ever carried a second request, the server is taken to close after every
+response and every later request gets a connection of its own (``fresh_only``; the requests then
+say ``Connection: close``, which is what happens anyway).
 """
 
 from __future__ import annotations
@@ -41,7 +51,10 @@ from llmtop.core.requests import Timeouts
 
 KEEPALIVE_S = 4.0
 """Idle pooled connections are closed after this, below uvicorn's default of 5 s (vLLM, SGLang),
-so a request never goes out on a connection the server is closing."""
+so a request rarely goes out on a connection the server is closing."""
+STALE_BEFORE_FRESH_ONLY = 2
+"""Pooled connections found dead, with none ever reused, before the server is taken to close
+after every response."""
 
 
 def one_line(text: object, limit: int = 240) -> str:
@@ -160,6 +173,14 @@ class HttpClient:
         }
         self._max = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._fresh_session: aiohttp.ClientSession | None = None
+        self._trace: aiohttp.TraceConfig | None = None
+        self.reused_ok = 0
+        """Requests answered on a reused (kept-alive) connection."""
+        self.stale = 0
+        """Pooled connections found dead when a request went out on them."""
+        self.fresh_only = False
+        """The server closes after every response: each request gets a new connection."""
 
     def __repr__(self) -> str:
         return f"HttpClient({self.base!r})"
@@ -174,24 +195,48 @@ class HttpClient:
             raise RuntimeError("use the backend as an async context manager before streaming")
         return self._session
 
+    def session_for(self, fresh: bool) -> aiohttp.ClientSession:
+        """The pooled session, or (``fresh``, or a server that closes after every response) one
+        whose every request opens a new connection."""
+        if not (fresh or self.fresh_only):
+            return self.session
+        if self._fresh_session is None:
+            if self._session is None:
+                raise RuntimeError("use the backend as an async context manager before streaming")
+            connector = aiohttp.TCPConnector(limit=self._max, force_close=True)
+            self._fresh_session = self._new_session(connector)
+        return self._fresh_session
+
+    def stale_connection(self) -> None:
+        """A request went out on a pooled connection that turned out closed."""
+        self.stale += 1
+        if self.reused_ok == 0 and self.stale >= STALE_BEFORE_FRESH_ONLY:
+            self.fresh_only = True
+
+    def _new_session(self, connector: aiohttp.BaseConnector) -> aiohttp.ClientSession:
+        assert self._trace is not None
+        return aiohttp.ClientSession(
+            connector=connector,
+            headers=self._headers,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
+            trace_configs=[self._trace],
+            auto_decompress=False,
+        )
+
     async def open(self) -> None:
         trace = aiohttp.TraceConfig()
         trace.on_request_chunk_sent.append(_on_chunk_sent)
         trace.on_connection_reuseconn.append(_on_reuse)
         trace.freeze()
+        self._trace = trace
         connector = aiohttp.TCPConnector(limit=self._max, keepalive_timeout=KEEPALIVE_S)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers=self._headers,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
-            trace_configs=[trace],
-            auto_decompress=False,
-        )
+        self._session = self._new_session(connector)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for s in (self._session, self._fresh_session):
+            if s is not None:
+                await s.close()
+        self._session = self._fresh_session = None
 
     async def get_json(self, path: str, what: str, timeout_s: float = 10.0) -> tuple[int, Any]:
         """GET ``path`` and parse JSON: ``(status, body)``, the body ``None`` if not JSON.

@@ -16,6 +16,7 @@ from llmtop.collectors.streaming import (
     RequestState,
     StreamError,
     StreamParser,
+    loads_json,
     reported_count,
     reported_ns,
     request_params,
@@ -72,7 +73,7 @@ class NdjsonParser(StreamParser):
         st = self.st
         emit = st.emit
         run_id, rid = st.run_id, st.request_id
-        loads = json.loads
+        loads = loads_json
         chat = self.chat
         for line in lines:
             try:

@@ -28,6 +28,7 @@ from llmtop.collectors.streaming import (
     RequestState,
     StreamError,
     StreamParser,
+    loads_json,
     reported_count,
     reported_ms_as_ns,
     request_params,
@@ -113,7 +114,7 @@ class SseParser(StreamParser):
             self._finish(t_ns)
             return True
         try:
-            obj = json.loads(payload)
+            obj = loads_json(payload)
         except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             raise StreamError(
                 "protocol",

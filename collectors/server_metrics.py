@@ -5,15 +5,21 @@ Two sources, polled once a second by default:
 - Ollama ``GET /api/ps``: the loaded models and their memory: ``ollama:loaded_models``, and per
   model ``ollama:loaded:<model>:size``, ``...:size_vram`` (bytes) and ``...:context_length``.
 - Prometheus ``GET /metrics`` (vLLM, SGLang, TGI, llama.cpp's server, ``llmtop serve``), parsed
-  with prometheus-client. Gauges and counters we know are kept under their exposition name,
-  summed over labels (``vllm:num_requests_running``, ``vllm:prompt_tokens_total``). Histograms
-  we know give ``<name>:count`` and ``<name>:sum`` (since the server started), and over the
-  last scrape interval ``<name>:mean``, ``:p50``, ``:p95`` and ``:p99`` (from the buckets'
-  increase, interpolated as Prometheus does), present only when requests ended in it.
+  with prometheus-client. The series of core/server_series.py's tables are kept under their
+  exposition name, summed over labels (``vllm:num_requests_running``). Histograms give
+  ``<name>:count`` and ``<name>:sum`` (since the server started) and, over the last scrape
+  interval, ``<name>:mean``. No percentiles: interpolating coarse buckets gives numbers that
+  look exact and are not (a queue-time p50 of 0.15 s beside a mean of 10 µs).
 
-Servers name the same thing differently; core/server_series.py's ``canonical_values`` maps them onto one set of
-names (``requests_running``, ``kv_cache_usage``...) for displays. A source that is missing
-(404), down or unreadable is reported once as ``SourceDown``; a missing one is not asked again.
+Each sample also carries ``scrape_ms``, how long the scrape took: its values were read between
+``t_ns - scrape_ms`` and ``t_ns``, which is what lets a step's counter increase be exact.
+
+The server is identified once (``ServerIdentified``): its kind from its metric names or its
+``Server:`` header, its version from where that kind tells it (vLLM ``/version``, llama.cpp
+``/props``, TGI ``/info``, Ollama ``/api/version``). ``scrape()`` reads ``/metrics`` at once:
+the recording calls it at each step's boundaries. A source that is missing (404, or llama.cpp's
+501 without ``--metrics``), down or unreadable is reported once as ``SourceDown``, naming the
+flag that turns metrics on; a missing one is not asked again.
 """
 
 from __future__ import annotations
@@ -21,21 +27,34 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import ollama
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmtop.core.events import ServerSampled, SourceDown
-from llmtop.core.metrics import histogram_quantile
+from llmtop.core.events import ServerIdentified, ServerSampled, SourceDown
+from llmtop.core.metrics import NS_PER_MS
 from llmtop.core.requests import Emit
-from llmtop.core.server_series import KNOWN_HISTOGRAMS, KNOWN_SAMPLES, OWN_PREFIXES
+from llmtop.core.server_series import (
+    KINDS,
+    KNOWN_HISTOGRAMS,
+    KNOWN_SAMPLES,
+    OWN_PREFIXES,
+    canonical_values,
+    kind_of_header,
+    kind_of_names,
+    metrics_flag,
+    series_read,
+)
 
 DEFAULT_HZ = 1.0
 MAX_BACKOFF_S = 30.0
+UNKNOWN_KIND = "metrics"
+"""The kind of a Prometheus page whose names llmtop does not know."""
 
 # --- parsing (pure) -----------------------------------------------------------------------------
 
@@ -58,7 +77,8 @@ def parse_ollama_ps(payload: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-Buckets = list[tuple[float, float]]
+Hist = tuple[float, float]
+"""A histogram's ``(count, sum)``, summed over label sets."""
 
 
 @dataclass(slots=True)
@@ -66,8 +86,8 @@ class PrometheusScrape:
     """One parsed ``/metrics`` page: kept samples and the kept histograms' state."""
 
     values: dict[str, float] = field(default_factory=dict)
-    histograms: dict[str, tuple[Buckets, float, float]] = field(default_factory=dict)
-    """name -> (cumulative buckets, count, sum), summed over label sets."""
+    histograms: dict[str, Hist] = field(default_factory=dict)
+    """name -> (count, sum), summed over label sets."""
 
 
 def _kept(name: str) -> bool:
@@ -98,6 +118,7 @@ def wanted_lines(text: str) -> str:
 
     A vLLM page has hundreds of series; parsing all of them would cost milliseconds of CPU a
     second, and every millisecond the interpreter spends here is one a token read may wait.
+    Buckets are dropped too: llmtop keeps a histogram's count and sum only.
     """
     keep = []
     for line in text.splitlines():
@@ -111,7 +132,8 @@ def wanted_lines(text: str) -> str:
             i = line.find(stop)
             if i != -1 and i < end:
                 end = i
-        if end and _wanted(line[:end]):
+        name = line[:end]
+        if end and not name.endswith("_bucket") and _wanted(name):
             keep.append(line)
     return "\n".join(keep) + "\n"
 
@@ -127,17 +149,13 @@ def parse_prometheus(text: str) -> PrometheusScrape:
         if fam.type == "histogram":
             if not (fam.name in KNOWN_HISTOGRAMS or fam.name.startswith(OWN_PREFIXES)):
                 continue
-            by_le: dict[float, float] = {}
             count = total = 0.0
             for s in fam.samples:
-                if s.name.endswith("_bucket"):
-                    le = float(s.labels["le"])
-                    by_le[le] = by_le.get(le, 0.0) + s.value
-                elif s.name.endswith("_count"):
+                if s.name.endswith("_count"):
                     count += s.value
                 elif s.name.endswith("_sum"):
                     total += s.value
-            out.histograms[fam.name] = (sorted(by_le.items()), count, total)
+            out.histograms[fam.name] = (count, total)
             continue
         for s in fam.samples:
             if _kept(s.name) and not s.name.endswith("_created"):
@@ -145,40 +163,23 @@ def parse_prometheus(text: str) -> PrometheusScrape:
     return out
 
 
-def histogram_values(
-    name: str, now: tuple[Buckets, float, float], before: tuple[Buckets, float, float] | None
-) -> dict[str, float]:
-    """``:count`` and ``:sum`` of a histogram, and its interval statistics since ``before``."""
-    buckets, count, total = now
+def histogram_values(name: str, now: Hist, before: Hist | None) -> dict[str, float]:
+    """``:count`` and ``:sum`` of a histogram, and its mean over the interval since ``before``
+    (present only when requests ended in it)."""
+    count, total = now
     out = {f"{name}:count": count, f"{name}:sum": total}
     if before is None:
         return out
-    b_buckets, b_count, b_total = before
-    if count < b_count:  # the server restarted: no interval to speak of
-        return out
+    b_count, b_total = before
     dcount = count - b_count
-    if dcount <= 0:
-        return out
-    prev = dict(b_buckets)
-    delta = [(le, c - prev.get(le, 0.0)) for le, c in buckets]
-    out[f"{name}:mean"] = (total - b_total) / dcount
-    for q in (50, 95, 99):
-        v = histogram_quantile(delta, q / 100)
-        if v is not None:
-            out[f"{name}:p{q}"] = v
+    if dcount > 0:  # (a restart makes it negative: no interval to speak of)
+        out[f"{name}:mean"] = (total - b_total) / dcount
     return out
 
 
-def server_kind(values: Iterable[str]) -> str:
-    """Which server a ``/metrics`` page came from, by its names."""
-    names = list(values)
-    if any(n.startswith(OWN_PREFIXES) for n in names):
-        return "llmtop"
-    for prefix, kind in (("vllm:", "vllm"), ("sglang:", "sglang"), ("tgi_", "tgi"),
-                         ("llamacpp:", "llamacpp")):  # fmt: skip
-        if any(n.startswith(prefix) for n in names):
-            return kind
-    return "metrics"
+def server_kind(names: list[str], server_header: str | None = None) -> str:
+    """Which server a ``/metrics`` page came from: by its names, else its ``Server:`` header."""
+    return kind_of_names(names) or kind_of_header(server_header) or UNKNOWN_KIND
 
 
 def server_root(base_url: str) -> str:
@@ -188,6 +189,77 @@ def server_root(base_url: str) -> str:
     if path.endswith("/v1"):
         path = path[: -len("/v1")]
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def version_of(kind: str, payload: Any) -> str | None:
+    """The version in a kind's version document (``{"version": "0.32.0"}``), if there."""
+    k = KINDS.get(kind)
+    if k is None or not isinstance(payload, dict):
+        return None
+    for key in k.version_keys:
+        v = payload.get(key)
+        if isinstance(v, str | int | float) and str(v).strip():
+            return str(v).strip()
+    return None
+
+
+async def fetch_version(client: httpx.AsyncClient, root: str, kind: str) -> str | None:
+    """Ask a server of ``kind`` its version; ``None`` when it does not say."""
+    k = KINDS.get(kind)
+    if k is None or k.version_path is None:
+        return None
+    try:
+        r = await client.get(root + k.version_path)
+        if r.status_code != 200:
+            return None
+        return version_of(kind, r.json())
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What one look at a server's ``/metrics`` found (``llmtop doctor``)."""
+
+    kind: str | None
+    version: str | None
+    series: tuple[str, ...]
+    status: int | None
+    """HTTP status of ``/metrics``; ``None`` when nothing answered."""
+    problem: str | None = None
+    """Why no series are read, with what to do about it."""
+
+
+async def probe(client: httpx.AsyncClient, base_url: str) -> Probe:
+    """Look once at the server under ``base_url``: kind, version, series read, or why not."""
+    root = server_root(base_url)
+    url = f"{root}/metrics"
+    try:
+        r = await client.get(url)
+    except httpx.HTTPError as e:
+        return Probe(None, None, (), None, f"{url} unreachable: {_why(e)}")
+    header_kind = kind_of_header(r.headers.get("server"))
+    if r.status_code != 200:
+        kind = header_kind
+        version = await fetch_version(client, root, kind) if kind else None
+        return Probe(kind, version, (), r.status_code, _not_served(url, r.status_code, kind))
+    try:
+        scrape = parse_prometheus(r.text)
+    except ValueError as e:
+        return Probe(header_kind, None, (), 200, f"{url} unreadable: {e}")
+    values = dict(scrape.values)
+    for name, state in scrape.histograms.items():
+        values.update(histogram_values(name, state, None))
+    kind = server_kind([*values, *scrape.histograms], r.headers.get("server"))
+    version = await fetch_version(client, root, kind)
+    series = series_read(values, kind)
+    problem = None if series else f"{url} has no metrics llmtop knows"
+    return Probe(kind, version, series, 200, problem)
+
+
+def _not_served(url: str, status: int, kind: str | None) -> str:
+    flag = metrics_flag(kind)
+    return f"{url} not served (HTTP {status})" + (f": {flag}" if flag else "")
 
 
 # --- the sampler --------------------------------------------------------------------------------
@@ -201,7 +273,11 @@ class _Endpoint:
         self.next_try = 0.0
         self.backoff = 1.0
         self.gone = False
-        self.hist: dict[str, tuple[Buckets, float, float]] = {}
+        self.hist: dict[str, Hist] = {}
+        self.kind: str | None = None
+        """The kind identified from this endpoint (sent as ``ServerIdentified``)."""
+        self.last: dict[str, float] | None = None
+        """Canonical values of the newest sample."""
 
 
 class ServerMetricsSampler:
@@ -228,6 +304,7 @@ class ServerMetricsSampler:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         root = server_root(base_url)
+        self.root = root
         self.run_id = run_id
         self.hz = hz
         self.clock = clock
@@ -240,9 +317,50 @@ class ServerMetricsSampler:
             self.endpoints.append(_Endpoint("ollama", f"{root}/api/ps"))
         if kind != "ollama":
             self.endpoints.append(_Endpoint("metrics", f"{root}/metrics"))
+        self.identified: ServerIdentified | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._ollama: ollama.AsyncClient | None = None
+        """The official client, for Ollama's own API (``/api/ps``); ``/metrics`` is plain HTTP."""
+        self._emit: Emit | None = None
+        self._lock = asyncio.Lock()
+
+    async def _poll_ollama(self, ep: _Endpoint, emit: Emit) -> None:
+        """``/api/ps`` through the official ``ollama`` client (its models and memory)."""
+        assert self._ollama is not None
+        t_sent = self.clock()
+        try:
+            reply = await self._ollama.ps()
+        except ollama.ResponseError as e:
+            if e.status_code in (404, 405, 501):
+                self._down(ep, emit, _not_served(ep.url, e.status_code, None), retry=False)
+            else:
+                self._down(ep, emit, f"{ep.url} answered HTTP {e.status_code}", retry=True)
+            return
+        except ConnectionError as e:  # the client's own, raised from httpx's
+            cause = e.__cause__
+            why = _why(cause) if isinstance(cause, httpx.HTTPError) else "nothing answers"
+            self._down(ep, emit, f"{ep.url} unreachable: {why}", retry=True)
+            return
+        except httpx.HTTPError as e:
+            self._down(ep, emit, f"{ep.url} unreachable: {_why(e)}", retry=True)
+            return
+        except (ValueError, TypeError) as e:  # a reply the client could not read as /api/ps
+            self._down(ep, emit, f"{ep.url} unreadable: {e}", retry=True)
+            return
+        t_ns = self.clock()
+        values = parse_ollama_ps(reply.model_dump(mode="json"))
+        ep.down = None
+        ep.backoff = 1.0
+        values["scrape_ms"] = (t_ns - t_sent) / NS_PER_MS
+        ep.last = canonical_values(values, "ollama")
+        emit(ServerSampled(self.run_id, t_ns, "ollama", values))
 
     async def poll(self, client: httpx.AsyncClient, ep: _Endpoint, emit: Emit) -> None:
         """Read one endpoint once, emitting its values or, on a change of state, why not."""
+        if ep.name == "ollama" and self._ollama is not None:
+            await self._poll_ollama(ep, emit)
+            return
+        t_sent = self.clock()
         try:
             resp = await client.get(ep.url)
         except httpx.HTTPError as e:
@@ -250,7 +368,10 @@ class ServerMetricsSampler:
             return
         t_ns = self.clock()
         if resp.status_code in (404, 405, 501):
-            self._down(ep, emit, f"{ep.url} not served (HTTP {resp.status_code})", retry=False)
+            kind = kind_of_header(resp.headers.get("server")) if ep.name == "metrics" else None
+            if kind is not None:
+                await self._identify(client, ep, emit, kind, t_ns, {})
+            self._down(ep, emit, _not_served(ep.url, resp.status_code, kind), retry=False)
             return
         if resp.status_code != 200:
             self._down(ep, emit, f"{ep.url} answered HTTP {resp.status_code}", retry=True)
@@ -264,7 +385,9 @@ class ServerMetricsSampler:
                 for name, state in scrape.histograms.items():
                     values.update(histogram_values(name, state, ep.hist.get(name)))
                 ep.hist = scrape.histograms
-                source = server_kind([*values, *scrape.histograms])
+                source = ep.kind or server_kind(
+                    [*values, *scrape.histograms], resp.headers.get("server")
+                )
         except (ValueError, json.JSONDecodeError, AttributeError, KeyError, TypeError) as e:
             self._down(ep, emit, f"{ep.url} unreadable: {e}", retry=True)
             return
@@ -273,7 +396,37 @@ class ServerMetricsSampler:
             return
         ep.down = None
         ep.backoff = 1.0
+        if ep.name == "metrics" and ep.kind is None:
+            await self._identify(client, ep, emit, source, t_ns, values)
+        values["scrape_ms"] = (t_ns - t_sent) / NS_PER_MS
+        ep.last = canonical_values(values, source)
         emit(ServerSampled(self.run_id, t_ns, source, values))
+
+    async def _identify(
+        self,
+        client: httpx.AsyncClient,
+        ep: _Endpoint,
+        emit: Emit,
+        kind: str,
+        t_ns: int,
+        values: dict[str, float],
+    ) -> None:
+        ep.kind = kind
+        version = await fetch_version(client, self.root, kind)
+        ev = ServerIdentified(
+            self.run_id, t_ns, kind, version, self.root, series_read(values, kind)
+        )
+        self.identified = ev
+        emit(ev)
+
+    async def _identify_ollama(self, client: httpx.AsyncClient, emit: Emit) -> None:
+        """A server that answers ``/api/ps`` and has no ``/metrics`` is Ollama."""
+        ps = next((ep for ep in self.endpoints if ep.name == "ollama"), None)
+        if self.identified is not None or ps is None or ps.down is not None or ps.kind:
+            return
+        if any(ep.name == "metrics" and not ep.gone for ep in self.endpoints):
+            return
+        await self._identify(client, ps, emit, "ollama", self.clock(), {})
 
     def _down(self, ep: _Endpoint, emit: Emit, reason: str, *, retry: bool) -> None:
         if ep.down != reason:
@@ -285,6 +438,26 @@ class ServerMetricsSampler:
         ep.next_try = time.monotonic() + ep.backoff
         ep.backoff = min(ep.backoff * 2, MAX_BACKOFF_S)
 
+    async def _round(self, client: httpx.AsyncClient, emit: Emit, eps: list[_Endpoint]) -> None:
+        async with self._lock:  # a boundary scrape and a periodic poll never overlap
+            await asyncio.gather(*(self.poll(client, ep, emit) for ep in eps))
+            await self._identify_ollama(client, emit)
+
+    async def scrape(self) -> dict[str, float] | None:
+        """Read ``/metrics`` now (a step's boundary), emitting the sample as a poll does.
+
+        Returns the canonical values read, or ``None`` when there is no ``/metrics`` to read
+        (not served, down, or the sampler not started).
+        """
+        client, emit = self._client, self._emit
+        eps = [ep for ep in self.endpoints if ep.name == "metrics" and not ep.gone]
+        if client is None or emit is None or not eps:
+            return None
+        ep = eps[0]
+        ep.last = None
+        await self._round(client, emit, eps)
+        return ep.last
+
     async def run(self, emit: Emit) -> None:
         """Poll until cancelled, or until no endpoint is left to ask."""
         loop = asyncio.get_running_loop()
@@ -295,27 +468,36 @@ class ServerMetricsSampler:
         verify = any(ep.url.startswith("https:") for ep in self.endpoints)
         try:
             client = httpx.AsyncClient(timeout=timeout, transport=self.transport, verify=verify)
+            if any(ep.name == "ollama" for ep in self.endpoints):
+                self._ollama = ollama.AsyncClient(
+                    host=self.root, timeout=timeout, transport=self.transport, verify=verify
+                )
         except Exception:
             self.ready.set()
             raise
         async with client:
-            start, tick = loop.time(), 0
-            while True:
-                live = [ep for ep in self.endpoints if not ep.gone]
-                if not live:
+            self._client, self._emit = client, emit
+            try:
+                start, tick = loop.time(), 0
+                while True:
+                    live = [ep for ep in self.endpoints if not ep.gone]
+                    if not live:
+                        self.ready.set()
+                        return
+                    now = time.monotonic()
+                    await self._round(client, emit, [ep for ep in live if now >= ep.next_try])
                     self.ready.set()
-                    return
-                now = time.monotonic()
-                await asyncio.gather(
-                    *(self.poll(client, ep, emit) for ep in live if now >= ep.next_try)
-                )
-                self.ready.set()
-                tick += 1
-                delay = start + tick * period - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                else:
-                    tick = int((loop.time() - start) / period)
+                    tick += 1
+                    delay = start + tick * period - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    else:
+                        tick = int((loop.time() - start) / period)
+            finally:
+                self._client = self._emit = None
+                if self._ollama is not None:
+                    await self._ollama.close()
+                    self._ollama = None
 
 
 def _why(e: httpx.HTTPError) -> str:

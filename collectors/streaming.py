@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import json
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import orjson
 from yarl import URL
 
 from llmtop.collectors.http import HttpClient, SendTrace, connect_reason, error_from_body, one_line
@@ -52,6 +55,29 @@ class StreamError(Exception):
         self.kind: ErrorKind = kind
         self.message = message
         self.http_status = http_status
+
+
+# --- JSON ----------------------------------------------------------------------------------------
+
+
+def loads_json(text: str) -> Any:
+    """One stream line's JSON: orjson, else (what orjson refuses) the standard library.
+
+    Why: parsing is most of a token's cost. orjson reads an OpenAI chunk in 0.76 us where
+    ``json.loads`` takes 1.9 us (bench/collector.py's payload, this machine). It is stricter, so
+    whatever it refuses (NaN, integers beyond 64 bits, lone surrogates, nesting past 1,024) is
+    read again by ``json``, which then decides exactly as before: the two read the same streams
+    the same way (tests/faults/test_faults_fuzz.py), errors included (``ValueError``,
+    ``RecursionError``).
+    """
+    try:
+        return _orjson_loads(text)
+    except _OrjsonError:
+        return json.loads(text)
+
+
+_orjson_loads = orjson.loads
+_OrjsonError = orjson.JSONDecodeError
 
 
 # --- what a server reports -----------------------------------------------------------------
@@ -135,7 +161,7 @@ class RequestState:
                     prompt_chars=len(r.prompt) + len(r.system or "")
                     + sum(len(text) for _, text in r.messages), concurrency=r.concurrency,
                     temperature=r.temperature, max_tokens=r.max_tokens, warmup=r.warmup,
-                    params=self.params,
+                    params=self.params, t_scheduled_ns=r.t_scheduled_ns,
                 )
             )  # fmt: skip
 
@@ -264,6 +290,10 @@ class Watchdog:
 # --- one streamed request ------------------------------------------------------------------------
 
 _RETRY = object()
+"""The server refused an optional field that is now dropped: send again (counts as an attempt)."""
+_STALE = object()
+"""A pooled connection was found closed before any answer: send again on a new one (not counted)."""
+MAX_ATTEMPTS = 3
 
 
 async def stream_request(
@@ -277,22 +307,28 @@ async def stream_request(
 ) -> None:
     """POST one request and stream its answer into events; see base.py for the rules.
 
-    Retries (same request, the first ``RequestStarted`` kept, t0 taken again) happen only when a
-    reused keep-alive connection turns out closed before any answer, or when ``retry_on_status``
-    says a 4xx was caused by an optional field it has now dropped.
+    Sent again (same request, the first ``RequestStarted`` kept, t0 taken again at the new write)
+    when a reused keep-alive connection turns out closed before any answer: once, on a new
+    connection, not counted as an attempt (collectors/http.py says why); and when
+    ``retry_on_status`` says a 4xx was caused by an optional field it has now dropped, up to
+    ``MAX_ATTEMPTS`` attempts, after which the server's own answer is the error.
     """
     wd = Watchdog(state, client.timeouts)
     task = asyncio.current_task()
     assert task is not None
     try:
-        for _ in range(3):
-            if (
-                await _attempt(client, url, make_body(), state, make_parser, wd, retry_on_status)
-                is not _RETRY
-            ):
+        attempts = 0
+        fresh = False
+        while True:
+            attempts += 1
+            retry = retry_on_status if attempts < MAX_ATTEMPTS else None
+            outcome = await _attempt(client, url, make_body(), state, make_parser, wd, retry, fresh)
+            if outcome is _STALE:
+                client.stale_connection()
+                attempts -= 1
+                fresh = True  # a new connection is never stale: this happens once at most
+            elif outcome is not _RETRY:
                 break
-        else:
-            state.fail("protocol", "gave up after 3 attempts")
     except StreamError as e:
         state.fail(e.kind, e.message, e.http_status)
     except TimeoutError as e:  # an OSError; from the socket layer, not our watchdog
@@ -310,6 +346,18 @@ async def stream_request(
         wd.stop()
 
 
+def _os_cause(e: BaseException) -> str:
+    """What an OS-level failure was, in words: "connection reset by peer", not aiohttp's
+    "Can not write request body for URL"."""
+    errno = getattr(e, "errno", None)
+    if errno:
+        return os.strerror(errno).lower()
+    cause = e.__cause__ or e.__context__
+    if isinstance(cause, OSError) and cause.errno:
+        return os.strerror(cause.errno).lower()
+    return one_line(e) or type(e).__name__
+
+
 async def _attempt(
     client: HttpClient,
     url: URL,
@@ -318,11 +366,12 @@ async def _attempt(
     make_parser: Callable[[RequestState], StreamParser],
     wd: Watchdog,
     retry_on_status: Callable[[int, str], bool] | None,
+    fresh: bool,
 ) -> object:
     sent = SendTrace(st.written)
     path = url.path
     try:
-        resp = await client.session.post(url, data=body, trace_request_ctx=sent)
+        resp = await client.session_for(fresh).post(url, data=body, trace_request_ctx=sent)
     except aiohttp.ClientConnectorError as e:
         raise StreamError(
             "connect", f"cannot connect to {e.host}:{e.port}: {connect_reason(e)}"
@@ -333,14 +382,20 @@ async def _attempt(
         ) from None
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
         if sent.reused and st.chunks == 0:
-            return _RETRY  # the server closed an idle kept-alive connection as we reused it
+            return _STALE  # the server had closed this kept-alive connection while it idled
+        why = [] if isinstance(e, aiohttp.ServerDisconnectedError) else [_os_cause(e)]
+        if fresh:
+            why.append("on a new connection too")
+        detail = f" ({'; '.join(why)})" if why else ""
         raise StreamError(
-            "protocol", f"the server closed the connection before answering ({one_line(e)})"
+            "protocol", f"the server closed the connection before answering{detail}"
         ) from None
     except aiohttp.ClientResponseError as e:
         raise StreamError(
             "protocol", f"invalid HTTP response from POST {path}: {one_line(e.message)}"
         ) from None
+    if sent.reused:
+        client.reused_ok += 1
     if st.t0_ns is None:  # no trace fired (cannot happen with aiohttp 3.9-3.14): the best we know
         st.written(st.t_begin_ns)
     clean = False
@@ -391,7 +446,7 @@ async def _attempt(
         if st.done:
             return None
         raise StreamError(
-            "protocol", f"connection lost after {st.chunks} chunks: {one_line(e)}"
+            "protocol", f"connection lost after {st.chunks} chunks: {_os_cause(e)}"
         ) from None
     finally:
         if clean:

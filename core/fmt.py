@@ -154,3 +154,13 @@ def local_time(iso: str, with_seconds: bool = False) -> str:
     except ValueError:
         return iso[: 19 if with_seconds else 16].replace("T", " ")
     return moment.strftime("%Y-%m-%d %H:%M:%S" if with_seconds else "%Y-%m-%d %H:%M")
+
+
+def model_name(model_id: str | None) -> str:
+    """A model id as a person reads it: a path to a ``.gguf`` file (llama-server's default id)
+    shortened to the file name; any other id unchanged. The full id stays in the database."""
+    if not model_id:
+        return ""
+    if model_id.lower().endswith(".gguf") and ("/" in model_id or "\\" in model_id):
+        return model_id.replace("\\", "/").rsplit("/", 1)[-1]
+    return model_id

@@ -13,6 +13,10 @@ tend = final chunk, n = output tokens (the server's count when it gives one, els
 - run level: req/s and output tok/s over the measured window (first start to last end),
   mean and P50/P90/P95/P99 (linear interpolation between closest ranks, as numpy's default and
   Excel's PERCENTILE.INC), error rate, goodput = share of requests that succeeded and met every SLO.
+- the server's own numbers over a window (a step, a scrape interval): counter increases
+  (generation, prompt and cached prompt tokens), rates over the window's seconds, prefix-cache
+  hit rate = cached / prompt tokens, and histogram means = increase of sum / increase of count
+  (no percentiles from coarse buckets).
 
 Every function is pure; a value that cannot be defined (TPOT of a one-token answer) is ``None``.
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llmtop.core.events import RequestFinished, ServerTimings
 
@@ -302,29 +306,104 @@ def sustainable_rate(
     return best
 
 
-# --- server-side histograms (Prometheus /metrics) ----------------------------------------------
+# --- the server's own numbers (Prometheus /metrics, through core/server_series.py) ---------------
+
+SERVER_HISTOGRAMS: tuple[str, ...] = (
+    "ttft_s", "tpot_s", "itl_s", "e2e_s", "queue_s", "prefill_s", "decode_s",
+)  # fmt: skip
+"""Canonical histograms whose means a server window gives (in ms)."""
 
 
-def histogram_quantile(buckets: Sequence[tuple[float, float]], q: float) -> float | None:
-    """The q-quantile (0..1) of a Prometheus histogram, as Prometheus' ``histogram_quantile``.
+@dataclass(frozen=True, slots=True)
+class ServerWindow:
+    """What a server says it did between two of its samples: counter increases, histogram
+    means, and its gauges while it ran. ``None``: not read, or the counters went back (a
+    restart)."""
 
-    ``buckets`` are ``(upper bound le, cumulative count)`` in increasing ``le``, the last one
-    ``+Inf``. The rank ``q * total`` is found in its bucket and interpolated linearly between
-    the bucket's bounds (the first bucket starts at 0); a rank in the ``+Inf`` bucket gives the
-    highest finite bound. ``None`` for an empty histogram.
-    """
-    if not 0 <= q <= 1:
-        raise ValueError(f"quantile must be 0..1, got {q}")
-    if not buckets or buckets[-1][1] <= 0:
+    generation_tokens: float | None = None
+    prompt_tokens: float | None = None
+    """Prompt tokens of the requests, cached ones included (as every server is read)."""
+    cached_prompt_tokens: float | None = None
+    preemptions: float | None = None
+    requests_finished: float | None = None
+    generation_tps: float | None = None
+    """Generated tokens over the window's seconds."""
+    prompt_tps: float | None = None
+    prefix_cache_hit_rate: float | None = None
+    """Share of prompt tokens taken from the prefix cache, 0..1."""
+    means_ms: dict[str, float] = field(default_factory=dict)
+    """Canonical histogram (``ttft_s``) -> mean over the window's requests, in ms; llama.cpp's
+    ``tpot_s`` is its time spent generating over its generated tokens."""
+    running_mean: float | None = None
+    running_max: float | None = None
+    waiting_max: float | None = None
+    kv_cache_usage_max: float | None = None
+    """0..1."""
+
+
+def counter_increase(before: float | None, after: float | None) -> float | None:
+    """How much a counter grew; ``None`` when unread or when it went back (a restart)."""
+    if before is None or after is None or after < before:
         return None
-    total = buckets[-1][1]
-    rank = q * total
-    prev_le, prev_count = 0.0, 0.0
-    for le, count in buckets:
-        if count >= rank and count > prev_count:
-            if le == float("inf"):
-                return prev_le
-            lower = prev_le if prev_le < le else 0.0
-            return lower + (le - lower) * (rank - prev_count) / (count - prev_count)
-        prev_le, prev_count = le, count
-    return prev_le if prev_le != float("inf") else None
+    return after - before
+
+
+def server_window(
+    first: dict[str, float],
+    last: dict[str, float],
+    seconds: float | None,
+    during: Sequence[dict[str, float]] = (),
+) -> ServerWindow:
+    """The server's numbers between two samples of canonical values (server_series).
+
+    Args:
+        first: canonical values at the window's start.
+        last: canonical values at its end.
+        seconds: the window's length, for the rates (``None``: no rates).
+        during: canonical values sampled inside the window, for the gauges.
+    """
+
+    def inc(name: str) -> float | None:
+        return counter_increase(first.get(name), last.get(name))
+
+    gen, prompt, cached = (
+        inc("generation_tokens_total"),
+        inc("prompt_tokens_total"),
+        inc("cached_prompt_tokens_total"),
+    )
+    means: dict[str, float] = {}
+    for name in SERVER_HISTOGRAMS:
+        n = inc(f"{name}:count")
+        total = inc(f"{name}:sum")
+        if n and total is not None:
+            means[name] = total / n * 1000
+    gen_s = inc("generation_seconds_total")
+    if "tpot_s" not in means and gen_s is not None and gen:
+        means["tpot_s"] = gen_s / gen * 1000
+
+    def rate(v: float | None) -> float | None:
+        return None if v is None or not seconds or seconds <= 0 else v / seconds
+
+    def gauge(name: str) -> list[float]:
+        return [v[name] for v in (first, *during, last) if name in v]
+
+    running, waiting, kv = (
+        gauge("requests_running"),
+        gauge("requests_waiting"),
+        gauge("kv_cache_usage"),
+    )
+    return ServerWindow(
+        generation_tokens=gen,
+        prompt_tokens=prompt,
+        cached_prompt_tokens=cached,
+        preemptions=inc("preemptions_total"),
+        requests_finished=inc("requests_finished_total"),
+        generation_tps=rate(gen),
+        prompt_tps=rate(prompt),
+        prefix_cache_hit_rate=cached / prompt if cached is not None and prompt else None,
+        means_ms=means,
+        running_mean=sum(running) / len(running) if running else None,
+        running_max=max(running) if running else None,
+        waiting_max=max(waiting) if waiting else None,
+        kv_cache_usage_max=max(kv) if kv else None,
+    )

@@ -46,6 +46,8 @@ class GenerationRequest:
     messages: tuple[tuple[str, str], ...] = ()
     """A whole conversation, ``(role, content)`` each, sent as it is instead of ``system`` and
     ``prompt`` (a replayed chat); chat API only."""
+    t_scheduled_ns: int | None = None
+    """When an open-loop schedule has it due (``perf_counter_ns``); ``None`` in a closed loop."""
 
 
 @dataclass(frozen=True, slots=True)

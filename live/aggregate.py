@@ -15,23 +15,27 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import os
 import threading
 from collections import deque
 from typing import assert_never
 
 from llmtop.core import metrics
 from llmtop.core.events import (
+    ClientSampled,
     Event,
     GpuSampled,
     RequestFailed,
     RequestFinished,
     RequestStarted,
     ResourcesSampled,
+    ServerIdentified,
     ServerSampled,
     SourceDown,
     TokenReceived,
 )
 from llmtop.core.metrics import EMPTY_STATS, Slo
+from llmtop.core.self_check import ClientCheck, bottleneck
 from llmtop.core.server_series import canonical_values
 from llmtop.live.snapshot import (
     EMPTY_SNAPSHOT,
@@ -64,6 +68,11 @@ MAX_FINISHED = 50
 """Finished requests kept for the requests panel, newest first."""
 RECENT_NS = 60 * metrics.NS_PER_S
 """Goodput over the last minute (``RunTable.goodput_recent``): SLO attainment now."""
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+"""The live view runs where the recording does: its suggestion of --workers fits this machine."""
+CLIENT_WINDOW = 5
+"""Self-check samples (one a second per process) the live verdict looks at: a few seconds, so
+one slow second shows without the warning flickering."""
 
 
 OLLAMA_LOADED = "ollama:loaded:"
@@ -159,30 +168,59 @@ class _GpuTrack:
 
 
 class _ServerTrack:
-    """One server source's newest sample and the series of what the panel charts."""
+    """One server source's newest sample, what changed since the one before, and the series
+    the panel charts."""
 
-    def __init__(self) -> None:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        """``server:ollama`` (``/api/ps``) or ``server:metrics``: where its samples come from, so
+        that endpoint going down clears what it said."""
         self.last: ServerSampled | None = None
         self.canon: dict[str, float] = {}
-        self.running, self.waiting, self.kv = _Series(), _Series(), _Series()
+        self.first: dict[str, float] | None = None
+        self.window = metrics.ServerWindow()
+        self.means: dict[str, float] = {}
+        self.running, self.waiting, self.kv, self.gen = _Series(), _Series(), _Series(), _Series()
 
     def add(self, ev: ServerSampled) -> None:
-        self.last = ev
-        c = self.canon = canonical_values(ev.values)
+        c = canonical_values(ev.values, ev.source)
+        prev, prev_ev = self.canon, self.last
+        if prev_ev is not None and ev.t_ns > prev_ev.t_ns:
+            seconds = (ev.t_ns - prev_ev.t_ns) / metrics.NS_PER_S
+            self.window = metrics.server_window(prev, c, seconds)
+            self.means.update(self.window.means_ms)
+            self.gen.add(self.window.generation_tps)
+        if self.first is None:
+            self.first = c
+        self.last, self.canon = ev, c
         self.running.add(c.get("requests_running"))
         self.waiting.add(c.get("requests_waiting"))
         self.kv.add(_scaled(c.get("kv_cache_usage"), 100))
 
-    def view(self) -> ServerView:
+    def view(self, version: str | None) -> ServerView:
         ev = self.last
         assert ev is not None
-        c = self.canon
+        c, w = self.canon, self.window
+        since = metrics.server_window(self.first or c, c, None)
         return ServerView(
-            ev.source, ev.t_ns, _loaded_models(ev.values), c.get("requests_running"),
-            c.get("requests_waiting"), _scaled(c.get("kv_cache_usage"), 100),
-            _scaled(c.get("ttft_s_p50"), 1000), _scaled(c.get("tpot_s_p50"), 1000),
-            self.running.get(), self.waiting.get(), self.kv.get(), tuple(sorted(ev.values.items())),
-        )  # fmt: skip
+            source=ev.source,
+            t_ns=ev.t_ns,
+            models=_loaded_models(ev.values),
+            version=version,
+            running=c.get("requests_running"),
+            waiting=c.get("requests_waiting"),
+            kv_cache_pct=_scaled(c.get("kv_cache_usage"), 100),
+            generation_tps=w.generation_tps,
+            prompt_tps=w.prompt_tps,
+            prefix_cache_hit_rate=since.prefix_cache_hit_rate,
+            preemptions=since.preemptions,
+            means_ms=tuple(sorted(self.means.items())),
+            running_series=self.running.get(),
+            waiting_series=self.waiting.get(),
+            kv_cache_series=self.kv.get(),
+            generation_tps_series=self.gen.get(),
+            values=tuple(sorted(ev.values.items())),
+        )
 
 
 class Aggregator:
@@ -204,6 +242,7 @@ class Aggregator:
         self._last_res: ResourcesSampled | None = None
         self._gpus: dict[int, _GpuTrack] = {}
         self._servers: dict[str, _ServerTrack] = {}
+        self._idents: dict[str, ServerIdentified] = {}
         self._down: dict[str, str] = {}
 
     # --- any thread --------------------------------------------------------------------------
@@ -247,6 +286,21 @@ class Aggregator:
             self._reset_run(None)
             self._force = True
 
+    def clear_server(self) -> None:
+        """Forget what was read of the server and why it could not be (a new target: a run that
+        talks to another server, or watching another address), so nothing shown describes a
+        server that is no longer read. Events already taken but not folded are dropped with it."""
+        with self._lock:
+            for _ in range(len(self._inbox)):
+                ev = self._inbox.popleft()
+                if not _about_the_server(ev):
+                    self._fold(ev)
+            self._servers.clear()
+            self._idents.clear()
+            for source in [s for s in self._down if s.startswith("server")]:
+                del self._down[source]
+            self._force = True
+
     # --- folding -----------------------------------------------------------------------------
 
     def _reset_run(self, run_id: int | None) -> None:
@@ -254,6 +308,7 @@ class Aggregator:
         self._step = ""
         self._open: dict[int, _Open] = {}
         self._finished: deque[LiveRequest] = deque(maxlen=MAX_FINISHED)
+        self._client: dict[int, deque[ClientSampled]] = {}
         self._window: deque[tuple[int, float | None, float | None]] = deque(maxlen=MAX_SERIES)
         self._ttft: list[float] = []  # sorted, measured ok requests
         self._tpot: list[float] = []
@@ -302,16 +357,28 @@ class Aggregator:
                 self._rss.add(ev.server_rss_bytes)
                 self._scpu.add(ev.server_cpu_pct)
                 self._down.pop("system", None)
+                if ev.server_rss_bytes is not None:  # the process is found again
+                    self._down.pop("server-process", None)
             case GpuSampled():
                 self._gpus.setdefault(ev.gpu, _GpuTrack()).add(ev)
                 self._down.pop("gpu", None)
             case ServerSampled():
-                self._servers.setdefault(ev.source, _ServerTrack()).add(ev)
                 endpoint = "server:ollama" if ev.source == "ollama" else "server:metrics"
+                self._servers.setdefault(ev.source, _ServerTrack(endpoint)).add(ev)
                 self._down.pop(endpoint, None)
                 self._down.pop(ev.source, None)
+            case ServerIdentified():
+                self._idents[ev.kind] = ev
             case SourceDown():
                 self._down[ev.source] = ev.reason
+                # values that endpoint gave are no longer read: show the reason, not old numbers
+                for key in [k for k, tr in self._servers.items() if tr.endpoint == ev.source]:
+                    del self._servers[key]
+            case ClientSampled():
+                if ev.run_id is not None:
+                    self._request_run(ev.run_id)
+                q = self._client.setdefault(ev.worker, deque(maxlen=CLIENT_WINDOW))
+                q.append(ev)
             case _:
                 assert_never(ev)
 
@@ -437,10 +504,32 @@ class Aggregator:
             table=self._run_table(),
             resources=self._resources(),
             gpus=tuple(self._gpus[k].view() for k in sorted(self._gpus)),
-            servers=tuple(self._servers[k].view() for k in sorted(self._servers)),
+            servers=tuple(
+                self._servers[k].view(self._idents[k].version if k in self._idents else None)
+                for k in sorted(self._servers)
+            ),
             down=tuple(sorted(self._down.items())),
             in_flight=tuple(o.view() for o in self._open.values()),
             finished=tuple(self._finished),
+            client=(client := self._client_check()),
+            bottleneck=bottleneck(client, self._table.ttft_ms.p50, CORES),  # table built above
+        )
+
+    def _client_check(self) -> ClientCheck | None:
+        """The last few seconds of every process: the worst lag and loop, the CPU added up."""
+        if not self._client:
+            return None
+        recent = [q[-1] for q in self._client.values()]
+        p99s = [e.loop_lag_ms_p99 for q in self._client.values() for e in q]
+        loops = [e.loop_cpu_pct for q in self._client.values() for e in q]
+        cpus = [e.cpu_pct for e in recent if e.cpu_pct is not None]
+        p50s = [e.loop_lag_ms_p50 for e in recent if e.loop_lag_ms_p50 is not None]
+        return ClientCheck(
+            loop_lag_ms_p50=max(p50s) if p50s else None,
+            loop_lag_ms_p99=max((v for v in p99s if v is not None), default=None),
+            cpu_pct=sum(cpus) if cpus else None,
+            loop_cpu_pct=max((v for v in loops if v is not None), default=None),
+            workers=len(self._client),
         )
 
     def _resources(self) -> Resources | None:
@@ -454,6 +543,13 @@ class Aggregator:
             ev.server_rss_bytes, ev.server_cpu_pct, self._cpu.get(), self._mem.get(),
             self._rss.get(), self._scpu.get(),
         )  # fmt: skip
+
+
+def _about_the_server(ev: Event) -> bool:
+    """Events that describe the server (its samples, identity, or why it cannot be read)."""
+    if isinstance(ev, ServerSampled | ServerIdentified):
+        return True
+    return isinstance(ev, SourceDown) and ev.source.startswith("server")
 
 
 def _note(kind: str, message: str) -> str:

@@ -16,12 +16,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from llmtop.core import metrics
 from llmtop.core.events import (
+    ClientSampled,
     Event,
     GpuSampled,
     RequestFailed,
     RequestFinished,
     RequestStarted,
     ResourcesSampled,
+    ServerIdentified,
     ServerSampled,
     SourceDown,
     TokenReceived,
@@ -129,7 +131,14 @@ class ClientMetrics:
                 status = "cancelled" if ev.error_kind == "cancelled" else "error"
                 self.requests.labels(c.name, status).inc()
                 self.errors.labels(c.name, ev.error_kind).inc()
-            case ResourcesSampled() | GpuSampled() | ServerSampled() | SourceDown():
+            case (
+                ResourcesSampled()
+                | GpuSampled()
+                | ServerSampled()
+                | ServerIdentified()
+                | ClientSampled()
+                | SourceDown()
+            ):
                 pass
             case _:
                 assert_never(ev)

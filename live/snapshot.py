@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llmtop.core.metrics import EMPTY_STATS, Slo, Stats
+from llmtop.core.self_check import ClientCheck
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,24 +99,40 @@ class LoadedModel:
 
 @dataclass(frozen=True, slots=True)
 class ServerView:
-    """What one server source says about itself, watched even when nobody here drives it."""
+    """What one server source says about itself, watched even when nobody here drives it.
+
+    Rates and means cover the newest scrape interval (a histogram mean: the newest interval in
+    which requests ended); shares and preemptions count since the source was first seen.
+    """
 
     source: str
+    """The server's kind (``vllm``, ``llama.cpp``, ...), or ``ollama`` for ``/api/ps``."""
     t_ns: int
-    models: tuple[LoadedModel, ...]
-    running: float | None
+    models: tuple[LoadedModel, ...] = ()
+    version: str | None = None
+    running: float | None = None
     """Requests the server is running (Prometheus ``num_requests_running``)."""
-    waiting: float | None
-    kv_cache_pct: float | None
+    waiting: float | None = None
+    kv_cache_pct: float | None = None
     """KV-cache use, 0..100."""
-    ttft_ms_p50: float | None
-    """The server's own TTFT median over its last scrape interval (vLLM, SGLang histograms)."""
-    tpot_ms_p50: float | None
-    running_series: tuple[float, ...]
-    waiting_series: tuple[float, ...]
-    kv_cache_series: tuple[float, ...]
-    values: tuple[tuple[str, float], ...]
+    generation_tps: float | None = None
+    """Tokens the server generated per second, for every client."""
+    prompt_tps: float | None = None
+    prefix_cache_hit_rate: float | None = None
+    """Share of prompt tokens taken from the prefix cache, 0..1."""
+    preemptions: float | None = None
+    means_ms: tuple[tuple[str, float], ...] = ()
+    """``(canonical histogram, mean ms)``: ``ttft_s``, ``tpot_s``, ``queue_s``, ``prefill_s``..."""
+    running_series: tuple[float, ...] = ()
+    waiting_series: tuple[float, ...] = ()
+    kv_cache_series: tuple[float, ...] = ()
+    generation_tps_series: tuple[float, ...] = ()
+    values: tuple[tuple[str, float], ...] = ()
     """Every value of the newest sample, sorted by key."""
+
+    def mean_ms(self, name: str) -> float | None:
+        """The server's own mean of one histogram (``ttft_s``), ms."""
+        return dict(self.means_ms).get(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +168,10 @@ class Snapshot:
     """Oldest first."""
     finished: tuple[LiveRequest, ...] = ()
     """Newest first."""
+    client: ClientCheck | None = None
+    """llmtop itself over the last few seconds (loop lag, CPU), while a run goes."""
+    bottleneck: str | None = None
+    """Why llmtop itself may be moving this run's numbers now (core/self_check.py), or ``None``."""
 
 
 EMPTY_SNAPSHOT = Snapshot()

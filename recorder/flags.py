@@ -18,8 +18,9 @@ from typing import Any
 from llmtop.core.errors import UsageError
 from llmtop.core.requests import Api, Timeouts
 from llmtop.recorder.plan import RecordPlan
+from llmtop.recorder.workers import auto_workers
 from llmtop.scenarios.loader import load_scenario
-from llmtop.scenarios.model import Arrival, Overrides, apply_overrides, single_step
+from llmtop.scenarios.model import Arrival, Overrides, Scenario, apply_overrides, single_step
 from llmtop.scenarios.replay import replay_scenario, run_items, trace_items
 from llmtop.storage import queries
 from llmtop.storage.db import open_readonly
@@ -71,6 +72,9 @@ class RunFlags:
     """Offsets divided by this (2: twice as fast)."""
     trace: str | None = None
     """A Mooncake-format JSONL trace to send."""
+    workers: str | None = None
+    """Processes that send the requests: a number, or ``auto`` (from the concurrency and the
+    cores); ``None``: one."""
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> RunFlags:
@@ -149,6 +153,7 @@ def plan_from_flags(flags: RunFlags, db_path: str | Path | None = None) -> Recor
         raise FlagError(str(e), "scenario") from None
     except ValueError as e:  # apply_overrides: an arrival that needs a rate
         raise FlagError(str(e), "rate") from None
+    workers = parse_workers(flags.workers, scenario)
     timeouts = Timeouts()
     if flags.timeout:
         t = flags.timeout
@@ -165,6 +170,7 @@ def plan_from_flags(flags: RunFlags, db_path: str | Path | None = None) -> Recor
         timeouts=timeouts,
         server_pid=flags.server_pid,
         flags=flags.given(),
+        workers=workers,
     )
 
 
@@ -184,6 +190,8 @@ def _replay_plan(flags: RunFlags, db_path: str | Path | None) -> RecordPlan:
         what = "--replay" if flags.replay is not None else "--trace"
         flag = "--" + given[0].replace("_", "-")
         raise FlagError(f"{flag} does not go with {what}: it sends the requests it replays", given[0])  # fmt: skip
+    if flags.workers is not None and str(flags.workers).strip() != "1":
+        raise FlagError("--workers does not go with --replay or --trace yet: a replay is sent by one process", "workers")  # fmt: skip
     speed = 1.0 if flags.replay_speed is None else flags.replay_speed
     if flags.trace is not None:
         items = trace_items(flags.trace, api=flags.api or "chat")
@@ -221,3 +229,25 @@ def _replay_plan(flags: RunFlags, db_path: str | Path | None) -> RecordPlan:
         sample_hz=flags.sample_hz, timeouts=timeouts, server_pid=flags.server_pid,
         flags=flags.given(),
     )  # fmt: skip
+
+
+MAX_WORKERS = 64
+
+
+def parse_workers(value: str | None, scenario: Scenario) -> int:
+    """``--workers``: a number of processes (1..64), or ``auto``.
+
+    Raises:
+        FlagError: anything else.
+    """
+    if value is None:
+        return 1
+    text = str(value).strip().lower()
+    if text == "auto":
+        return auto_workers(scenario)
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise FlagError(
+            f"--workers {value!r}: give a number of processes from 1 to {MAX_WORKERS}, or auto",
+            "workers",
+        )
+    return int(text)

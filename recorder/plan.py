@@ -42,6 +42,8 @@ class RecordPlan:
     sample_server: bool = True
     flags: dict[str, Any] = field(default_factory=dict)
     """The command-line flags given, stored in ``params_json`` as they are."""
+    workers: int = 1
+    """Processes that send the requests (``--workers``; 1: the recording's own loop)."""
 
     @property
     def hz(self) -> float:

@@ -28,7 +28,9 @@ from llmtop.collectors.server_metrics import ServerMetricsSampler
 from llmtop.collectors.system import SystemSampler, host_info, local_port
 from llmtop.core.errors import SourceError, StorageError, UsageError
 from llmtop.core.events import Event
+from llmtop.core.metrics import counter_increase
 from llmtop.core.requests import StatusSink, no_status
+from llmtop.recorder.loop_probe import LoopProbe, new_event_loop
 from llmtop.recorder.plan import (
     BackendFactory,
     FailureKind,
@@ -38,11 +40,16 @@ from llmtop.recorder.plan import (
 )
 from llmtop.recorder.runner import Runner
 from llmtop.recorder.tally import LiveTally
+from llmtop.recorder.workers import WorkerPool
 from llmtop.storage.db import resolve_db_path
 from llmtop.storage.writer import EventWriter, RunInfo
 
 OnEvent = Callable[[Event], None]
 SETUP_TIMEOUT_S = 10.0
+SETTLE_S = 2.0
+"""Longest wait, after a step, for the server's counters to count the tokens the step received
+(llama.cpp adds to its counters when a request completes, a moment after its last byte)."""
+SETTLE_EVERY_S = 0.05
 
 __all__ = [
     "FailureKind", "OnEvent", "RecordPlan", "RecordResult", "Recording", "RecordingThread",
@@ -91,6 +98,10 @@ class Recording:
         self.backend_name = plan.backend
         self.base_url = plan.url or ""
         self.model = plan.model or ""
+        self.probe: LoopProbe | None = None
+        """llmtop's own loop lag and CPU while requests go out (recorder/loop_probe.py)."""
+        self._pool: WorkerPool | None = None
+        """The worker processes that send the requests with ``--workers`` > 1."""
 
     # --- control ---------------------------------------------------------------------------
 
@@ -226,6 +237,7 @@ class Recording:
             self.run_created.set()
             try:
                 status = await self._run_body(backend)
+                await self._store_client_check(writer)
             except Exception as e:  # a bug: close the run as failed so it does not stay running
                 with contextlib.suppress(StorageError):
                     await writer.finish_run(self.run_id, "failed", f"internal error: {e!r}")
@@ -238,6 +250,15 @@ class Recording:
             return self._result(status)
         finally:
             await backend.__aexit__(None, None, None)
+
+    async def _store_client_check(self, writer: EventWriter) -> None:
+        """Keep the self-check with the run (its schedule lag is read from the requests)."""
+        if self.probe is not None and self.run_id is not None and writer.error is None:
+            check = self.probe.summary()
+            if self._pool is not None:
+                check = self._pool.client_check(check)
+            with contextlib.suppress(StorageError):
+                await writer.set_client_check(self.run_id, check.as_dict())
 
     async def _only_model(self, backend: Backend) -> str:
         models = await backend.list_models()
@@ -301,27 +322,56 @@ class Recording:
             await asyncio.wait(waits, timeout=SETUP_TIMEOUT_S)
             for w in waits:
                 w.cancel()
-            runner = Runner(
-                backend, run_id=self.run_id, model=self.model, emit=self._emit,
-                before_request=self._before_request,
-            )  # fmt: skip
-            self.status = ""  # requests go out now: the progress is theirs
+            runner = await self._runner(backend)
+            server = next((s for s in samplers if isinstance(s, ServerMetricsSampler)), None)
+            self.probe = LoopProbe(self._emit, self.run_id)
+            self.probe.start()
             try:
+                # The server's /metrics read at each step's boundaries (the warm-up's end too):
+                # the end of one is the start of the next, so counter increases over a step
+                # are its own tokens.
+                before = await server.scrape() if server is not None else None
+                self.status = ""  # requests go out now: the progress is theirs
                 await runner.warmup(scenario)
+                if server is not None:
+                    before = await _settled(server, before, self.tally.warmup_tokens)
                 for i, step in enumerate(scenario.steps):
                     self.tally.begin_step(i)
                     self._steps_run.append(step.name)
                     await runner.run_step(step, i)
+                    if server is not None:
+                        before = await _settled(server, before, self.tally.steps[i].output_tokens)
                     if self._slo_broke(i):
                         break
             except* _Stopped:
                 raise _Stopped from None
         finally:
+            if self._pool is not None:
+                await self._pool.close()
+            if self.probe is not None:
+                self.probe.stop()
             for t in tasks:
                 t.cancel()
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+
+    async def _runner(self, backend: Backend) -> Runner | WorkerPool:
+        """This loop's runner, or with ``--workers`` > 1 the started worker processes."""
+        assert self.run_id is not None
+        n = self.plan.workers
+        if n <= 1:
+            return Runner(
+                backend, run_id=self.run_id, model=self.model, emit=self._emit,
+                before_request=self._before_request,
+            )  # fmt: skip
+        self._status(f"starting {n} worker processes")
+        self._pool = WorkerPool(
+            self.plan, backend=backend.name, url=backend.base_url, model=self.model,
+            run_id=self.run_id, emit=self._emit, count=n, before_step=self._before_request,
+        )  # fmt: skip
+        await self._pool.start()
+        return self._pool
 
     def _slo_broke(self, i: int) -> bool:
         scenario = self.plan.scenario
@@ -350,6 +400,25 @@ class Recording:
         if self.plan.sample_server:
             out.append(ServerMetricsSampler(self.run_id, backend.base_url, backend.name))
         return out
+
+
+async def _settled(
+    server: ServerMetricsSampler, before: dict[str, float] | None, tokens: int
+) -> dict[str, float] | None:
+    """Scrape the server after a step until its generation counter has grown by the ``tokens``
+    the step received (at most ``SETTLE_S``); the canonical values of the last scrape."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_S
+    while True:
+        now = await server.scrape()
+        if now is None or before is None:
+            return now
+        grown = counter_increase(
+            before.get("generation_tokens_total"), now.get("generation_tokens_total")
+        )
+        if grown is None or grown >= tokens or loop.time() >= deadline:
+            return now
+        await asyncio.sleep(SETTLE_EVERY_S)
 
 
 async def record(
@@ -429,7 +498,7 @@ class RecordingThread:
         return self._thread.is_alive()
 
     def _main(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = new_event_loop()
         with self._lock:
             self._loop = loop
         try:

@@ -37,6 +37,8 @@ class StepCount:
     cancelled: int = 0
     good: int = 0
     """Requests that succeeded and met every SLO."""
+    output_tokens: int = 0
+    """Output tokens of the step's ended requests (the server's count when it gave one)."""
 
     @property
     def goodput(self) -> float | None:
@@ -59,6 +61,8 @@ class LiveTally:
     errors: int = 0
     cancelled: int = 0
     warmup: int = 0
+    warmup_tokens: int = 0
+    """Output tokens of the warm-up requests that ended."""
     tokens: int = 0
     """Tokens received so far, as the chunks counted them (warm-up included)."""
     error_kinds: dict[str, int] = field(default_factory=dict)
@@ -92,6 +96,7 @@ class LiveTally:
                 self.steps[self.current].sent += 1
         elif isinstance(ev, RequestFinished):
             if ev.request_id in self._warm_ids:
+                self.warmup_tokens += request_metrics(ev).output_tokens
                 return
             self.done += 1
             self.ok += 1
@@ -99,13 +104,17 @@ class LiveTally:
             if step is not None:
                 step.done += 1
                 step.ok += 1
+                step.output_tokens += request_metrics(ev).output_tokens
                 if self._meets(ev):
                     step.good += 1
         elif isinstance(ev, RequestFailed):
             if ev.request_id in self._warm_ids:
+                self.warmup_tokens += ev.tokens_counted
                 return
             self.done += 1
             step = self._step(ev.request_id)
+            if step is not None:
+                step.output_tokens += ev.tokens_counted
             if ev.error_kind == "cancelled":
                 self.cancelled += 1
                 if step is not None:

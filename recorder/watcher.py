@@ -39,9 +39,11 @@ def watch_target(backend: str, url: str | None) -> tuple[str, str]:
 
 
 class Watcher:
-    """System, GPU and server samplers on a thread and loop of their own, with no run id."""
+    """System, GPU and server samplers on a thread and loop of their own, with no run id.
+    ``url=None``: no server to watch (the bundled engine runs only during a run), the machine
+    and GPUs alone."""
 
-    def __init__(self, url: str, kind: str, emit: Emit, *, hz: float = WATCH_HZ) -> None:
+    def __init__(self, url: str | None, kind: str, emit: Emit, *, hz: float = WATCH_HZ) -> None:
         self.url, self.kind, self.hz = url, kind, hz
         self._emit = emit
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -76,11 +78,13 @@ class Watcher:
                 return
             self._loop = asyncio.get_running_loop()
             self._main_task = asyncio.current_task()
+        port = None if self.url is None else local_port(self.url)
         samplers: list[SystemSampler | GpuSampler | ServerMetricsSampler] = [
-            SystemSampler(None, hz=self.hz, server_port=local_port(self.url)),
+            SystemSampler(None, hz=self.hz, server_port=port),
             GpuSampler(None, hz=self.hz),
-            ServerMetricsSampler(None, self.url, self.kind, hz=self.hz),
         ]
+        if self.url is not None:
+            samplers.append(ServerMetricsSampler(None, self.url, self.kind, hz=self.hz))
         async with asyncio.TaskGroup() as tg:
             for s in samplers:
                 tg.create_task(_quietly(s.run(self._emit)))

@@ -19,7 +19,6 @@ from llmtop.core.errors import StorageError
 from llmtop.storage.schema import MIGRATIONS, known_migrations, schema_version
 
 ENV_DB = "LLMTOP_DB"
-SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 10_000
 """A second writer (the dashboard beside a recorder) waits this long for the lock."""
 
@@ -37,16 +36,29 @@ def resolve_db_path(path: str | os.PathLike[str] | None) -> Path:
 
 
 def _check_file(path: Path) -> None:
-    """Refuse a file that exists but is not SQLite, before sqlite3 touches it."""
+    """Refuse a file that exists but is not SQLite, before anything writes to it.
+
+    SQLite reads the header itself, through a read-only connection: a descriptor of our own
+    opened and closed on the file would release every POSIX lock this process holds on it,
+    the ones SQLite holds for the connections already open included (closing any descriptor
+    of a file does that). A recorder beside the dashboard could then checkpoint the WAL from
+    under the dashboard's readers, whose next open read "database disk image is malformed".
+    SQLite keeps such a descriptor open until its locks are gone.
+    """
     if not path.exists() or path.stat().st_size == 0:
         return
     try:
-        with path.open("rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
-    except OSError as e:
-        raise StorageError(f"cannot read database {path}: {e.strerror}") from None
-    if head != SQLITE_MAGIC:
-        raise StorageError(f"{path} is not an llmtop database (not an SQLite file); use --db")
+        probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            probe.execute("PRAGMA schema_version").fetchone()
+        finally:
+            probe.close()
+    except sqlite3.DatabaseError as e:
+        if "not a database" in str(e):
+            raise StorageError(
+                f"{path} is not an llmtop database (not an SQLite file); use --db"
+            ) from None
+        raise StorageError(f"cannot read database {path}: {e}") from None
 
 
 def _create_private(path: Path) -> None:

@@ -20,7 +20,9 @@ from typing import Any, TextIO
 
 from sqlite_utils import Database
 
-EXPORT_TABLES: tuple[str, ...] = ("runs", "requests", "tokens", "samples", "gpu_samples")
+EXPORT_TABLES: tuple[str, ...] = (
+    "runs", "requests", "tokens", "samples", "gpu_samples", "server_samples", "servers",
+)  # fmt: skip
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _ORDER = {
     "runs": "id",
@@ -28,6 +30,8 @@ _ORDER = {
     "tokens": "run_id, request_id, idx",
     "samples": "run_id, t_ns",
     "gpu_samples": "run_id, t_ns, gpu",
+    "server_samples": "run_id, t_ns, source, key",
+    "servers": "run_id, t_ns",
 }
 
 

@@ -7,6 +7,7 @@ The statistics themselves come from core/metrics.py: these functions only select
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import json
 from collections import defaultdict
@@ -18,6 +19,8 @@ from sqlite_utils import Database
 
 from llmtop.core import metrics
 from llmtop.core.metrics import EMPTY_STATS, Slo, Stats
+from llmtop.core.self_check import ClientCheck, bottleneck
+from llmtop.core.server_series import canonical_values, normal_kind
 
 REQUEST_METRICS: tuple[str, ...] = (
     "ttft_ms", "e2e_ms", "tpot_ms", "decode_tps", "overall_tps", "server_tps", "server_ttft_ms",
@@ -47,6 +50,46 @@ class RunRow:
     n_errors: int = 0
     kind: str = "recorded"
     """``recorded`` (llmtop sent the requests) or ``observed`` (a proxy timed real clients')."""
+    client: dict[str, Any] | None = None
+    """llmtop's own self-check, stored at the end of the run (core/self_check.ClientCheck)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMetrics:
+    """What the server's own ``/metrics`` said about a step: counter increases between the
+    samples that bracket it, histogram means (ms), and its gauges while the step ran."""
+
+    kind: str
+    version: str | None
+    generation_tokens: float | None
+    prompt_tokens: float | None
+    """Cached ones included, on every kind (llama.cpp's two counters added)."""
+    cached_prompt_tokens: float | None
+    prefix_cache_hit_rate: float | None
+    """0..1."""
+    preemptions: float | None
+    requests_finished: float | None
+    generation_tps: float | None
+    """Generated tokens over the step's duration (the client's first start to last end)."""
+    prompt_tps: float | None
+    ttft_ms_mean: float | None
+    tpot_ms_mean: float | None
+    itl_ms_mean: float | None
+    e2e_ms_mean: float | None
+    queue_ms_mean: float | None
+    prefill_ms_mean: float | None
+    decode_ms_mean: float | None
+    running_mean: float | None
+    running_max: float | None
+    waiting_max: float | None
+    kv_cache_usage_max: float | None
+    """0..1."""
+    bracketed: bool
+    """Both bracketing samples were read outside the step (a scrape before its first request
+    and one begun after its last ended): the increases are the step's own."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +124,14 @@ class StepSummary:
     gpu_util_mean: float | None
     gpu_mem_peak: int | None
     error_kinds: dict[str, int] = field(default_factory=dict)
+    server_metrics: ServerMetrics | None = None
+    """The server's own numbers over the step (``None``: it exposes no ``/metrics``)."""
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name in self.__slots__:
             value = getattr(self, name)
-            out[name] = value.as_dict() if isinstance(value, Stats) else value
+            out[name] = value.as_dict() if isinstance(value, Stats | ServerMetrics) else value
         return out
 
 
@@ -96,6 +141,14 @@ class RunSummary:
     overall: StepSummary
     steps: tuple[StepSummary, ...]
     slo: Slo
+    client: ClientCheck | None = None
+    """How llmtop itself did (loop lag, schedule lag, CPU); ``None`` for runs before it was kept."""
+
+    @property
+    def bottleneck(self) -> str | None:
+        """Why llmtop itself could have moved the numbers, or ``None`` (core/self_check.py)."""
+        cores = self.run.host.get("cpus_allowed") or self.run.host.get("cores_logical")
+        return bottleneck(self.client, self.overall.ttft_ms.p50, cores)
 
     def as_dict(self) -> dict[str, Any]:
         """The one JSON shape of a run, printed by ``runs --json``, ``record --json`` and
@@ -124,6 +177,9 @@ class RunSummary:
             },
             "overall": self.overall.as_dict(),
             "steps": [s.as_dict() for s in self.steps],
+            "client": None
+            if self.client is None
+            else {**self.client.as_dict(), "bottleneck": self.bottleneck},
         }
 
 
@@ -159,6 +215,7 @@ def _run_row(row: dict[str, Any]) -> RunRow:
         n_requests=row.get("n_requests") or 0,
         n_errors=row.get("n_errors") or 0,
         kind=row.get("kind") or "recorded",
+        client=json.loads(row["client_json"]) if row.get("client_json") else None,
     )
 
 
@@ -284,6 +341,152 @@ def _window_resources(
     }
 
 
+def _metrics_source(db: Database, run_id: int) -> str | None:
+    """The run's ``/metrics`` source (its server kind), the one with the most samples."""
+    rows = list(
+        db.query(
+            "select source, count(*) n from server_samples where run_id = ? and key = 'scrape_ms'"
+            " group by source order by n desc limit 1",
+            [run_id],
+        )
+    )
+    if not rows:  # recorded before samples carried scrape_ms
+        rows = list(
+            db.query(
+                "select source, count(*) n from server_samples where run_id = ? "
+                "and source != 'ollama' group by source order by n desc limit 1",
+                [run_id],
+            )
+        )
+    return rows[0]["source"] if rows else None
+
+
+def server_identity(db: Database, run_id: int) -> tuple[str, str | None] | None:
+    """``(kind, version)`` of the server a run measured, as its sampler identified it."""
+    if db["servers"].exists():
+        rows = list(
+            db.query(
+                "select kind, version from servers where run_id = ? and kind != 'ollama' "
+                "order by t_ns desc limit 1",
+                [run_id],
+            )
+        )
+        if not rows:
+            rows = list(
+                db.query(
+                    "select kind, version from servers where run_id = ? order by t_ns desc limit 1",
+                    [run_id],
+                )
+            )
+        if rows:
+            return normal_kind(rows[0]["kind"]), rows[0]["version"]
+    source = _metrics_source(db, run_id)
+    return (normal_kind(source), None) if source else None
+
+
+def _sample_at(db: Database, run_id: int, source: str, t_ns: int) -> dict[str, float]:
+    return {
+        r["key"]: r["value"]
+        for r in db.query(
+            "select key, value from server_samples where run_id = ? and source = ? and t_ns = ?",
+            [run_id, source, t_ns],
+        )
+    }
+
+
+def server_metrics(
+    db: Database, run_id: int, t_from: int | None, t_to: int | None, until: int | None = None
+) -> ServerMetrics | None:
+    """The server's own numbers over a stretch of a run: from the newest sample read before
+    the first request started (``t_from``) to the newest one read before ``until`` (the next
+    step's first request; ``None``: the run's end). A sample was read between
+    ``t_ns - scrape_ms`` and ``t_ns``; the increases are the stretch's own when the end sample
+    was begun after the last request ended (``t_to``), as the recording's boundary scrapes are.
+    """
+    if t_from is None or t_to is None:
+        return None
+    source = _metrics_source(db, run_id)
+    if source is None:
+        return None
+    before = next(
+        db.query(
+            "select max(t_ns) t from server_samples where run_id = ? and source = ? and t_ns <= ?",
+            [run_id, source, t_from],
+        )
+    )["t"]
+    sql = "select max(t_ns) t from server_samples where run_id = ? and source = ?"
+    args: list[Any] = [run_id, source]
+    if until is not None:
+        sql += " and t_ns < ?"
+        args.append(until)
+    after = next(db.query(sql, args))["t"]
+    began = None
+    if after is not None:
+        began = next(
+            db.query(
+                "select value from server_samples where run_id = ? and source = ? and t_ns = ? "
+                "and key = 'scrape_ms'",
+                [run_id, source, after],
+            ),
+            None,
+        )
+    bracketed = (
+        before is not None
+        and after is not None
+        and began is not None
+        and after - began["value"] * metrics.NS_PER_MS >= t_to
+    )
+    if before is None:  # no sample before the step: the first one inside it
+        before = next(
+            db.query(
+                "select min(t_ns) t from server_samples where run_id = ? and source = ? "
+                "and t_ns >= ?",
+                [run_id, source, t_from],
+            )
+        )["t"]
+    if before is None or after is None or after <= before:
+        return None
+    kind = normal_kind(source)
+    first = canonical_values(_sample_at(db, run_id, source, before), kind)
+    last = canonical_values(_sample_at(db, run_id, source, after), kind)
+    during_rows: dict[int, dict[str, float]] = defaultdict(dict)
+    for r in db.query(
+        "select t_ns, key, value from server_samples where run_id = ? and source = ? "
+        "and t_ns > ? and t_ns < ?",
+        [run_id, source, before, after],
+    ):
+        during_rows[r["t_ns"]][r["key"]] = r["value"]
+    during = [canonical_values(v, kind) for _, v in sorted(during_rows.items())]
+    w = metrics.server_window(first, last, (t_to - t_from) / metrics.NS_PER_S, during)
+    ident = server_identity(db, run_id)
+    version = ident[1] if ident and ident[0] == kind else None
+    means = w.means_ms
+    return ServerMetrics(
+        kind=kind,
+        version=version,
+        generation_tokens=w.generation_tokens,
+        prompt_tokens=w.prompt_tokens,
+        cached_prompt_tokens=w.cached_prompt_tokens,
+        prefix_cache_hit_rate=w.prefix_cache_hit_rate,
+        preemptions=w.preemptions,
+        requests_finished=w.requests_finished,
+        generation_tps=w.generation_tps,
+        prompt_tps=w.prompt_tps,
+        ttft_ms_mean=means.get("ttft_s"),
+        tpot_ms_mean=means.get("tpot_s"),
+        itl_ms_mean=means.get("itl_s"),
+        e2e_ms_mean=means.get("e2e_s"),
+        queue_ms_mean=means.get("queue_s"),
+        prefill_ms_mean=means.get("prefill_s"),
+        decode_ms_mean=means.get("decode_s"),
+        running_mean=w.running_mean,
+        running_max=w.running_max,
+        waiting_max=w.waiting_max,
+        kv_cache_usage_max=w.kv_cache_usage_max,
+        bracketed=bracketed,
+    )
+
+
 def summarize_requests(
     db: Database,
     run_id: int,
@@ -291,8 +494,16 @@ def summarize_requests(
     rows: Sequence[dict[str, Any]],
     slo: Slo,
     itl: dict[int, list[float]],
+    *,
+    with_server: bool = False,
+    server_until: int | None = None,
 ) -> StepSummary:
-    """The statistics of a set of request rows (one step, or all of a run)."""
+    """The statistics of a set of request rows (one step, or all of a run).
+
+    ``with_server``: add the server's own numbers over the rows' window (only for sets that
+    hold a stretch of time alone: a step, a whole run; not groups whose requests interleave),
+    read up to ``server_until`` (the next step's first request; ``None``: the run's end).
+    """
     measured = [r for r in rows if not r["warmup"]]
     ok = [r for r in measured if r["status"] == "ok"]
     errors = [r for r in measured if r["status"] == "error"]
@@ -338,6 +549,9 @@ def summarize_requests(
         concurrency=concurrencies.pop() if len(concurrencies) == 1 else None,
         temperature=temps.pop() if len(temps) == 1 else None,
         error_kinds=dict(kinds),
+        server_metrics=server_metrics(db, run_id, t_from, t_to, server_until)
+        if with_server
+        else None,
         **_window_resources(db, run_id, t_from, t_to),
     )
 
@@ -355,14 +569,46 @@ def run_summary(
     steps: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         steps.setdefault(r["step"] or "", []).append(r)
+    firsts = [
+        min(
+            (r["t_start_ns"] for r in rs if r["t_start_ns"] is not None and not r["warmup"]),
+            default=None,
+        )
+        for rs in steps.values()
+    ]
     return RunSummary(
         run=run,
-        overall=summarize_requests(db, run_id, "", rows, slo, itl),
+        overall=summarize_requests(db, run_id, "", rows, slo, itl, with_server=True),
         steps=tuple(
-            summarize_requests(db, run_id, name, rs, slo, itl) for name, rs in steps.items()
+            summarize_requests(
+                db,
+                run_id,
+                name,
+                rs,
+                slo,
+                itl,
+                with_server=True,
+                server_until=firsts[i + 1] if i + 1 < len(firsts) else None,
+            )
+            for i, (name, rs) in enumerate(steps.items())
         ),
         slo=slo,
+        client=client_check(run, rows),
     )
+
+
+def client_check(run: RunRow, rows: Sequence[dict[str, Any]]) -> ClientCheck | None:
+    """The run's stored self-check with the schedule lag of its open-loop requests (sent minus
+    scheduled, warm-up excluded); ``None`` for a run recorded before llmtop kept one."""
+    lags = [
+        (r["t_start_ns"] - r["t_scheduled_ns"]) / metrics.NS_PER_MS
+        for r in rows
+        if not r["warmup"] and r.get("t_scheduled_ns") is not None and r["t_start_ns"] is not None
+    ]
+    if run.client is None and not lags:
+        return None
+    check = ClientCheck.from_dict(run.client or {})
+    return dataclasses.replace(check, schedule_lag_ms_p99=metrics.percentile(lags, 99))
 
 
 # --- charts ------------------------------------------------------------------------------------

@@ -12,12 +12,14 @@ import sqlite3
 from typing import Any, assert_never
 
 from llmtop.core.events import (
+    ClientSampled,
     Event,
     GpuSampled,
     RequestFailed,
     RequestFinished,
     RequestStarted,
     ResourcesSampled,
+    ServerIdentified,
     ServerSampled,
     SourceDown,
     TokenReceived,
@@ -29,6 +31,7 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "chunks", "concurrency", "temperature", "max_tokens", "warmup", "t_start_ns", "t_first_ns",
     "t_end_ns", "ttft_ms", "e2e_ms", "tpot_ms", "decode_tps", "overall_tps", "server_ttft_ms",
     "server_tps", "load_ms", "done_reason", "status", "error_kind", "http_status", "error",
+    "t_scheduled_ns",
     "model", "api", "path", "client", "prompt_hash", "prompt", "params_json", "t_last_ns",
 )  # fmt: skip
 UPSERT_REQUEST = (
@@ -52,21 +55,32 @@ INSERT_GPU = (
 INSERT_SERVER = (
     "INSERT INTO server_samples (run_id, t_ns, source, key, value) VALUES (?, ?, ?, ?, ?)"
 )
+INSERT_IDENT = (
+    "INSERT INTO servers (run_id, t_ns, kind, version, url, series) VALUES (?, ?, ?, ?, ?, ?)"
+)
 INSERT_DOWN = "INSERT INTO source_down (run_id, t_ns, source, reason) VALUES (?, ?, ?, ?)"
+INSERT_CLIENT = (
+    "INSERT INTO client_samples (run_id, t_ns, worker, loop_lag_ms_p50, loop_lag_ms_p99,"
+    " loop_lag_ms_max, cpu_pct, loop_cpu_pct) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class Batch:
     """Rows of one flush, built on the writer thread from a list of events."""
 
-    __slots__ = ("downs", "gpus", "requests", "samples", "servers", "tokens")
+    __slots__ = (
+        "clients", "downs", "gpus", "idents", "requests", "samples", "servers", "tokens",
+    )  # fmt: skip
 
     def __init__(self) -> None:
-        self.tokens: list[tuple[int, int, int, int, int, int]] = []
+        self.tokens: list[TokenReceived] = []
         self.requests: dict[tuple[int, int], dict[str, Any]] = {}
         self.samples: list[tuple[Any, ...]] = []
         self.gpus: list[tuple[Any, ...]] = []
         self.servers: list[tuple[Any, ...]] = []
         self.downs: list[tuple[Any, ...]] = []
+        self.clients: list[tuple[Any, ...]] = []
+        self.idents: list[tuple[Any, ...]] = []
 
 
 class RowBuilder:
@@ -90,12 +104,8 @@ class RowBuilder:
         b = Batch()
         token = TokenReceived
         # The hot path: nearly every event is a token; one comprehension each way is fastest.
-        if self.store_tokens:
-            b.tokens = [
-                (e.run_id, e.request_id, e.index, e.t_ns, e.n_tokens, e.text_len)
-                for e in events
-                if type(e) is token
-            ]
+        if self.store_tokens:  # a TokenReceived is its own row (core/events.py)
+            b.tokens = [e for e in events if type(e) is token]
         for ev in [e for e in events if type(e) is not token]:
             match ev:
                 case RequestStarted():
@@ -109,6 +119,7 @@ class RowBuilder:
                         max_tokens=ev.max_tokens,
                         warmup=int(ev.warmup),
                         t_start_ns=ev.t_ns,
+                        t_scheduled_ns=ev.t_scheduled_ns,
                         model=ev.model or None,
                         api=ev.api or ev.params.get("api"),
                         path=ev.path or None,
@@ -175,8 +186,19 @@ class RowBuilder:
                     b.servers.extend(
                         (ev.run_id, ev.t_ns, ev.source, k, v) for k, v in ev.values.items()
                     )
+                case ServerIdentified():
+                    b.idents.append(
+                        (ev.run_id, ev.t_ns, ev.kind, ev.version, ev.url, ",".join(ev.series))
+                    )
                 case SourceDown():
                     b.downs.append((ev.run_id, ev.t_ns, ev.source, ev.reason))
+                case ClientSampled():
+                    b.clients.append(
+                        (
+                            ev.run_id, ev.t_ns, ev.worker, ev.loop_lag_ms_p50, ev.loop_lag_ms_p99,
+                            ev.loop_lag_ms_max, ev.cpu_pct, ev.loop_cpu_pct,
+                        )
+                    )  # fmt: skip
                 case TokenReceived():
                     pass
                 case _:
@@ -207,3 +229,7 @@ def write_batch(conn: sqlite3.Connection, b: Batch) -> None:
         conn.executemany(INSERT_SERVER, b.servers)
     if b.downs:
         conn.executemany(INSERT_DOWN, b.downs)
+    if b.clients:
+        conn.executemany(INSERT_CLIENT, b.clients)
+    if b.idents:
+        conn.executemany(INSERT_IDENT, b.idents)

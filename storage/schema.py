@@ -19,7 +19,9 @@ TABLES: tuple[str, ...] = (
     "samples",
     "gpu_samples",
     "server_samples",
+    "servers",
     "source_down",
+    "client_samples",
 )
 """Every table llmtop owns, in the order export and deletion walk them."""
 
@@ -134,7 +136,44 @@ def m001_initial(db: Database) -> None:
 
 
 @MIGRATIONS()
-def m002_observed(db: Database) -> None:
+def m002_servers(db: Database) -> None:
+    """Which server answered each run: kind, version and the series read (issue 16)."""
+    db.table("servers").create(
+        {
+            "run_id": int,
+            "t_ns": int,
+            "kind": str,  # vllm, llama.cpp, sglang, tgi, ollama, llmtop-engine, metrics
+            "version": str,
+            "url": str,
+            "series": str,  # canonical series read, comma-separated
+        }
+    )
+    db.table("servers").create_index(["run_id"])
+    db.table("server_samples").create_index(["run_id", "source", "t_ns"])
+
+
+@MIGRATIONS()
+def m003_client_self_check(db: Database) -> None:
+    """llmtop checking itself (issue 17): each open-loop request's scheduled time beside the
+    time it went out (``t_start_ns``), the run's own loop lag and CPU, and their time series."""
+    db.table("requests").add_column("t_scheduled_ns", int)
+    db.table("runs").add_column("client_json", str)  # core/self_check.ClientCheck, at the end
+    db.table("client_samples").create(
+        {
+            "run_id": int,
+            "t_ns": int,
+            "worker": int,  # 0, or the worker process's number with --workers
+            "loop_lag_ms_p50": float,
+            "loop_lag_ms_p99": float,
+            "loop_lag_ms_max": float,
+            "cpu_pct": float,  # the process, % of one core
+            "loop_cpu_pct": float,  # its event loop thread
+        }
+    )
+    db.table("client_samples").create_index(["run_id", "t_ns"])
+
+
+def m004_observed(db: Database) -> None:
     """Runs of kind ``observed`` (``llmtop proxy``: real clients' traffic) and what replay needs.
 
     ``runs.kind``: ``recorded`` (llmtop sent the requests) or ``observed``. Requests gain who

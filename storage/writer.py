@@ -228,6 +228,18 @@ class EventWriter:
         if self.error is not None:
             raise self.error
 
+    async def set_client_check(self, run_id: int, check: dict[str, Any]) -> None:
+        """Store the run's self-check (core/self_check.ClientCheck as a dict) with the run."""
+
+        def update() -> None:
+            assert self._db is not None
+            with self._db.atomic():
+                self._db.execute(
+                    "update runs set client_json = ? where id = ?", [json.dumps(check), run_id]
+                )
+
+        await self._call(update)
+
     async def flush(self) -> None:
         """Write everything queued so far and wait until it is on disk."""
         self._handoff()
@@ -343,7 +355,8 @@ class EventWriter:
         self._builder.stored(b)
         self.stats.rows += (
             len(b.tokens) + len(b.requests) + len(b.samples) + len(b.gpus) + len(b.servers)
-        )
+            + len(b.clients)
+        )  # fmt: skip
         self.stats.flushes += 1
         self.stats.flush_s += time.perf_counter() - t
 

@@ -1,11 +1,23 @@
-"""Fixtures for the whole suite."""
+"""Fixtures and settings for the whole suite.
+
+OpenMP's idle workers sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, unless set), set when
+this file is imported, before any test module imports torch: the engine arranges the same for
+itself when its package is imported first (engine/__init__.py), but the engine tests import
+torch before the engine, and torch's default spinning workers then fought the test's own thread
+for the two cores of a busy machine: tests/engine with test_sampler_rows.py took 67-110 s, 36 s
+with passive workers (under load ~6); each sampler_rows draw test took 10-32 s in the whole
+suite against ~1 s alone. Subprocesses (``llmtop serve``) inherit it: the engine's own default.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 PRIVATE_DIRS = {
     "XDG_CACHE_HOME": "cache",

@@ -46,8 +46,8 @@ def compare(
     """Compare runs A B [C...] metric by metric against the first (A).
 
     Each change is marked better or worse (lower is better for latencies, higher for
-    throughput) or "within noise": when a 95 % bootstrap interval of the difference, from the
-    runs' stored per-request values, contains zero, or the change is under --threshold.
+    throughput), "not significant" when a 95 % bootstrap interval of the difference, from the
+    runs' stored per-request values, spans zero, or "same" when it is under --threshold.
 
     \b
     Examples:
@@ -89,5 +89,7 @@ def compare(
         click.echo(comparison_markdown(comparisons), nl=False)
     else:
         console = Console()
+        if not console.is_terminal:
+            console = Console(width=1000)  # a file or a pipe gets whole cells, unwrapped
         for item in comparison_renderables(comparisons):
             console.print(item)

@@ -1,6 +1,8 @@
 """``llmtop doctor``: what llmtop finds on this machine, and why anything is off.
 
-Each check is a row: the server at ``OLLAMA_HOST`` (and ``--url`` when given), the in-repo
+Each check is a row: the server at ``OLLAMA_HOST`` (and ``--url`` when given, with the kind and
+version of the server found there, the metric series llmtop reads from it, or the flag that
+turns its metrics on), the in-repo
 engine's pieces (torch, gguf, tokenizers, the bundled model file), NVML and each GPU, the
 machine, and the database (path, schema version, runs). Nothing is created or changed: a
 database that does not exist yet is reported as such, not made.
@@ -8,6 +10,7 @@ database that does not exist yet is reported as such, not made.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import importlib.util
 import json
@@ -18,16 +21,20 @@ from typing import Literal
 
 import click
 import httpx
+import ollama
 import psutil
 from rich.console import Console
 from rich.table import Table
 
 from llmtop.app.commands.common import db_option, db_path_of
-from llmtop.app.commands.run_options import OneLineErrors
+from llmtop.app.commands.run_options import OneLineErrors, backend_options
+from llmtop.collectors.backends import detect_api
 from llmtop.collectors.gpu import inventory
-from llmtop.collectors.server_metrics import server_root
+from llmtop.collectors.ollama import ollama_base_url
+from llmtop.collectors.openai_compat import openai_base_url
+from llmtop.collectors.server_metrics import Probe, probe
 from llmtop.collectors.system import host_info
-from llmtop.core.errors import StorageError
+from llmtop.core.errors import LlmtopError, StorageError
 from llmtop.storage.db import ENV_DB, applied_migrations, open_readonly, resolve_db_path
 from llmtop.storage.schema import schema_version
 
@@ -69,15 +76,22 @@ def _why(e: httpx.HTTPError) -> str:
 
 
 def check_ollama(url: str) -> Check:
+    """Ollama's version, models and loaded models, through the official client (its version
+    through plain HTTP: the client has no call for it)."""
     try:
         with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
             version = c.get("/api/version").json().get("version", "?")
-            models = [m.get("name", "?") for m in c.get("/api/tags").json().get("models", [])]
-            loaded = [m.get("name", "?") for m in c.get("/api/ps").json().get("models", [])]
+        client = ollama.Client(host=url, timeout=TIMEOUT)
+        models = [m.model or "?" for m in client.list().models]
+        loaded = [m.model or "?" for m in client.ps().models]
     except httpx.HTTPError as e:
         return Check("servers", f"Ollama at {url}", "off",
                      f"not answering ({_why(e)}); start it with 'ollama serve' or set OLLAMA_HOST")  # fmt: skip
-    except ValueError:
+    except ConnectionError as e:  # the ollama client's, raised from httpx's
+        why = _why(e.__cause__) if isinstance(e.__cause__, httpx.HTTPError) else "no answer"
+        return Check("servers", f"Ollama at {url}", "off",
+                     f"not answering ({why}); start it with 'ollama serve' or set OLLAMA_HOST")  # fmt: skip
+    except (ValueError, ollama.ResponseError):
         return Check("servers", f"Ollama at {url}", "problem", "answers, but not as Ollama does")
     shown = ", ".join(models[:6]) + (", ..." if len(models) > 6 else "")
     detail = f"version {version}; {len(models)} model(s){': ' + shown if models else ''}"
@@ -101,16 +115,30 @@ def check_openai(url: str) -> list[Check]:
                 )
             else:
                 out.append(Check("servers", name, "problem", f"GET /models answered HTTP {r.status_code}"))  # fmt: skip
-            m = c.get(server_root(url) + "/metrics")
-            state: State = "ok" if m.status_code == 200 else "off"
-            out.append(Check("servers", "  /metrics", state,
-                             "Prometheus metrics found" if state == "ok" else
-                             f"HTTP {m.status_code}: no server-side metrics"))  # fmt: skip
+        out.append(check_metrics(url))
     except httpx.HTTPError as e:
         out.append(Check("servers", name, "problem", f"not answering ({_why(e)})"))
     except ValueError:
         out.append(Check("servers", name, "problem", "answers, but not as an OpenAI API does"))
     return out
+
+
+def check_metrics(url: str) -> Check:
+    """The server's own metrics: which kind and version answers, which series llmtop reads,
+    or why none (with the flag that turns them on)."""
+
+    async def look() -> Probe:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            return await probe(client, url)
+
+    p = asyncio.run(look())
+    who = p.kind or "unknown server"
+    if p.version:
+        who += f" {p.version}"
+    if p.series:
+        return Check("servers", "  /metrics", "ok",
+                     f"{who}; reads {len(p.series)} series: {', '.join(p.series)}")  # fmt: skip
+    return Check("servers", "  /metrics", "off", f"{who}; {p.problem or 'no series read'}")
 
 
 def _version(dist: str) -> str | None:
@@ -186,9 +214,12 @@ def check_machine() -> Check:
     return Check("machine", h["hostname"], "ok", detail)
 
 
-def check_database(path_arg: str | None) -> list[Check]:
+def check_database(path_arg: str | None, source: str | None = None) -> list[Check]:
+    """The database: where it is and where that came from (``--db``, ``$LLMTOP_DB`` or the
+    default), its schema, its runs, whether it can be written."""
     path = resolve_db_path(path_arg)
-    source = "--db" if path_arg else (f"${ENV_DB}" if os.environ.get(ENV_DB) else "default")
+    if source is None:
+        source = "--db" if path_arg else (f"${ENV_DB}" if os.environ.get(ENV_DB) else "default")
     if not path.exists():
         parent = next((p for p in path.parents if p.exists()), None)
         writable = parent is not None and os.access(parent, os.W_OK)
@@ -222,32 +253,82 @@ def check_database(path_arg: str | None) -> list[Check]:
     return [Check("database", f"{path} ({source})", state, detail)]
 
 
-def run_checks(db_path: str | None, url: str | None) -> list[Check]:
+def server_checks(backend: str, url: str | None) -> list[Check]:
+    """Ollama at ``OLLAMA_HOST``, and the server ``--url`` names, through the API ``--backend``
+    names or (``auto``) the one it answers as, as ``record`` would drive it."""
     checks = [check_ollama(ollama_url())]
-    if url:
-        checks += check_openai(url)
-    checks += check_engine()
-    checks += check_gpus()
-    checks.append(check_machine())
-    checks += check_database(db_path)
+    if url is None:
+        return checks
+    api = backend
+    if backend in ("auto", "engine"):
+        try:
+            api = asyncio.run(detect_api(url))
+        except LlmtopError as e:
+            return [*checks, Check("servers", f"server at {url}", "problem", str(e))]
+    if api == "openai":
+        return [*checks, *check_openai(openai_base_url(url))]
+    if ollama_base_url(url) != ollama_url():
+        checks.append(check_ollama(ollama_base_url(url)))
+    if api == "engine":  # it also speaks OpenAI's API and serves /metrics
+        checks += check_openai(openai_base_url(url))
     return checks
 
 
+def run_checks(
+    db_path: str | None, url: str | None, backend: str = "auto", db_source: str | None = None
+) -> list[Check]:
+    checks = server_checks(backend, url)
+    checks += check_engine()
+    checks += check_gpus()
+    checks.append(check_machine())
+    checks += check_database(db_path, db_source)
+    return checks
+
+
+def _db_source(ctx: click.Context, db_path: str | None) -> str | None:
+    """Where the database path came from: this command's ``--db``, the group's ``--db``, or
+    ``$LLMTOP_DB`` (the group reads it: it must not be called ``--db``)."""
+    if db_path:
+        return "--db"
+    root = ctx.find_root()
+    if root.params.get("db_path") is None:
+        return None
+    given = root.get_parameter_source("db_path")
+    return f"${ENV_DB}" if given is click.core.ParameterSource.ENVIRONMENT else "--db"
+
+
 @click.command(cls=OneLineErrors)
+@backend_options
 @db_option
-@click.option("--url", default=None, metavar="URL",
-              help="Also check an OpenAI-compatible server (http://host:port/v1).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @click.pass_context
-def doctor(ctx: click.Context, db_path: str | None, url: str | None, as_json: bool) -> None:
-    """What llmtop finds: servers, GPUs, torch, the model file, the database."""
-    checks = run_checks(db_path_of(ctx, db_path), url)
+def doctor(
+    ctx: click.Context,
+    db_path: str | None,
+    as_json: bool,
+    backend: str,
+    url: str | None,
+    **_: object,
+) -> None:
+    """What llmtop finds: servers, GPUs, torch, the model file, the database.
+
+    Takes record's backend flags: --url checks that server through the API --backend names
+    (auto: the one it answers as). Exit code 1 when a check found a problem.
+    """
+    root = ctx.find_root().params  # `llmtop --url X doctor` means the same as `doctor --url X`
+    url = url or root.get("url")
+    backend = backend if backend != "auto" else str(root.get("backend") or "auto")
+    checks = run_checks(db_path_of(ctx, db_path), url, backend, _db_source(ctx, db_path))
+    problems = sum(c.state == "problem" for c in checks)
     if as_json:
         click.echo(json.dumps([asdict(c) for c in checks], indent=2))
-        return
+        ctx.exit(1 if problems else 0)
     table = Table(box=None, header_style="bold", show_header=True)
     for col in ("", "area", "what", "found"):
         table.add_column(col, overflow="fold")
     for c in checks:
         table.add_row(MARK[c.state], c.area, c.name, c.detail)
     Console().print(table)
+    if problems:
+        click.echo(f"llmtop: doctor found {problems} problem(s) (marked ✗)", err=True)
+        ctx.exit(1)

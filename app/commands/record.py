@@ -27,6 +27,7 @@ from llmtop.app.commands.run_options import (
 )
 from llmtop.core.errors import LlmtopError, SourceError, StorageError, UsageError
 from llmtop.recorder.flags import RunFlags, plan_from_flags, plan_warnings
+from llmtop.recorder.loop_probe import new_event_loop
 from llmtop.recorder.recording import Recording, RecordResult
 from llmtop.storage import queries
 from llmtop.storage.db import open_readonly
@@ -73,8 +74,12 @@ def record(ctx: click.Context, db_path: str | None, quiet: bool, as_json: bool, 
             err.print(f"llmtop: {text}", markup=False, highlight=False, soft_wrap=True)
 
     recording = Recording(plan, path, on_status=on_status)
-    result = asyncio.run(_record(recording, show_progress, err))
-    summary, examples = _summary(result)
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:  # its lag is measured exactly
+        result = runner.run(_record(recording, show_progress, err))
+    # Quiet and not --json, nothing shows ITL: skip reading every token back (~2 us a token).
+    summary, examples = _summary(result, with_itl=as_json or not quiet)
+    if result.status == "finished" and summary is not None and summary.bottleneck:
+        err.print(f"llmtop: {summary.bottleneck}", markup=False, highlight=False, soft_wrap=True)
     if as_json:
         click.echo(json.dumps(summary_json(summary, result), indent=2, default=str))
     elif summary is not None and not quiet and summary.overall.n + summary.overall.warmup > 0:
@@ -110,7 +115,9 @@ async def _record(recording: Recording, show_progress: bool, err: Console) -> Re
                 await view
 
 
-def _summary(result: RecordResult) -> tuple[RunSummary | None, dict[str, str]]:
+def _summary(
+    result: RecordResult, *, with_itl: bool = True
+) -> tuple[RunSummary | None, dict[str, str]]:
     """The run's statistics from the database, and one error message per error kind."""
     if result.run_id is None:
         return None, {}
@@ -125,7 +132,7 @@ def _summary(result: RecordResult) -> tuple[RunSummary | None, dict[str, str]]:
                     [result.run_id],
                 )
             }
-            return queries.run_summary(db, result.run_id), examples
+            return queries.run_summary(db, result.run_id, with_itl=with_itl), examples
         finally:
             db.close()
     except StorageError:

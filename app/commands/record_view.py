@@ -210,7 +210,7 @@ def summary_title(summary: RunSummary, result: RecordResult) -> Text:
         f"run {r.id}",
         r.scenario or "custom",
         f"{r.backend} {r.base_url}",
-        r.model,
+        fmt.model_name(r.model),
         r.status + (f" in {duration:.1f} s" if duration else ""),
     ]
     return Text(" · ".join(p for p in parts if p), style="bold")

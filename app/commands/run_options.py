@@ -104,7 +104,7 @@ def run_options(f: F) -> F:
                 type=click.IntRange(1, 4096),
                 default=None,
                 metavar="N",
-                help="Concurrent workers (with --rate: the most requests in flight).",
+                help="Concurrent streams (with --rate: the most requests in flight).",
             ),
             click.option(
                 "--duration",
@@ -124,7 +124,7 @@ def run_options(f: F) -> F:
                 "--arrival",
                 type=click.Choice(["closed", "constant", "poisson"]),
                 default=None,
-                help="How requests arrive (closed = workers).",
+                help="How requests arrive (closed = each stream sends when its last ended).",
             ),
             click.option(
                 "--max-tokens",
@@ -185,6 +185,13 @@ def run_options(f: F) -> F:
                 default=None,
                 metavar="HZ",
                 help="CPU/memory/GPU samples per second (default 2).",
+            ),
+            click.option(
+                "--workers",
+                default=None,
+                metavar="N|auto",
+                help="Processes that send the requests, each with its own event loop, for "
+                "hundreds of streams (auto: from --concurrency and the cores; default 1).",
             ),
             click.option(
                 "--timeout",

@@ -88,7 +88,7 @@ def parse_since(text: str, now: datetime | None = None) -> str:
 
 def describe(r: RunRow) -> str:
     """One line that tells a user which run they are about to lose."""
-    parts = [p for p in (r.scenario, r.backend, r.model) if p]
+    parts = [p for p in (r.scenario, r.backend, fmt.model_name(r.model)) if p]
     return (
         f"run {r.id}" + (f" {r.name!r}" if r.name else "")
         + (f" ({', '.join(parts)})" if parts else "")
@@ -209,7 +209,7 @@ def runs(
         o = s.overall if s else None
         cells.append([
             str(r.id), local_time(r.started_at), r.name,
-            Text(r.status, style=STATUS_STYLE.get(r.status, "")), r.backend, r.model, r.scenario,
+            Text(r.status, style=STATUS_STYLE.get(r.status, "")), r.backend, fmt.model_name(r.model), r.scenario,
             str(r.n_requests), Text(str(r.n_errors), style="red" if r.n_errors else ""),
             fmt.num(o.ttft_ms.p50 if o else None), fmt.num(o.e2e_ms.p95 if o else None),
             fmt.num(o.decode_tps.mean if o else None), fmt.num(o.out_tok_per_s if o else None),

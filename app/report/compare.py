@@ -54,6 +54,18 @@ class Spec:
     show: Callable[[float | int | None], str] = fmt.num
 
 
+SERVER_GROUP = "Server's own"
+"""Rows read from the servers' /metrics (counter increases and histogram means)."""
+
+
+def _server(name: str) -> Callable[[StepSummary], float | int | None]:
+    def get(s: StepSummary) -> float | int | None:
+        m = s.server_metrics
+        return None if m is None else getattr(m, name)
+
+    return get
+
+
 SPECS: tuple[Spec, ...] = (
     Spec("ttft_ms.mean", "TTFT ms", "mean", lambda s: s.ttft_ms.mean, "lower", "ttft_ms", "mean"),
     Spec("ttft_ms.p50", "TTFT ms", "p50", lambda s: s.ttft_ms.p50, "lower", "ttft_ms", 50),
@@ -105,15 +117,9 @@ SPECS: tuple[Spec, ...] = (
         share="goodput",
         show=fmt.share,
     ),
-    Spec("cpu_pct_mean", "Resources", "CPU % (mean)", lambda s: s.cpu_pct_mean, None),
-    Spec(
-        "mem_used_peak",
-        "Resources",
-        "memory (peak)",
-        lambda s: s.mem_used_peak,
-        None,
-        show=fmt.size,
-    ),
+    Spec("cpu_pct_mean", "Resources", "machine CPU % (mean)", lambda s: s.cpu_pct_mean, None),
+    # Not the machine's memory: other processes' memory is not the server's doing. The server
+    # process's own (RSS) is what a change in the server moves.
     Spec(
         "server_rss_peak",
         "Resources",
@@ -123,7 +129,28 @@ SPECS: tuple[Spec, ...] = (
         show=fmt.size,
     ),
     Spec("gpu_util_mean", "Resources", "GPU util % (mean)", lambda s: s.gpu_util_mean, None),
-)
+    Spec(
+        "server_cpu_pct_mean",
+        "Resources",
+        "server CPU % (mean)",
+        lambda s: s.server_cpu_pct_mean,
+        None,
+    ),
+    Spec("server.generation_tps", SERVER_GROUP, "server output tok/s",
+         _server("generation_tps"), "higher"),
+    Spec("server.ttft_ms_mean", SERVER_GROUP, "server TTFT ms (mean)",
+         _server("ttft_ms_mean"), "lower"),
+    Spec("server.tpot_ms_mean", SERVER_GROUP, "server TPOT ms (mean)",
+         _server("tpot_ms_mean"), "lower"),
+    Spec("server.queue_ms_mean", SERVER_GROUP, "server queue ms (mean)",
+         _server("queue_ms_mean"), "lower"),
+    Spec("server.prefill_ms_mean", SERVER_GROUP, "server prefill ms (mean)",
+         _server("prefill_ms_mean"), "lower"),
+    Spec("server.prefix_cache_hit_rate", SERVER_GROUP, "server prefix-cache hits",
+         _server("prefix_cache_hit_rate"), None, show=fmt.share),
+    Spec("server.preemptions", SERVER_GROUP, "server preemptions",
+         _server("preemptions"), "lower", show=fmt.count),
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +183,8 @@ class Comparison:
     threshold: float
     confidence: float
     notes: tuple[str, ...]
+    servers: tuple[str, ...] = ()
+    """Each run's server (``vllm 0.32.0``), from its own metrics, else its backend."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,10 +243,12 @@ def judge(
             )
         relative = noise.relative_change(float(a), float(b))
         small = abs(relative) < threshold if relative is not None else delta == 0
-    if interval is not None and interval[0] <= 0 <= interval[1]:
-        return Change(delta, relative, interval, "noise", "interval contains zero")
+    # Small first: a change under the threshold reads "same" whatever its interval; a large one
+    # whose interval spans zero reads "not significant" (never "within noise" beside -92 %).
     if small:
         return Change(delta, relative, interval, "noise", "below threshold")
+    if interval is not None and interval[0] <= 0 <= interval[1]:
+        return Change(delta, relative, interval, "noise", "interval contains zero")
     if spec.better is None:
         return Change(delta, relative, interval, "changed", "no better direction")
     improved = delta < 0 if spec.better == "lower" else delta > 0
@@ -252,21 +283,89 @@ def compare_samples(
         threshold=threshold,
         confidence=confidence,
         notes=tuple(differences(samples)),
+        servers=tuple(server_name(s) for s in samples),
     )
+
+
+SERVER_CPU_SPREAD = 0.25
+"""Server CPU (mean) differing by more than this share of the larger one: the runs did not get
+the same machine (another process held a core), or the server ran with other threads."""
+OTHER_LOAD_CORES = 0.5
+"""CPU used outside the server differing by more than this many cores: the machine was busier
+during one run."""
+
+
+def server_name(s: RunSample) -> str:
+    """``vllm 0.32.0``, ``llama.cpp``: the server a run measured, from its own metrics."""
+    m = s.summary.server_metrics
+    if m is None:
+        return s.run.backend or "—"
+    return f"{m.kind} {m.version}" if m.version else m.kind
+
+
+def _cores(run: RunRow) -> float | None:
+    h = run.host
+    n = h.get("cpus_allowed") or h.get("cores_logical")
+    return float(n) if n else None
+
+
+def other_load_cores(s: RunSample) -> float | None:
+    """Cores busy outside the server process during the run (llmtop itself included)."""
+    o, cores = s.summary, _cores(s.run)
+    if o.cpu_pct_mean is None or o.server_cpu_pct_mean is None or cores is None:
+        return None
+    return max(0.0, o.cpu_pct_mean / 100 * cores - o.server_cpu_pct_mean / 100)
+
+
+def load_notes(samples: Sequence[RunSample]) -> list[str]:
+    """Warnings that the runs did not have the same machine: server CPU or other load apart."""
+    notes = []
+    scpu = [s.summary.server_cpu_pct_mean for s in samples]
+    known = [v for v in scpu if v is not None]
+    spread = (max(known) - min(known)) / max(known) if known and max(known) > 0 else 0.0
+    if len(known) == len(samples) and spread > SERVER_CPU_SPREAD:
+        shown = " vs ".join(f"{fmt.num(v)} %" for v in known)
+        notes.append(
+            f"the server's CPU differs ({shown}): a starved or differently threaded server "
+            "explains a change better than the code does"
+        )
+    other = [other_load_cores(s) for s in samples]
+    got = [v for v in other if v is not None]
+    if len(got) == len(samples) and max(got) - min(got) > OTHER_LOAD_CORES:
+        shown = " vs ".join(f"{v:.1f}" for v in got)
+        notes.append(f"the machine's load outside the server differs ({shown} cores busy)")
+    hosts = {(s.run.host.get("hostname"), s.run.host.get("cpu"), _cores(s.run)) for s in samples}
+    if len(hosts) > 1:
+        notes.append("the runs ran on different machines or CPU allowances")
+    return notes
 
 
 def differences(samples: Sequence[RunSample]) -> list[str]:
     """What differs between the runs besides the numbers: worth knowing before reading them."""
     notes = []
+    servers = [server_name(s) for s in samples]
+    kinds = {s.summary.server_metrics.kind for s in samples if s.summary.server_metrics}
+    if len(kinds) > 1:
+        notes.append("the runs measure different servers: " + " vs ".join(servers))
+    elif len(set(servers)) > 1:
+        notes.append("the runs differ in server: " + " vs ".join(servers))
     for attr, what in (
         ("scenario", "scenario"),
         ("model", "model"),
         ("backend", "backend"),
-        ("base_url", "server"),
+        ("base_url", "server URL"),
     ):
-        seen = [getattr(s.run, attr) or "—" for s in samples]
+        seen = [_shown_setting(s.run, attr) for s in samples]
         if len(set(seen)) > 1:
             notes.append(f"the runs differ in {what}: " + " vs ".join(seen))
+    setups = [setup_of(s.run, s.summary.step or None) for s in samples]
+    for key, what in SETUP_WORDS:
+        seen = [u.get(key, "—") for u in setups]
+        if len(set(seen)) > 1:
+            notes.append(
+                f"the runs differ in {what}: " + " vs ".join(seen) + ", which moves the numbers"
+            )
+    notes += load_notes(samples)
     bad = [s.run for s in samples if s.run.status != "finished"]
     for r in bad:
         notes.append(f"run {r.id} is {r.status}: its numbers cover what it recorded")
@@ -274,6 +373,67 @@ def differences(samples: Sequence[RunSample]) -> list[str]:
     if len(slos) > 1:
         notes.append("the runs have different SLOs: goodput is judged against each run's own")
     return notes
+
+
+SETUP_WORDS: tuple[tuple[str, str], ...] = (
+    ("concurrency", "concurrency"),
+    ("load", "arrivals"),
+    ("prompts", "prompts"),
+    ("max_tokens", "max tokens"),
+    ("temperature", "temperature"),
+    ("api", "API"),
+)
+"""Settings of a run's steps that change what is measured, and how a note names them."""
+
+
+def _shown_setting(run: RunRow, attr: str) -> str:
+    """A run attribute as compared: the model's short name; no URL for an engine llmtop started
+    (its port is a free one picked per run: two engine runs are the same server)."""
+    value = getattr(run, attr) or "—"
+    if attr == "model":
+        return fmt.model_name(value)
+    if attr == "base_url" and run.backend == "engine" and _loopback(value):
+        return "the engine llmtop started"
+    return str(value)
+
+
+def _loopback(url: str) -> bool:
+    host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def setup_of(run: RunRow, step: str | None) -> dict[str, str]:
+    """What a run (or one of its steps) asked of the server, setting by setting, as text:
+    steps joined by commas (``1, 2, 4, 8``). From the scenario kept in ``params_json``."""
+    steps = [s for s in run.params.get("steps", []) if step is None or s.get("name") == step]
+    prompts = run.params.get("prompts", {})
+
+    def prompt_text(label: str) -> str:
+        p = prompts.get(label, {})
+        size = f"{p['tokens']} tokens" if p.get("tokens") else f"{p.get('chars', '?')} chars"
+        return f"{label} ({size})"
+
+    def load(s: dict[str, object]) -> str:
+        if s.get("rate") is None:
+            return "closed loop"
+        return f"{s.get('arrival')} {s['rate']:g} req/s"
+
+    out: dict[str, str] = {}
+    columns = {
+        "concurrency": lambda s: "—" if s.get("concurrency") is None else str(s["concurrency"]),
+        "load": load,
+        "prompts": lambda s: " + ".join(prompt_text(p) for p in s.get("prompts") or []) or "—",
+        "max_tokens": lambda s: str(s.get("max_tokens") or "—"),
+        "temperature": lambda s: "—" if s.get("temperature") is None else f"{s['temperature']:g}",
+        "api": lambda s: str(s.get("api") or "—"),
+    }
+    for key, show in columns.items():
+        values = [show(s) for s in steps]
+        if values:
+            out[key] = (
+                ", ".join(dict.fromkeys(values)) if len(set(values)) == 1 else ", ".join(values)
+            )
+    return out
 
 
 VALUE_SOURCES: tuple[str, ...] = ("ttft_ms", "tpot_ms", "e2e_ms", "decode_tps")

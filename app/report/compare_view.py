@@ -9,10 +9,12 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from llmtop.app.report.compare import Change, Comparison, Row
+from llmtop.app.report.compare import SERVER_GROUP, Change, Comparison, Row
 from llmtop.app.report.text_formats import md_table
 from llmtop.core import fmt
 
+LABEL_ONLY_GROUPS = ("Throughput", "Resources", SERVER_GROUP)
+"""Groups whose rows are named by their label alone."""
 VERDICT_STYLE = {
     "better": "bold green",
     "worse": "bold red",
@@ -23,10 +25,13 @@ VERDICT_STYLE = {
 VERDICT_WORD = {
     "better": "✓ better",
     "worse": "✗ worse",
-    "noise": "≈ within noise",
+    "noise": "≈ same",
     "changed": "changed",
     "n/a": "",
 }
+UNSURE_WORD = "? not significant"
+"""A change the requests' own spread could explain (the interval of the difference spans zero):
+said so, never "within noise" beside a figure of -92.6 %."""
 
 
 def change_text(row: Row, change: Change | None) -> str:
@@ -40,6 +45,8 @@ def change_text(row: Row, change: Change | None) -> str:
     else:
         amount = f"{change.delta:+g}"
     word = VERDICT_WORD[change.verdict]
+    if change.verdict == "noise" and change.reason == "interval contains zero":
+        word = UNSURE_WORD
     return f"{amount} {word}".strip()
 
 
@@ -50,7 +57,7 @@ def run_title(c: Comparison, i: int) -> str:
 
 def row_name(row: Row) -> str:
     """``TTFT ms p50``; throughput and resource rows are named by their label alone."""
-    if row.spec.group in ("Throughput", "Resources"):
+    if row.spec.group in LABEL_ONLY_GROUPS:
         return row.spec.label
     return f"{row.spec.group} {row.spec.label}"
 
@@ -59,7 +66,7 @@ def _names(rows: list[Row]) -> str:
     """Metric names grouped: ``TTFT ms mean/p95, requests/s``."""
     groups: dict[str, list[str]] = {}
     for row in rows:
-        key = "" if row.spec.group in ("Throughput", "Resources") else row.spec.group
+        key = "" if row.spec.group in LABEL_ONLY_GROUPS else row.spec.group
         groups.setdefault(key, []).append(row.spec.label)
     return ", ".join(
         f"{g} {'/'.join(labels)}" if g else ", ".join(labels) for g, labels in groups.items()
@@ -71,17 +78,21 @@ def summary_lines(c: Comparison) -> list[str]:
     lines = []
     for i in range(1, len(c.runs)):
         by: dict[str, list[Row]] = {"worse": [], "better": [], "noise": [], "changed": []}
+        unsure = 0
         for row in c.rows:
             ch = row.changes[i]
             if ch is not None and ch.verdict in by:
                 by[ch.verdict].append(row)
+                unsure += ch.verdict == "noise" and ch.reason == "interval contains zero"
         parts = []
         for verdict in ("worse", "better"):
             if by[verdict]:
                 parts.append(f"{len(by[verdict])} {verdict}: {_names(by[verdict])}")
             else:
                 parts.append(f"0 {verdict}")
-        parts.append(f"{len(by['noise'])} within noise")
+        same = len(by["noise"]) - unsure
+        parts.append(f"{same} the same (under {c.threshold:.0%})")
+        parts.append(f"{unsure} not significant")
         lines.append(f"run {c.runs[i].id} vs run {c.runs[0].id}: " + "; ".join(parts))
     return lines
 
@@ -89,7 +100,9 @@ def summary_lines(c: Comparison) -> list[str]:
 def runs_table(c: Comparison) -> Table:
     """Which run is which."""
     t = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("run", "name", "scenario", "backend", "model", "started", "status", "requests"):
+    for col in (
+        "run", "name", "scenario", "backend", "server", "model", "started", "status", "requests",
+    ):  # fmt: skip
         t.add_column(col, justify="right" if col in ("run", "requests") else "left")
     for i, r in enumerate(c.runs):
         t.add_row(
@@ -97,7 +110,8 @@ def runs_table(c: Comparison) -> Table:
             r.name,
             r.scenario,
             r.backend,
-            r.model,
+            c.servers[i] if i < len(c.servers) else "",
+            fmt.model_name(r.model),
             r.started_at[:19].replace("T", " "),
             r.status,
             str(r.n_requests),
@@ -140,9 +154,9 @@ def comparison_renderables(comparisons: list[Comparison]) -> list[RenderableType
         what = f"step {c.step}" if c.step else "whole runs"
         items.append(
             Text(
-                f"{what}: change against run {c.runs[0].id}; within noise = the {c.confidence:.0%} "
-                f"bootstrap interval of the difference contains zero, or the change is under "
-                f"{c.threshold:.0%}",
+                f"{what}: change against run {c.runs[0].id}; 'not significant' = the "
+                f"{c.confidence:.0%} bootstrap interval of the difference spans zero (the "
+                f"requests' own spread could explain it); 'same' = under {c.threshold:.0%}",
                 style="dim",
             )
         )
@@ -199,11 +213,12 @@ def comparison_json(comparisons: list[Comparison]) -> dict[str, Any]:
                 "name": r.name,
                 "scenario": r.scenario,
                 "backend": r.backend,
+                "server": first.servers[i] if i < len(first.servers) else None,
                 "model": r.model,
                 "started_at": r.started_at,
                 "status": r.status,
             }
-            for r in first.runs
+            for i, r in enumerate(first.runs)
         ],
         "threshold": first.threshold,
         "confidence": first.confidence,

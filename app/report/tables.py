@@ -21,6 +21,7 @@ from rich.text import Text
 from llmtop.app.report.data import step_rates
 from llmtop.core import fmt, metrics
 from llmtop.core.metrics import Slo
+from llmtop.core.self_check import ClientCheck
 from llmtop.storage.queries import RunSummary, StepSummary
 
 Getter = Callable[[StepSummary], float | int | None]
@@ -52,6 +53,20 @@ def _out_per_request(s: StepSummary) -> float | None:
 
 def _prefill(s: StepSummary) -> float | None:
     return metrics.prefill_share(s.ttft_ms.mean, s.e2e_ms.mean)
+
+
+def _server(name: str) -> Getter:
+    """A getter of one of the server's own numbers (``ServerMetrics.<name>``)."""
+
+    def get(s: StepSummary) -> float | int | None:
+        m = s.server_metrics
+        return None if m is None else getattr(m, name)
+
+    return get
+
+
+SERVER_SECTION = "Server's own"
+"""The rows read from the server's /metrics: counter increases over the step, histogram means."""
 
 
 ROWS: tuple[Row, ...] = (
@@ -89,6 +104,20 @@ ROWS: tuple[Row, ...] = (
     Row("Resources", "server CPU % (mean)", lambda s: s.server_cpu_pct_mean),
     Row("Resources", "GPU util % (mean)", lambda s: s.gpu_util_mean),
     Row("Resources", "GPU memory (peak)", lambda s: s.gpu_mem_peak, fmt.size),
+    Row(SERVER_SECTION, "output tokens", _server("generation_tokens"), fmt.count),
+    Row(SERVER_SECTION, "prompt tokens", _server("prompt_tokens"), fmt.count),
+    Row(SERVER_SECTION, "cached prompt tokens", _server("cached_prompt_tokens"), fmt.count),
+    Row(SERVER_SECTION, "prefix-cache hits", _server("prefix_cache_hit_rate"), fmt.share),
+    Row(SERVER_SECTION, "output tok/s", _server("generation_tps")),
+    Row(SERVER_SECTION, "preemptions", _server("preemptions"), fmt.count),
+    Row(SERVER_SECTION, "TTFT ms (mean)", _server("ttft_ms_mean")),
+    Row(SERVER_SECTION, "TPOT ms (mean)", _server("tpot_ms_mean")),
+    Row(SERVER_SECTION, "queue ms (mean)", _server("queue_ms_mean")),
+    Row(SERVER_SECTION, "prefill ms (mean)", _server("prefill_ms_mean")),
+    Row(SERVER_SECTION, "E2E ms (mean)", _server("e2e_ms_mean")),
+    Row(SERVER_SECTION, "running (max)", _server("running_max"), fmt.count),
+    Row(SERVER_SECTION, "waiting (max)", _server("waiting_max"), fmt.count),
+    Row(SERVER_SECTION, "KV cache (max)", _server("kv_cache_usage_max"), fmt.share),
 )
 
 
@@ -196,9 +225,10 @@ def header(summary: RunSummary, headline: str | None = None) -> Panel:
     lines = [
         _facts(
             ("scenario", Text(r.scenario or "—", "bold")),
-            ("model", Text(r.model or "—", "bold")),
+            ("model", Text(fmt.model_name(r.model) or "—", "bold")),
             ("on", r.backend or "—"),
             ("at", r.base_url),
+            ("server", server_name(o)),
         ),
         _facts(
             ("started", r.started_at[:19].replace("T", " ") + " UTC"),
@@ -212,9 +242,36 @@ def header(summary: RunSummary, headline: str | None = None) -> Panel:
     ]
     if r.error:
         lines.append(Text(f"error: {r.error}", style="red"))
+    c = summary.client
+    if c is not None:
+        lines.append(client_facts(c))
+        if summary.bottleneck:
+            lines.append(Text(summary.bottleneck, style="yellow"))
     if headline:
         lines.append(Text(headline, style="bold"))
     return Panel(RichGroup(*lines), title=title, title_align="left", box=box.ROUNDED)
+
+
+def client_facts(c: ClientCheck) -> Text:
+    """llmtop's own lag and CPU during the run, one line (core/self_check.py)."""
+    lag = ""
+    if c.loop_lag_ms_p99 is not None:
+        lag = f"p50 {fmt.num(c.loop_lag_ms_p50)} ms, p99 {fmt.num(c.loop_lag_ms_p99)} ms"
+    facts = _facts(
+        ("loop lag", lag),
+        ("schedule lag p99", "" if c.schedule_lag_ms_p99 is None else f"{fmt.num(c.schedule_lag_ms_p99)} ms"),
+        ("CPU", fmt.pct(c.cpu_pct) if c.cpu_pct is not None else ""),
+        ("workers", str(c.workers) if c.workers > 1 else ""),
+    )  # fmt: skip
+    return Text.assemble(("llmtop itself  ", "dim"), facts) if facts else facts
+
+
+def server_name(s: StepSummary) -> str:
+    """``llama.cpp b0-unknown``: the server's kind and version, from its own metrics."""
+    m = s.server_metrics
+    if m is None:
+        return ""
+    return f"{m.kind} {m.version}" if m.version else m.kind
 
 
 def key_numbers(o: StepSummary) -> str | None:

@@ -55,7 +55,7 @@ def report_markdown(data: ReportData) -> str:
     cols = list(MD_COLUMNS) + ([GOODPUT_COLUMN] if s.slo.is_set else [])
     heading = f"### llmtop run {r.id}" + (f": {r.name}" if r.name else "")
     context = (
-        f"Scenario `{r.scenario or '—'}` · backend {r.backend or '—'} · model `{r.model or '—'}` · "
+        f"Scenario `{r.scenario or '—'}` · backend {r.backend or '—'} · model `{fmt.model_name(r.model) or '—'}` · "
         f"started {r.started_at[:19].replace('T', ' ')} UTC · status {r.status}"
     )
     if s.slo.is_set:

@@ -18,7 +18,7 @@ from llmtop.app.widgets.metric_trend import MetricTrend
 from llmtop.app.widgets.percentile_table import PercentileTable
 from llmtop.app.widgets.requests_table import RequestsTable
 from llmtop.app.widgets.resources_panel import ResourcesPanel
-from llmtop.app.widgets.server_panel import ServerPanel
+from llmtop.app.widgets.server_panel import ServerPanel, server_activity
 from llmtop.app.widgets.status_line import RunStatus, StatusLine
 from llmtop.core import fmt
 from llmtop.live.snapshot import EMPTY_SNAPSHOT, Snapshot
@@ -117,8 +117,11 @@ class DashboardScreen(Screen[None]):
         res.gpus = snap.gpus
         res.gpu_down = next((down[s] for s in GPU_SOURCES if s in down), None)
         res.system_down = next((down[s] for s in SYSTEM_SOURCES if s in down), None)
+        res.client, res.bottleneck = snap.client, snap.bottleneck
         server = self.query_one(ServerPanel)
         server.servers = snap.servers
+        server.now_ns = snap.t_ns
+        self.query_one(StatusLine).server = server_activity(snap.servers)
         server.down = tuple(
             (s, r) for s, r in snap.down if s not in GPU_SOURCES and s not in SYSTEM_SOURCES
         )

@@ -13,6 +13,7 @@ from textual.widgets import Footer, Static
 from llmtop.app.messages import CompareRequested, RunSelected
 from llmtop.app.screens.base import LlmtopScreen
 from llmtop.app.widgets.runs_table import RunItem, RunsTable
+from llmtop.core import fmt
 from llmtop.core.fmt import local_time
 from llmtop.storage import queries
 from llmtop.storage.db import open_readonly
@@ -36,7 +37,7 @@ def load_run_items(db_path: Path | None, limit: int = HISTORY_LIMIT) -> tuple[Ru
                     name=r.name,
                     status=r.status,
                     backend=r.backend,
-                    model=r.model,
+                    model=fmt.model_name(r.model),
                     scenario=r.scenario,
                     requests=r.n_requests,
                     errors=r.n_errors,

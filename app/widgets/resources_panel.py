@@ -1,5 +1,6 @@
 """The machine beside the server: CPU (total and per core), memory, the server process's RSS
-and CPU, and each GPU, or one quiet line saying why there is none."""
+and CPU, each GPU (or one quiet line saying why there is none), and llmtop itself while a run
+goes: its loop lag and CPU, and a warning when it may be moving the numbers."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from textual.widget import Widget
 
 from llmtop.app.widgets.trend import EIGHTHS, render_bars
 from llmtop.core import fmt
+from llmtop.core.self_check import ClientCheck
 from llmtop.live.snapshot import Gpu, Resources
 
 LABEL_W = 10
@@ -34,6 +36,7 @@ class ResourcesPanel(Widget):
         "resources-panel--label",
         "resources-panel--bar",
         "resources-panel--muted",
+        "resources-panel--warning",
     }
 
     resources: reactive[Resources | None] = reactive(None)
@@ -42,6 +45,10 @@ class ResourcesPanel(Widget):
     gpu_down: reactive[str | None] = reactive(None)
     """Why no GPU can be read (no NVIDIA driver, ...); shown when there are no GPUs."""
     system_down: reactive[str | None] = reactive(None)
+    client: reactive[ClientCheck | None] = reactive(None)
+    """llmtop's own loop lag and CPU over the last seconds of a run; ``None`` between runs."""
+    bottleneck: reactive[str | None] = reactive(None)
+    """Why llmtop itself may be moving the numbers now (core/self_check.py), or ``None``."""
 
     def _shape(self) -> tuple[object, ...]:
         """What decides how many lines the panel needs (a new sample usually changes none)."""
@@ -51,7 +58,7 @@ class ResourcesPanel(Widget):
             or r.server_cpu_pct is not None
             or bool(r.server_rss_series)
         )
-        return (r is None, server_known, len(self.gpus))
+        return (r is None, server_known, len(self.gpus), self.client is None, self.bottleneck)
 
     def _changed(self) -> None:
         # Re-layout the screen only when the height changes: a layout pass redraws every panel.
@@ -63,6 +70,12 @@ class ResourcesPanel(Widget):
         self._changed()
 
     def watch_gpus(self) -> None:
+        self._changed()
+
+    def watch_client(self) -> None:
+        self._changed()
+
+    def watch_bottleneck(self) -> None:
         self._changed()
 
     def render(self) -> RenderResult:
@@ -109,7 +122,18 @@ class ResourcesPanel(Widget):
             )
             scpu_top = max(100.0 * cores, *r.server_cpu_series) if r.server_cpu_series else None
             row("server CPU", fmt.pct(r.server_cpu_pct), r.server_cpu_series, scpu_top)
+        c = self.client
+        if c is not None:
+            lag = f"{fmt.num(c.loop_lag_ms_p99)} ms p99" if c.loop_lag_ms_p99 is not None else ""
+            grid.add_row(  # the event loop's lag (p99) and the CPU of llmtop's processes
+                Text("llmtop lag", style=label),
+                lag,
+                Text(f"CPU {fmt.pct(c.cpu_pct)}", style=muted, overflow="ellipsis"),
+            )
         parts: list[Table | Text] = [grid]
+        if self.bottleneck:
+            warn = self.get_component_rich_style("resources-panel--warning")
+            parts.append(Text(self.bottleneck, style=warn, overflow="fold"))
         if self.gpus:
             for g in self.gpus:
                 parts.append(self._gpu(g, high, low, bar_w, label, muted))

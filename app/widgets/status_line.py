@@ -1,5 +1,5 @@
 """The dashboard's first line: what is measured (backend, URL, model), which run and step,
-for how long, and in what state."""
+for how long, in what state, and what the server says it is doing (even with no run of ours)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,9 @@ class StatusLine(Widget):
     """
 
     status: reactive[RunStatus] = reactive(RunStatus)
+    server: reactive[str] = reactive("")
+    """What the server says it is doing (``llama.cpp · 4 running · 157 tok/s``), from its own
+    metrics: shown even when llmtop sends nothing."""
 
     def render(self) -> RenderResult:
         s = self.status
@@ -97,14 +100,25 @@ class StatusLine(Widget):
         if s.run_id is not None:
             left.append(f"  {s.done:,} done", muted)
         width = self.size.width
-        # Drop the URL first, then the backend, when the line is short; never the model.
-        for parts in ((s.backend, s.url, s.model), (s.backend, "", s.model), ("", "", s.model)):
+        model = fmt.model_name(s.model)
+        server = Text.assemble(("  server ", muted), (self.server, value)) if self.server else None
+        # Drop the URL first, then the backend, then the server's activity, when the line is
+        # short; never the model.
+        for parts, with_server in (
+            ((s.backend, s.url, model), True),
+            ((s.backend, "", model), True),
+            (("", "", model), True),
+            (("", "", model), False),
+        ):
             right = Text(" ")
             for i, part in enumerate(parts):
                 if part:
                     right.append(part, muted if i == 1 else value)
                     right.append("  ")
-            if left.cell_len + right.cell_len + 1 <= width:
+            extra = server.cell_len if server is not None and with_server else 0
+            if left.cell_len + extra + right.cell_len + 1 <= width:
                 break
+        if server is not None and with_server:
+            left.append_text(server)
         room = width - left.cell_len - right.cell_len
         return Text.assemble(left, " " * max(1, room), right, no_wrap=True, overflow="ellipsis")

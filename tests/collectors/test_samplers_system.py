@@ -77,7 +77,7 @@ def test_a_server_given_by_pid_counts_its_children():
         assert s.server_rss_bytes >= parent_only + 75 * MIB
     finally:
         proc.stdin.close()
-        proc.wait(10)
+        proc.wait(30)
 
 
 async def test_run_samples_on_schedule_and_says_once_when_no_server_listens():
@@ -100,8 +100,11 @@ async def test_run_samples_on_schedule_and_says_once_when_no_server_listens():
     downs = [e for e in got if isinstance(e, SourceDown)]
     assert len(downs) == 1 and f"no process listens on port {port}" in downs[0].reason
     assert all(s.server_rss_bytes is None for s in samples)
+    # 20 Hz: never faster than the schedule (a burst after a slow read would be), and the
+    # 20 asked for, not the default 1 Hz. On a busy machine a slow read skips ticks (by design),
+    # so the mean can be a multiple of 50 ms: no tighter upper bound holds there.
     gaps = [(b.t_ns - a.t_ns) / 1e6 for a, b in itertools.pairwise(samples)]
-    assert sum(gaps) / len(gaps) == pytest.approx(50, rel=0.3)
+    assert 0.7 * 50 <= sum(gaps) / len(gaps) < 500, gaps
 
 
 async def test_cpu_is_a_real_delta_even_while_other_threads_do_blocking_work():

@@ -100,7 +100,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     assert not any("Traceback" in line for line in sp.stderr), "\n".join(sp.stderr)
 
 
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 20) -> None:
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 60) -> None:
     """Poll ``cond`` (a condition on the server's state) until it holds."""
     deadline = time.monotonic() + timeout
     while not cond():

@@ -161,7 +161,15 @@ def test_resources_gpus_servers_and_sources_down():
         ServerSampled(None, T0, "vllm", {"vllm:num_requests_running": 3.0,
                                          "vllm:num_requests_waiting": 1.0,
                                          "vllm:kv_cache_usage_perc": 0.25,
-                                         "vllm:time_to_first_token_seconds:p50": 0.125}),
+                                         "vllm:generation_tokens_total": 1000.0,
+                                         "vllm:time_to_first_token_seconds:count": 10.0,
+                                         "vllm:time_to_first_token_seconds:sum": 2.0}),
+        ServerSampled(None, T0 + 500 * MS, "vllm", {"vllm:num_requests_running": 3.0,
+                                                    "vllm:num_requests_waiting": 1.0,
+                                                    "vllm:kv_cache_usage_perc": 0.25,
+                                                    "vllm:generation_tokens_total": 1050.0,
+                                         "vllm:time_to_first_token_seconds:count": 12.0,
+                                         "vllm:time_to_first_token_seconds:sum": 2.25}),
     ])  # fmt: skip
     s = agg.snapshot()
     r = s.resources
@@ -179,7 +187,8 @@ def test_resources_gpus_servers_and_sources_down():
         1.0,
         25.0,
     )
-    assert metrics_view.models == () and metrics_view.ttft_ms_p50 == pytest.approx(125.0)
+    assert metrics_view.models == () and metrics_view.mean_ms("ttft_s") == pytest.approx(125.0)
+    assert metrics_view.generation_tps == pytest.approx(100.0)  # 50 tokens in 0.5 s
     (m,) = ollama_view.models
     assert (m.name, m.size_bytes, m.vram_bytes) == ("llama3.2:1b", 2e9, 1.5e9)
     assert ollama_view.running is None
@@ -189,9 +198,34 @@ def test_resources_gpus_servers_and_sources_down():
     (g,) = s.gpus
     assert (g.name, g.util_pct, g.util_series, g.temp_c) == ("H100", 87.0, (87.0,), 61.0)
     assert s.down == (("server:ollama", "connection refused"),)  # gpu back, ollama gone
-    assert s.servers[0].models[0].name == "llama3.2:1b"  # last known values stay
+    # what /api/ps said is no longer read: the reason shows, not its old models
+    assert [v.source for v in s.servers] == ["vllm"]
     agg.add(ServerSampled(None, T0 + 3 * MS, "ollama", {}))
     assert agg.snapshot().down == ()  # ollama answers again
+
+
+def test_a_new_target_forgets_the_old_servers_numbers_and_errors():
+    """The watcher's "no process listens on port 11434" and its server's values must not show
+    during a run against another server (issue 15: the panel described the wrong server)."""
+    agg = Aggregator()
+    feed(agg, [
+        ServerSampled(None, T0, "vllm", {"vllm:num_requests_running": 2.0}),
+        SourceDown(None, T0, "server-process", "no process listens on port 11434 yet"),
+        SourceDown(None, T0, "server:ollama", "connection refused"),
+        SourceDown(None, T0, "gpu", "no NVIDIA driver"),
+    ])  # fmt: skip
+    agg.add(ServerSampled(None, T0 + MS, "vllm", {"vllm:num_requests_running": 1.0}))
+    agg.clear_server()  # before the snapshot: the pending server sample is dropped too
+    s = agg.snapshot()
+    assert s.servers == () and s.down == (("gpu", "no NVIDIA driver"),)
+
+
+def test_the_server_process_found_again_clears_its_error():
+    agg = Aggregator()
+    feed(agg, [SourceDown(None, T0, "server-process", "no process listens on port 40099 yet")])
+    assert agg.snapshot().down == (("server-process", "no process listens on port 40099 yet"),)
+    agg.add(ResourcesSampled(None, T0 + MS, 10.0, (10.0,), 1 << 30, 8 << 30, 300 << 20, 90.0))
+    assert agg.snapshot().down == ()
 
 
 def test_live_table_equals_the_stored_summary(tmp_path):

@@ -195,7 +195,7 @@ def test_recording_thread_runs_and_stops_from_another_thread(tmp_path):
     th = RecordingThread(plan_of(scenario), tmp_path / "r.db", on_event,
                          backend_factory=lambda p, _s: be)  # fmt: skip
     th.start()
-    assert started.wait(10)
+    assert started.wait(30)
     assert th.run_created.is_set() and th.run_id == 1
     assert hold["thread"] == "llmtop-recording"
     th.stop()

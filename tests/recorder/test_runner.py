@@ -9,6 +9,7 @@ import statistics
 
 import pytest
 from support.scripted_backend import ScriptedBackend
+from support.virtual_time import now_ns, run_virtual
 
 from llmtop.core.events import RequestStarted
 from llmtop.recorder.runner import Runner, arrival_offsets, step_rng
@@ -113,53 +114,71 @@ def test_closed_loop_has_no_schedule():
         next(arrival_offsets("closed", 1.0, random.Random()))
 
 
-async def test_constant_rate_step_keeps_its_rate():
-    be = ScriptedBackend(ttft_ms=1, tokens=1)
-    runner, _ = make_runner(be)
-    await runner.run_step(Step("r50", P, requests=30, rate=50.0, arrival="constant",
-                               concurrency=None), 0)  # fmt: skip
-    starts = rel_starts_ms(be)
-    measured_rate = (len(starts) - 1) / (starts[-1] / 1000)
-    assert measured_rate == pytest.approx(50.0, rel=0.05)
-    errors = [abs(s - i * 20.0) for i, s in enumerate(starts)]
-    assert statistics.fmean(errors) < 3.0
+def test_constant_rate_step_keeps_its_rate_to_the_nanosecond():
+    """On the virtual clock (support/virtual_time.py) the schedule is exact. Every wake-up there
+    comes 3 ms late, as on a busy machine: the first request leaves at once, request i after it at
+    i x 20 ms + 3 ms. A runner that slept 1/rate after each send would drift by 3 ms a request;
+    deadlines from the step's start do not."""
 
-
-async def test_poisson_step_follows_its_seeded_schedule_every_time():
-    step = Step("p", P, requests=25, rate=40.0, arrival="poisson", concurrency=None, seed=7)
-    offs = arrival_offsets("poisson", 40.0, step_rng(7, 3))
-    planned = [next(offs) * 1000 for _ in range(25)]
-    runs = []
-    for _ in range(2):
-        be = ScriptedBackend(ttft_ms=1, tokens=1)
+    async def main() -> list[int]:
+        be = ScriptedBackend(ttft_ms=1, tokens=1, clock=now_ns)
         runner, _ = make_runner(be)
+        out = await runner.run_step(Step("r50", P, requests=30, rate=50.0, arrival="constant",
+                                         concurrency=None), 0)  # fmt: skip
+        assert out.sent == 30
+        return rel_starts_ms(be)
+
+    starts = run_virtual(main(), late_s=0.003)
+    assert starts == [0.0] + [pytest.approx(i * 20.0 + 3.0, abs=1e-6) for i in range(1, 30)]
+
+
+def test_poisson_step_follows_its_seeded_schedule_every_time():
+    """Twice the same seeded step: both runs send on the planned Poisson offsets exactly (the
+    virtual clock), so they are the same run; a step with another seed is not."""
+    planned_iter = arrival_offsets("poisson", 40.0, step_rng(7, 3))
+    planned = [next(planned_iter) * 1e3 for _ in range(25)]
+
+    async def main(seed: int) -> list[float]:
+        be = ScriptedBackend(ttft_ms=1, tokens=1, clock=now_ns)
+        runner, _ = make_runner(be)
+        step = Step("p", P, requests=25, rate=40.0, arrival="poisson", concurrency=None,
+                    seed=seed)  # fmt: skip
         await runner.run_step(step, 3)
-        runs.append(rel_starts_ms(be))
-    for starts in runs:
-        assert statistics.fmean(abs(s - p) for s, p in zip(starts, planned, strict=True)) < 3.0
-    measured_rate = 24 / (runs[0][-1] / 1000)
-    assert measured_rate == pytest.approx(24 / (planned[-1] / 1000), rel=0.05)
+        return rel_starts_ms(be)
+
+    first, again, other = run_virtual(main(7)), run_virtual(main(7)), run_virtual(main(8))
+    assert first == again == [pytest.approx(p, abs=1e-6) for p in planned]
+    assert other != first
 
 
-async def test_duration_ends_a_closed_step_and_requests_in_flight_finish():
-    be = ScriptedBackend(ttft_ms=10, itl_ms=5, tokens=3)  # ~20 ms a request
-    runner, events = make_runner(be)
-    out = await runner.run_step(Step("d", P, requests=None, duration_s=0.2, concurrency=2), 0)
-    last_start = max(rel_starts_ms(be))
-    assert last_start < 200
-    assert 0.2 <= out.elapsed_s < 0.2 + 0.15
-    assert 10 <= out.sent <= 24  # 2 workers x ~10 requests; never a runaway
-    finished = [e for e in events if type(e).__name__ == "RequestFinished"]
-    assert len(finished) == out.sent  # nothing cut off at the deadline
+def test_duration_ends_a_closed_step_and_requests_in_flight_finish():
+    """0.21 s of two closed-loop workers, 20 ms a request: each sends at 0, 20, ..., 200 ms and
+    none after the deadline; the step ends when the last one in flight does, at 220 ms."""
+
+    async def main() -> None:
+        be = ScriptedBackend(ttft_ms=10, itl_ms=5, tokens=3, clock=now_ns)  # 20 ms a request
+        runner, events = make_runner(be)
+        out = await runner.run_step(Step("d", P, requests=None, duration_s=0.21, concurrency=2), 0)
+        assert out.sent == 22 and be.max_in_flight == 2
+        assert sorted(rel_starts_ms(be)) == [pytest.approx(20.0 * (i // 2)) for i in range(22)]
+        assert out.elapsed_s == pytest.approx(0.22)
+        finished = [e for e in events if type(e).__name__ == "RequestFinished"]
+        assert len(finished) == out.sent  # nothing cut off at the deadline
+
+    run_virtual(main())
 
 
-async def test_duration_ends_an_open_step_on_schedule():
-    be = ScriptedBackend(ttft_ms=1, tokens=1)
-    runner, _ = make_runner(be)
-    out = await runner.run_step(
-        Step("r", P, requests=None, duration_s=0.5, rate=20.0, arrival="constant",
-             concurrency=None), 0)  # fmt: skip
-    assert out.sent == 10  # due at 0, 50, ..., 450 ms
+def test_duration_ends_an_open_step_on_schedule():
+    async def main() -> None:
+        be = ScriptedBackend(ttft_ms=1, tokens=1, clock=now_ns)
+        runner, _ = make_runner(be)
+        out = await runner.run_step(
+            Step("r", P, requests=None, duration_s=0.5, rate=20.0, arrival="constant",
+                 concurrency=None), 0)  # fmt: skip
+        assert out.sent == 10  # due at 0, 50, ..., 450 ms
+        assert rel_starts_ms(be) == [pytest.approx(50.0 * i) for i in range(10)]
+
+    run_virtual(main())
 
 
 async def test_open_loop_cap_limits_requests_in_flight():

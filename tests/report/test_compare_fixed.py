@@ -78,7 +78,7 @@ def test_three_runs_each_against_the_first(runs):
     assert verdicts(c, 1)["tpot_ms.p50"] == "noise"
     assert verdicts(c, 2)["tpot_ms.p50"] == "worse"
     text = plain(*comparison_renderables([c]), width=160)
-    assert "≈ within noise" in text and "✗ worse" in text
+    assert "≈ same" in text and "✗ worse" in text
     assert f"run {ids['slow']} vs run {ids['base']}:" in text
 
 
@@ -129,3 +129,38 @@ def test_a_real_but_small_change_is_noise_below_the_threshold(tmp_path):
     strict = {r.spec.key: r.changes[1] for r in load_comparison(db, [a, b], threshold=0.01).rows}
     assert strict["ttft_ms.mean"].verdict == "worse"
     assert strict["tpot_ms.mean"].verdict == "noise"
+
+
+def test_a_large_change_the_spread_covers_is_not_significant_never_within_noise():
+    """-60 % with an interval spanning zero: the words must not contradict the figure."""
+    from llmtop.app.report.compare import SPECS, Change, Row
+    from llmtop.app.report.compare_view import change_text
+
+    spec = next(s for s in SPECS if s.key == "ttft_ms.p50")
+    unsure = Change(-60.0, -0.6, (-150.0, 20.0), "noise", "interval contains zero")
+    small = Change(-1.0, -0.01, (-3.0, 1.0), "noise", "below threshold")
+    row = Row(spec, (100.0, 40.0), (None, unsure))
+    assert change_text(row, unsure) == "-60.0% ? not significant"
+    assert change_text(row, small) == "-1.0% ≈ same"
+
+
+def test_compare_names_the_setup_differences_and_not_the_engines_port(tmp_path):
+    """Two engine runs at concurrency 1 and 4: the note says concurrency (which moves every
+    latency), not the random port llmtop picked for each engine."""
+    from support.runs import FakeRequest, write_run
+
+    from llmtop.app.report.compare import load_comparison
+    from llmtop.scenarios.model import Prompt, Scenario, Step
+    from llmtop.storage.db import open_readonly
+    from llmtop.storage.writer import RunInfo
+
+    path = tmp_path / "setup.db"
+    for port, conc in ((40001, 1), (40099, 4)):
+        prompt = Prompt("short", "What is AI?")
+        scenario = Scenario("custom", (Step("default", (prompt,), concurrency=conc),))
+        info = RunInfo(name=f"c{conc}", scenario="custom", backend="engine", model="smollm2",
+                       base_url=f"http://127.0.0.1:{port}", params=scenario.params())  # fmt: skip
+        write_run(path, [FakeRequest(0, [100, 120]), FakeRequest(10, [110, 130])], info=info)
+    notes = load_comparison(open_readonly(path), [1, 2]).notes
+    assert "the runs differ in concurrency: 1 vs 4, which moves the numbers" in notes
+    assert not any("URL" in n for n in notes), notes

@@ -38,7 +38,7 @@ def _pump(stream, sink: list[str], lines: queue.Queue[tuple[str, str]] | None, t
             lines.put((tag, line.rstrip("\n")))
 
 
-def start_serve(*args: str, timeout: float = 90, progress: bool = False) -> ServeProcess:
+def start_serve(*args: str, timeout: float = 180, progress: bool = False) -> ServeProcess:
     """Start ``llmtop serve ARGS`` and wait for its ready line (or its exit); ``progress`` asks
     for its start's progress as lines on stderr, as llmtop's own launcher does."""
     extra = {"LLMTOP_SERVE_PROGRESS": "lines"} if progress else {}

@@ -123,7 +123,7 @@ async def test_a_killed_client_frees_its_slot_and_stalls_no_one(url):
         assert [f["eval_count"] for f in finals] == [12, 12, 12]
 
         abort = "vllm:request_success_total|abort"
-        deadline = asyncio.get_running_loop().time() + 10
+        deadline = asyncio.get_running_loop().time() + 60  # a wait, not a bound: load slows it
         while True:  # the server notices the closed socket and drops the job
             after = gauges((await http.get("/metrics")).text)
             if after[abort] == before[abort] + 1 and after["vllm:num_requests_running"] == 0:
@@ -143,7 +143,7 @@ async def test_an_abandoned_non_streaming_request_is_dropped(url):
         with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
             await http.post("/api/generate", json=body, timeout=1.0)
         abort = "vllm:request_success_total|abort"
-        deadline = asyncio.get_running_loop().time() + 10
+        deadline = asyncio.get_running_loop().time() + 60  # a wait, not a bound: load slows it
         while True:
             after = gauges((await http.get("/metrics")).text)
             if after[abort] == before[abort] + 1 and after["vllm:num_requests_running"] == 0:

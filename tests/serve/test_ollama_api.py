@@ -33,14 +33,14 @@ def test_generate_streams_pieces_then_a_final_line_with_engine_timings(client):
     durations = [final.total_duration, final.load_duration, final.prompt_eval_duration,
                  final.eval_duration]  # fmt: skip
     assert all(isinstance(d, int) and d > 0 for d in durations), durations
-    # ns, measured by the engine: inside what the client saw, and adding up.
+    # ns, measured by the engine: inside what the client saw, and adding up. Not a share of the
+    # client's wall time: that holds the client's own start and reads, which a busy machine
+    # can stretch to many times the engine's 0.1 s; a count of us would be 1/1000 of it.
     assert final.prompt_eval_duration + final.eval_duration <= final.total_duration <= wall_ns
-    assert final.total_duration > 0.3 * wall_ns, (final.total_duration, wall_ns)
-    # The client's own clock sees the same phases: the first token after queue + prefill, and
-    # first to last token as long as the engine's decode clock says (give or take delivery).
+    assert final.total_duration > wall_ns / 100, (final.total_duration, wall_ns)
+    # The client's own clock: the first token cannot come before queue + prefill were done.
+    # (Decode on both clocks, request by request: collectors/test_engine_backend.py.)
     assert arrivals[0] - t0 >= final.load_duration + final.prompt_eval_duration
-    client_decode = arrivals[len(pieces) - 1] - arrivals[0]
-    assert abs(client_decode - final.eval_duration) <= 0.25 * final.eval_duration + 50e6
     assert len(final.context) == final.prompt_eval_count + final.eval_count
     # created_at: RFC 3339 UTC with microseconds, as Ollama writes it; now, and in order
     stamps = [datetime.strptime(c.created_at, "%Y-%m-%dT%H:%M:%S.%fZ") for c in chunks]

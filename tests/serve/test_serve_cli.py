@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import signal
 import socket
-import time
 
 import httpx
 import pytest
@@ -28,15 +27,18 @@ def test_ready_line_names_the_real_port_and_the_model(server):
         assert f"llmtop serve: {stage}" in said, server.stderr
 
 
-def test_a_taken_port_fails_at_once_with_one_line():
+def test_a_taken_port_fails_at_once_with_one_line(tmp_path):
+    """Before the model is loaded: given a model file that is not GGUF, the error is still the
+    port's (loading first would have said "not a GGUF"). A bound in seconds did not hold on a
+    loaded machine, where Python alone took ~20 s to start."""
+    not_gguf = tmp_path / "notes.gguf"
+    not_gguf.write_text("not a model\n" * 100)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        t0 = time.monotonic()
-        proc = run_llmtop("serve", "--port", str(port))
+        proc = run_llmtop("serve", "--port", str(port), "--model", str(not_gguf))
     assert_one_line_error(proc, 1, f"127.0.0.1:{port}", "address already in use", "--port 0")
-    assert time.monotonic() - t0 < 20  # before loading the model
 
 
 @pytest.mark.parametrize(
@@ -69,12 +71,13 @@ def test_other_hosts_get_a_warning_and_sigterm_ends_open_streams():
                                 "options": {"num_predict": 500}}) as r:  # fmt: skip
             lines = r.iter_lines()
             next(lines)  # streaming
-            t0 = time.monotonic()
             sp.proc.send_signal(signal.SIGTERM)
             rest = list(lines)  # the server ends the stream instead of waiting for 500 tokens
         assert '"error"' in rest[-1] and "stopping" in rest[-1]
-        sp.proc.wait(15)
-        assert time.monotonic() - t0 < 10
+        # Cut short, not run to its end: counted in tokens, which a busy machine does not
+        # stretch as it stretches seconds. The exit is waited for (a hang still fails).
+        assert len(rest) < 500 // 2, len(rest)
+        assert sp.proc.wait(60) is not None
     finally:
         sp.stop()
     assert not any("Traceback" in x for x in sp.stderr), sp.stderr

@@ -1,13 +1,25 @@
 """Golden screens (pytest-textual-snapshot): the dashboard at rest and mid-run with fixed data,
 the launcher and the runs screen, each in the dark and the light theme, and the dashboard at
-80 x 24. Update with ``pytest tests/snapshots --snapshot-update`` after looking at the diff."""
+80 x 24. Update with ``pytest tests/snapshots --snapshot-update`` after looking at the diff.
+
+A screen that fills itself from a worker (the runs list, the launcher's model list) is shot once
+what the worker brings is on it: waiting for the workers alone raced with the screen starting
+them, and on a busy machine the shot caught the runs table empty (its columns as wide as their
+headers) or the model list still asking."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from demo import DemoApp
+from support.dashboard import drawn_at, wait_for
 from support.runs import FakeRequest, write_run
+from textual.widgets import Select
 
+from llmtop.app.screens.launcher import LauncherScreen
+from llmtop.app.screens.runs import RunsScreen
+from llmtop.app.widgets.runs_table import RunsTable
 from llmtop.storage.db import open_database
 from llmtop.storage.writer import RunInfo
 
@@ -15,7 +27,17 @@ THEMES = ["llmtop-dark", "llmtop-light"]
 
 
 @pytest.fixture()
-def history_db(tmp_path):
+def utc(monkeypatch):
+    """The runs list shows start times in local time: the golden screens are in UTC."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.fixture()
+def history_db(tmp_path, utc):
     """Three runs with fixed timings and fixed start times (the list shows them)."""
     path = tmp_path / "runs.db"
     for k, (itl, name, scenario) in enumerate(
@@ -64,7 +86,21 @@ def test_dashboard_at_80x24(snap_compare, tmp_path):
 @pytest.mark.parametrize("theme", THEMES)
 def test_launcher(snap_compare, theme, tmp_path):
     app = DemoApp(mid_run=True, theme=theme, config_dir=tmp_path)
-    assert snap_compare(app, terminal_size=(100, 30), press=["l"], run_before=settle)
+
+    async def open_launcher(pilot) -> None:
+        await settle(pilot)
+        await pilot.press("l")
+
+        def asked() -> bool:  # port 9 refuses at once: the model list says so
+            screen = app.screen
+            return isinstance(screen, LauncherScreen) and (
+                screen.query_one("#models", Select).prompt == "(not reachable)"
+            )
+
+        await wait_for(pilot, asked)
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=(100, 30), run_before=open_launcher)
 
 
 @pytest.mark.parametrize("theme", THEMES)
@@ -73,6 +109,15 @@ def test_runs_screen(snap_compare, theme, tmp_path, history_db):
 
     async def open_runs(pilot) -> None:
         await pilot.press("r")
+
+        def listed() -> bool:  # the three runs, down to the last row drawn (border, header, 3)
+            screen = app.screen
+            if not isinstance(screen, RunsScreen) or not screen.query(RunsTable):
+                return False
+            table = screen.query_one(RunsTable)
+            return len(table.runs) == 3 and drawn_at(app, table, (10, 4), row=2)
+
+        await wait_for(pilot, listed)
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=(120, 30), run_before=open_runs)

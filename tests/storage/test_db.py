@@ -119,3 +119,31 @@ def test_writer_killed_with_sigkill_leaves_a_sound_file(tmp_path, acks):
     conn.close()
     db = open_database(path)  # the next open notices the dead recorder
     assert db.execute("select status from runs").fetchone()[0] == "interrupted"
+
+
+def test_opening_the_file_again_keeps_the_locks_of_connections_already_open(tmp_path):
+    """Closing any descriptor of a file releases every POSIX lock the process holds on it. The
+    not-SQLite check opened the file itself, so each open dropped the locks SQLite held for the
+    connections already open in the process: another process could then take the file from
+    under them. Here it tries to switch the file out of WAL mode, which needs every other
+    connection gone; in the dashboard a recorder's checkpoint did it, and the dashboard's next
+    read said "database disk image is malformed"."""
+    path = tmp_path / "shared.db"
+    open_database(path).close()
+    reader = open_readonly(path)
+    try:
+        assert reader.execute("select count(*) from runs").fetchone() == (0,)
+        open_readonly(path).close()  # the dashboard opens the file again, as its screens do
+        open_database(path).close()
+        other = subprocess.run(
+            [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=0)"
+             "; print(c.execute('pragma journal_mode=delete').fetchone()[0])", str(path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert other.stdout.strip() == "wal" or "locked" in other.stderr, (
+            other.stdout,
+            other.stderr,
+        )
+        assert reader.execute("select count(*) from runs").fetchone() == (0,)
+    finally:
+        reader.close()

@@ -33,6 +33,8 @@ def two_runs(tmp_path):
         db["server_samples"].insert({"run_id": run_id, "t_ns": 1, "source": "s", "key": "k",
                                      "value": 1.0})  # fmt: skip
         db["source_down"].insert({"run_id": run_id, "t_ns": 1, "source": "gpu", "reason": "r"})
+        db["client_samples"].insert({"run_id": run_id, "t_ns": 1, "worker": 0, "cpu_pct": 3.0})
+        db["servers"].insert({"run_id": run_id, "t_ns": 1, "kind": "vllm", "version": "0.32.0"})
     db.conn.commit()
     return db, a, b
 

@@ -17,7 +17,7 @@ from llmtop.core.events import (
 Final = RequestFinished | RequestFailed
 
 
-async def wait_until(cond: Callable[[], bool], timeout: float = 5.0, every: float = 0.005) -> bool:
+async def wait_until(cond: Callable[[], bool], timeout: float = 30.0, every: float = 0.005) -> bool:
     """Poll ``cond`` (something outside this process, like the fake server's log) until it holds;
     False if it never did within ``timeout``."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -41,7 +41,7 @@ class Sink:
             if not fut.done() and pred(ev):
                 fut.set_result(ev)
 
-    async def wait_for(self, pred: Callable[[Event], bool], timeout: float = 10.0) -> Event:
+    async def wait_for(self, pred: Callable[[Event], bool], timeout: float = 30.0) -> Event:
         """The first event (already seen or still to come) for which ``pred`` holds."""
         for ev in self.events:
             if pred(ev):

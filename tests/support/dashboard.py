@@ -12,6 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from textual.errors import NoWidget
+from textual.widget import Widget
+
 from llmtop.app.app import DashboardConfig, LlmtopApp
 from llmtop.recorder.flags import RunFlags
 
@@ -44,8 +47,9 @@ def make_app(db_path: Path, config_dir: Path, **flags: object) -> LlmtopApp:
     )
 
 
-async def wait_for(pilot, condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Let the app run until ``condition()`` holds; fail after ``timeout`` seconds."""
+async def wait_for(pilot, condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Let the app run until ``condition()`` holds; fail after ``timeout`` seconds (generous:
+    a run starts a recording process, whose Python took ~20 s to start on a loaded machine)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -61,3 +65,22 @@ def on_screen(app, screen_type: type, selector: str = "*") -> Callable[[], bool]
         return isinstance(screen, screen_type) and bool(screen.query(selector))
 
     return ready
+
+
+def drawn_at(app, widget: Widget | None, offset: tuple[int, int] = (0, 0), **meta: object) -> bool:
+    """Whether a click at ``offset`` in ``widget`` would land on it: the screen's layout has
+    ``widget`` at that point, and what is drawn there carries ``meta`` (a DataTable's ``row``).
+
+    A widget exists, and holds its data, before the layout places it: a footer key mounted a
+    moment ago has an empty region, and a click aimed at it lands on whatever is at (0, 0). On
+    a quiet machine the layout is done before the next line of a test runs; on a busy one not.
+    """
+    if widget is None or not widget.region:
+        return False
+    x, y = widget.region.offset + offset
+    try:
+        at, _ = app.screen.get_widget_at(x, y)
+    except NoWidget:
+        return False
+    drawn = app.screen.get_style_at(x, y).meta
+    return at is widget and all(drawn.get(k) == v for k, v in meta.items())

@@ -15,11 +15,13 @@ from typing import Any
 
 try:
     from .fake_faults import FAULTS, Behavior, Ctx, Fault, RequestLog
-    from .fake_http import Request, Response, Stream, serve
+    from .fake_http import ConnPolicy, Request, Response, Stream, serve
+    from .fake_personas import LLAMA_501, Persona, PersonaState
     from .fake_wire import wire_for
 except ImportError:  # run as a script (servers.py): the folder is on sys.path
     from fake_faults import FAULTS, Behavior, Ctx, Fault, RequestLog  # type: ignore[no-redef]
-    from fake_http import Request, Response, Stream, serve  # type: ignore[no-redef]
+    from fake_http import ConnPolicy, Request, Response, Stream, serve  # type: ignore[no-redef]
+    from fake_personas import LLAMA_501, Persona, PersonaState  # type: ignore[no-redef]
     from fake_wire import wire_for  # type: ignore[no-redef]
 
 
@@ -35,6 +37,10 @@ class State:
     running: int = 0
     generated: int = 0
     api_key: str | None = None
+    conn: ConnPolicy = field(default_factory=ConnPolicy)
+    persona: PersonaState | None = None
+    """The real server this one plays (fake_personas.py), or none."""
+    pending: set[asyncio.Task[None]] = field(default_factory=set)
 
     def resolve(self, model: str) -> Behavior | None:
         for name in (model, f"{model}:latest", model.removesuffix(":latest")):
@@ -51,8 +57,17 @@ class State:
             self.default = None if cfg["default"] is None else Behavior(**cfg["default"])
         if "api_key" in cfg:
             self.api_key = cfg["api_key"]
+        if "persona" in cfg:
+            p = cfg["persona"]
+            self.persona = None if p is None else PersonaState(Persona(**p))
         if "script" in cfg:
             self.script = deque(Behavior(**b) for b in cfg["script"])
+        if "conn" in cfg:
+            c = cfg["conn"]
+            self.conn.close_after_response = bool(c.get("close_after_response", False))
+            self.conn.close_on_next_request = bool(c.get("close_on_next_request", False))
+            self.conn.idle_close_ms = c.get("idle_close_ms")
+            self.conn.headers = dict(c.get("headers") or {})
 
     def denied(self, req: Request) -> Response | None:
         """401 unless the request carries the API key (when one is set)."""
@@ -96,9 +111,20 @@ async def _generation(state: State, req: Request, stream: Stream, api: str, kind
     fault: Fault = FAULTS[beh.fault]() if beh.fault else Fault()
     ctx = Ctx(stream, wire_for(api, kind, body, state.seq), beh, body, log, t_recv)
     state.running += 1
+    persona = state.persona
+    if persona is not None:
+        persona.counters.running += 1
     try:
         await fault.run(ctx)
         state.generated += ctx.sent_tokens
+        if persona is not None and log.outcome == "done":
+            e2e_s = (time.perf_counter_ns() - t_recv) / 1e9
+            done = persona.completed(
+                ctx.sent_tokens, ctx.prompt_tokens, beh.ttft_ms / 1000, beh.itl_ms / 1000, e2e_s
+            )
+            task = asyncio.create_task(done)
+            state.pending.add(task)
+            task.add_done_callback(state.pending.discard)
     except ConnectionError:  # the client went away while we wrote
         log.outcome = "client_gone"
     except asyncio.CancelledError:  # the client went away while we waited
@@ -106,6 +132,8 @@ async def _generation(state: State, req: Request, stream: Stream, api: str, kind
         raise
     finally:
         state.running -= 1
+        if persona is not None:
+            persona.counters.running -= 1
         log.t_end_ns = time.perf_counter_ns()
 
 
@@ -138,6 +166,10 @@ def _openai_models(state: State, req: Request) -> Response:
 
 
 def _metrics(state: State, req: Request) -> Response:
+    if state.persona is not None:
+        if not state.persona.persona.metrics:
+            return Response.json(LLAMA_501, 501)
+        return Response(200, state.persona.metrics_page().encode(), "text/plain; version=0.0.4")
     text = (
         "# TYPE vllm:num_requests_running gauge\n"
         f'vllm:num_requests_running{{model_name="fake"}} {state.running}\n'
@@ -150,6 +182,12 @@ def _metrics(state: State, req: Request) -> Response:
 def _config(state: State, req: Request) -> Response:
     state.apply(req.json())
     return Response.json({"ok": True})
+
+
+def _conn_counts(state: State, req: Request) -> Response:
+    return Response.json(
+        {"connections": state.conn.connections, "idle_closed": state.conn.idle_closed}
+    )
 
 
 def _log(state: State, req: Request) -> Response:
@@ -167,6 +205,7 @@ SIMPLE: dict[tuple[str, str], Callable[[State, Request], Response]] = {
     ("GET", "/metrics"): _metrics,
     ("POST", "/_fake/config"): _config,
     ("GET", "/_fake/log"): _log,
+    ("GET", "/_fake/conn"): _conn_counts,
 }
 STREAMING: dict[tuple[str, str], tuple[str, str]] = {
     ("POST", "/api/generate"): ("ollama", "generate"),
@@ -176,11 +215,31 @@ STREAMING: dict[tuple[str, str], tuple[str, str]] = {
 }
 
 
+def _persona_route(state: State, req: Request) -> Response | None:
+    """A route only the persona's real server has (``/version``, ``/props``, ``/health``)."""
+    persona = state.persona
+    if persona is None or req.method != "GET":
+        return None
+    doc = persona.version_document(req.path)
+    if doc is not None:
+        return Response.json(doc)
+    if req.path == "/health":
+        if persona.persona.kind == "llama.cpp":
+            return Response.json({"status": "ok"})
+        return Response(200, b"", "application/json")
+    return None
+
+
 def make_handler(state: State) -> Callable[[Request, Stream], Awaitable[None]]:
     """The request handler of one fake server."""
 
     async def handle(req: Request, stream: Stream) -> None:
         key = (req.method, req.path)
+        if state.persona is not None:
+            stream.headers = state.persona.headers
+            if (own := _persona_route(state, req)) is not None:
+                stream.respond(own)
+                return
         if key in STREAMING:
             await _generation(state, req, stream, *STREAMING[key])
         elif key in SIMPLE:
@@ -193,7 +252,7 @@ def make_handler(state: State) -> Callable[[Request, Stream], Awaitable[None]]:
 
 async def serve_forever(state: State, port: int, ready: Callable[[int], None]) -> None:
     """Run until cancelled; ``ready(port)`` is called once the socket listens."""
-    server = await serve(make_handler(state), "127.0.0.1", port)
+    server = await serve(make_handler(state), "127.0.0.1", port, state.conn)
     ready(server.sockets[0].getsockname()[1])
     try:
         await asyncio.Event().wait()

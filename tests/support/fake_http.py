@@ -8,6 +8,10 @@ byte-level control: cut a chunked body, close before the headers, split a write.
 
 Not a general server: requests with a Content-Length body (what every client here sends), keep-
 alive, one request at a time per connection; responses chunked (``Stream``) or sized (``Response``).
+
+``ConnPolicy`` makes it treat connections as some real servers do: llama.cpp's llama-server says
+``Keep-Alive: timeout=5, max=100`` and then closes the connection after every response
+(``close_after_response``); others close a connection left idle for a while (``idle_close_ms``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,27 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 MAX_HEAD = 64 * 1024
+
+
+@dataclass
+class ConnPolicy:
+    """How the server treats its connections (shared by all of them; may change while it runs)."""
+
+    close_after_response: bool = False
+    """Close each connection once its response is out, whatever the headers said."""
+    close_on_next_request: bool = False
+    """With ``close_after_response``: keep the connection open and silent after the response,
+    and close it, unanswered, when the next request arrives on it: the worst case of a server
+    that closes after every response, whose close reaches the client only after it wrote again."""
+    idle_close_ms: float | None = None
+    """Close a connection that has waited this long for its next request after a response (as
+    uvicorn's keep-alive timeout does; a new connection's first request is not timed)."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Extra headers on every response (e.g. llama-server's ``Server`` and ``Keep-Alive``)."""
+    idle_closed: int = 0
+    """Connections closed for idleness so far."""
+    connections: int = 0
+    """Connections accepted so far."""
 
 
 @dataclass
@@ -70,9 +95,12 @@ class Stream:
 
     def __init__(self, conn: _Conn) -> None:
         self._conn = conn
+        self._extra = conn.policy.headers
         self._pending_head: bytes | None = None
         self.started = False
         self.ended = False
+        self.headers: dict[str, str] = {}
+        """Extra response headers (a persona's ``Server:``), sent with either kind of answer."""
 
     @property
     def closed(self) -> bool:
@@ -82,7 +110,13 @@ class Stream:
         """Begin a chunked response; the head goes out with the first write."""
         self.started = True
         self._pending_head = _head(
-            status, {"Content-Type": content_type, "Transfer-Encoding": "chunked"}
+            status,
+            {
+                **self._extra,
+                **self.headers,
+                "Content-Type": content_type,
+                "Transfer-Encoding": "chunked",
+            },
         )
 
     def _send(self, data: bytes) -> None:
@@ -120,8 +154,10 @@ class Stream:
         if resp.status == 0:
             return
         headers = {
+            **self.headers,
             "Content-Type": resp.content_type,
             "Content-Length": str(len(resp.body)),
+            **self._extra,
             **resp.headers,
         }
         self.started = self.ended = True
@@ -139,14 +175,17 @@ Handler = Callable[[Request, Stream], Awaitable[None]]
 class _Conn(asyncio.Protocol):
     """One client connection; a handler task per request, cancelled if the client goes away."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, policy: ConnPolicy) -> None:
         self.handler = handler
+        self.policy = policy
+        self._idle: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] | None = None
         self.buf = b""
         self.t_arrival = 0
         self.task: asyncio.Task[None] | None = None
         self.closed = False
+        self.closing = False
         self._resumed: asyncio.Event | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -154,15 +193,37 @@ class _Conn(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1]) if peer else None
+        self.policy.connections += 1
+
+    def _wait_idle(self) -> None:
+        """Arm the idle timer (when the policy has one): no request within it closes us."""
+        ms = self.policy.idle_close_ms
+        if ms is not None:
+            self._idle = asyncio.get_running_loop().call_later(ms / 1000, self._idle_close)
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _idle_close(self) -> None:
+        if self.task is None and not self.buf and not self.closed and self.transport is not None:
+            self.policy.idle_closed += 1
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.closing:
+            self._close()
+            return
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         if not self.buf:
             self.t_arrival = time.perf_counter_ns()
         self.buf += data
         self._dispatch()
 
     def _dispatch(self) -> None:
-        if self.task is not None or self.closed:
+        if self.task is not None or self.closed or self.closing:
             return
         end = self.buf.find(b"\r\n\r\n")
         if end < 0:
@@ -211,14 +272,24 @@ class _Conn(asyncio.Protocol):
                 self.transport.close()
         finally:
             self.task = None
-        if self.closed or not stream.ended or req.headers.get("connection", "").lower() == "close":
-            if self.transport is not None:
-                self.transport.close()
+        if (
+            self.closed
+            or not stream.ended
+            or self.policy.close_after_response
+            or req.headers.get("connection", "").lower() == "close"
+        ):
+            self.closing = True  # a request already buffered, or still to come, is never answered
+            if not (self.policy.close_on_next_request and stream.ended) or self.buf:
+                self._close()
             return
+        if not self.buf:
+            self._wait_idle()
         self._dispatch()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._idle is not None:
+            self._idle.cancel()
         if self.task is not None:
             self.task.cancel()  # like aiohttp's handler_cancellation: the handler learns at once
         if self._resumed is not None:
@@ -237,7 +308,10 @@ class _Conn(asyncio.Protocol):
             await self._resumed.wait()
 
 
-async def serve(handler: Handler, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
+async def serve(
+    handler: Handler, host: str = "127.0.0.1", port: int = 0, policy: ConnPolicy | None = None
+) -> asyncio.Server:
     """Listen on ``host:port`` (0: a free port); each request goes to ``handler``."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: _Conn(handler), host, port, reuse_address=True)
+    pol = policy if policy is not None else ConnPolicy()
+    return await loop.create_server(lambda: _Conn(handler, pol), host, port, reuse_address=True)

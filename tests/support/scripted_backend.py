@@ -32,6 +32,7 @@ class ScriptedBackend:
 
     ``fail(req)`` may return an error kind for a request (it then fails after its TTFT);
     ``gate``, when set, holds every request after its first token until the event is set.
+    ``clock`` stamps the events: ``virtual_time.now_ns`` for a test on the virtual clock.
     """
 
     ttft_ms: float = 2.0
@@ -42,6 +43,7 @@ class ScriptedBackend:
     gate: asyncio.Event | None = None
     enter_error: str | None = None
     name: str = "scripted"
+    clock: Callable[[], int] = time.perf_counter_ns
     base_url: str = "http://127.0.0.1:9/scripted"
     requests: list[GenerationRequest] = field(default_factory=list)
     starts_ns: list[int] = field(default_factory=list)
@@ -67,7 +69,7 @@ class ScriptedBackend:
             raise SourceError(f"model {model!r} not found at {self.base_url}")
 
     async def stream(self, req: GenerationRequest, emit: Emit) -> None:
-        t0 = time.perf_counter_ns()
+        t0 = self.clock()
         self.requests.append(req)
         self.starts_ns.append(t0)
         self.in_flight += 1
@@ -85,13 +87,13 @@ class ScriptedBackend:
             await asyncio.sleep(self.ttft_ms / 1000)
             kind = self.fail(req) if self.fail else None
             if kind is not None:
-                emit(RequestFailed(req.run_id, req.request_id, time.perf_counter_ns(), kind,  # type: ignore[arg-type]
+                emit(RequestFailed(req.run_id, req.request_id, self.clock(), kind,  # type: ignore[arg-type]
                                    f"scripted {kind}", t_start_ns=t0))  # fmt: skip
                 return
             for i in range(self.tokens):
                 if i:
                     await asyncio.sleep(self.itl_ms / 1000)
-                last = time.perf_counter_ns()
+                last = self.clock()
                 first = first or last
                 chunks += 1
                 emit(TokenReceived(req.run_id, req.request_id, i, last, 1, 4))
@@ -99,14 +101,14 @@ class ScriptedBackend:
                     await self.gate.wait()
             emit(
                 RequestFinished(
-                    req.run_id, req.request_id, time.perf_counter_ns(), t0, first, last, chunks,
+                    req.run_id, req.request_id, self.clock(), t0, first, last, chunks,
                     chunks, ServerTimings(prompt_tokens=7, output_tokens=chunks),
                 )
             )  # fmt: skip
         except asyncio.CancelledError:
             emit(
                 RequestFailed(
-                    req.run_id, req.request_id, time.perf_counter_ns(), "cancelled", "stopped",
+                    req.run_id, req.request_id, self.clock(), "cancelled", "stopped",
                     t_start_ns=t0, t_first_ns=first, t_last_ns=last, chunks=chunks,
                     tokens_counted=chunks,
                 )

@@ -18,6 +18,10 @@ Each model name maps to a ``Behavior``; a model the server does not have gets a 
 server words it. ``default`` (if given) answers any other model name. ``script`` queues behaviours
 that the next generation requests take, in arrival order, whatever their model.
 
+``FakeServer(persona=Persona("llama.cpp"))`` plays a real server recorded on this machine (vLLM
+0.32 or llama-server): its /metrics page with moving counters, its headers, its version
+(fake_personas.py).
+
 Endpoints: ``POST /api/generate``, ``/api/chat`` (NDJSON; headers go out with the first chunk, as
 Ollama does), ``POST /v1/chat/completions``, ``/v1/completions`` (SSE; headers and the role chunk at
 once, as vLLM does; ``stream_options.include_usage`` honoured; ``"stream": false`` answers one JSON
@@ -54,6 +58,12 @@ Faults (``Behavior.fault``; ``fault_after`` = content chunks sent before a mid-s
 ``ignore_stream``      answers one JSON document although a stream was asked for
 =====================  ================================================================
 
+Connections: ``FakeServer(conn=ConnPolicy(close_after_response=True))`` closes every connection
+after its response, ``ConnPolicy(idle_close_ms=N)`` closes one left idle for N ms, and
+``llama_server_conn()`` replays llama-server's recorded response headers (``Keep-Alive: timeout=5,
+max=100``) and closes after every response, as it does. ``srv.conn_counts()`` says how many
+connections it accepted and closed for idleness.
+
 ``Behavior(raw=...)`` sends a body of your own making byte for byte (``raw_chunk`` bytes per write,
 ``trickle_ms`` apart), for wire-format cases no fault covers. ``FakeServer(api_key="k")`` makes
 the OpenAI endpoints answer 401 unless ``Authorization: Bearer k`` is sent.
@@ -72,6 +82,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import selectors
 import socket
 import subprocess
@@ -87,24 +98,53 @@ if __package__ in (None, ""):  # run as a script: python tests/support/servers.p
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from fake_app import State, serve_forever
     from fake_faults import FAULTS, Behavior, Fault, RequestLog
+    from fake_http import ConnPolicy
+    from fake_personas import Persona, recorded, recorded_headers
 else:
     from .fake_app import State, serve_forever
     from .fake_faults import FAULTS, Behavior, Fault, RequestLog
+    from .fake_http import ConnPolicy
+    from .fake_personas import Persona, recorded, recorded_headers
 
 __all__ = [
-    "FAULTS", "Behavior", "FakeServer", "Fault", "RequestLog", "raise_priority", "refused_url",
-    "restore_priority",
+    "FAULTS", "Behavior", "ConnPolicy", "FakeServer", "Fault", "Persona", "RequestLog",
+    "llama_server_conn", "raise_priority", "recorded", "refused_url", "restore_priority",
 ]  # fmt: skip
 
 
-def _precise_loop() -> asyncio.AbstractEventLoop:
-    """An event loop on select(2), whose timeout has microsecond resolution.
+def llama_server_conn(*, late: bool = False) -> ConnPolicy:
+    """llama.cpp's llama-server as recorded: ``Keep-Alive: timeout=5, max=100``, then it closes
+    the connection after every response (issue 16); ``late``: the close reaches the client only
+    once it sends the next request on that connection (``ConnPolicy.close_on_next_request``)."""
+    headers = recorded_headers("llama.cpp")
+    assert headers.get("Keep-Alive") == "timeout=5, max=100", headers
+    return ConnPolicy(close_after_response=True, close_on_next_request=late, headers=headers)
 
-    epoll and poll round every timeout up to the next millisecond, which would make each send
-    0-1 ms late; select keeps the schedule within tens of microseconds. It handles the few
-    hundred sockets a test or the benchmark opens (FD_SETSIZE is 1024).
+
+class _PreciseEpoll(selectors.EpollSelector):
+    """epoll, whose timeouts have millisecond resolution (rounded up), made exact: it asks for
+    1 ms less, then waits the rest with select(2) on the epoll descriptor, which takes
+    microseconds. (llmtop's own loop does the same, recorder/loop_probe.py; the fake server
+    keeps its own copy so the truth does not depend on the code it judges.)"""
+
+    def select(self, timeout: float | None = None) -> Any:
+        if timeout is not None and timeout > 0:
+            if timeout > 1e-3:
+                return super().select(timeout - 1e-3)
+            select.select([self.fileno()], [], [], timeout)
+            timeout = 0
+        return super().select(timeout)
+
+
+def _precise_loop() -> asyncio.AbstractEventLoop:
+    """An event loop whose timers fire within tens of microseconds of their time.
+
+    epoll alone rounds every timeout up to the next millisecond, which would make each send
+    0-1 ms late; select(2) alone is exact but stops at FD_SETSIZE (1,024 descriptors), short of
+    a 1,024-stream benchmark. So: epoll, with the last fraction of each wait done by select(2)
+    on the one epoll descriptor.
     """
-    return asyncio.SelectorEventLoop(selectors.SelectSelector())
+    return asyncio.SelectorEventLoop(_PreciseEpoll())
 
 
 def raise_priority() -> str:
@@ -155,12 +195,13 @@ class FakeServer:
         default: the behaviour for any other model name (default: 404 for them).
         process: run in a subprocess instead of a thread.
         cpus: cores to pin the subprocess to (``os.sched_setaffinity``).
-        port: the port to listen on (default: a free one). The server polls with select(2) for
-            its timer precision, which caps it at about 1,000 connections.
+        port: the port to listen on (default: a free one).
         api_key: require ``Authorization: Bearer <api_key>`` on the OpenAI endpoints.
+        conn: how connections are treated (closed after each response, after idling...).
         realtime: run the subprocess at real-time priority (SCHED_FIFO, else nice -10, when
             allowed) so that other load on a shared machine cannot make it late; for timing
             tests, not for floods (it would starve its core).
+        persona: play a real server (fake_personas.py): its /metrics, headers, version.
     """
 
     def __init__(
@@ -173,9 +214,14 @@ class FakeServer:
         port: int = 0,
         api_key: str | None = None,
         realtime: bool = False,
+        conn: ConnPolicy | None = None,
+        persona: Persona | None = None,
     ) -> None:
         self._cfg = _config_json(models or {"fake": Behavior()}, default)
         self._cfg["api_key"] = api_key
+        self._cfg["persona"] = None if persona is None else asdict(persona)
+        if conn is not None:
+            self._cfg["conn"] = asdict(conn)
         self.process = process
         self.cpus = cpus
         self.port = port
@@ -278,6 +324,10 @@ class FakeServer:
     def script(self, *behaviors: Behavior) -> None:
         """The next ``len(behaviors)`` generation requests take these, in arrival order."""
         self._control("config", {"script": [asdict(b) for b in behaviors]})
+
+    def conn_counts(self) -> dict[str, int]:
+        """``connections`` accepted and ``idle_closed`` (closed for idleness) so far."""
+        return dict(self._control("conn"))
 
     def log(self, clear: bool = False) -> list[RequestLog]:
         """Generation requests so far, in arrival order (``clear``: and forget them)."""

@@ -195,3 +195,33 @@ def test_non_ui_modules_do_not_load_textual(module):
     code = f"import sys, {module}; print('textual' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+IMPORT_NAME = {
+    "textual-plotext": "textual_plotext",
+    "nvidia-ml-py": "pynvml",
+    "sqlite-utils": "sqlite_utils",
+    "prometheus-client": "prometheus_client",
+}
+"""Distribution names whose import name differs."""
+
+
+def test_every_runtime_dependency_does_real_work():
+    """A package in ``dependencies`` (and the engine extra) is imported by product code: none
+    is installed for nothing (httpx-sse was, while the hot path reads SSE on aiohttp)."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = [*project["dependencies"], *project["optional-dependencies"]["engine"]]
+    used = set()
+    for area in ALLOWED:
+        for path in area_files(area):
+            used.update(name.split(".")[0] for name in imports_of(path))
+    unused = []
+    for requirement in names:
+        dist = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+        module = IMPORT_NAME.get(dist, dist.replace("-", "_"))
+        if module not in used:
+            unused.append(dist)
+    assert not unused, unused
