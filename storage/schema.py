@@ -173,6 +173,7 @@ def m003_client_self_check(db: Database) -> None:
     db.table("client_samples").create_index(["run_id", "t_ns"])
 
 
+@MIGRATIONS()
 def m004_observed(db: Database) -> None:
     """Runs of kind ``observed`` (``llmtop proxy``: real clients' traffic) and what replay needs.
 
