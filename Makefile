@@ -28,7 +28,7 @@ run: $(STAMP)
 	$(BIN)/llmtop
 
 test: $(STAMP) lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
