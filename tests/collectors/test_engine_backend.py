@@ -107,8 +107,12 @@ async def test_an_engine_that_never_answers_times_out_and_is_killed():
 
 
 LAUNCHER = """
-import asyncio, json, sys
+import asyncio, json, signal, sys
 from llmtop.collectors.engine import EngineBackend, EngineLaunch
+
+# Ctrl-C as in a terminal: a suite started in the background by a non-interactive shell (as CI
+# may be) hands its children SIGINT ignored, and Python then never turns it into an interrupt.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 async def main():
     async with EngineBackend(EngineLaunch(command=json.loads(sys.argv[1]))) as b:
