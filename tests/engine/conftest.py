@@ -1,5 +1,5 @@
 """Engine fixtures: the real bundled SmolLM2 (loaded once per session) and a tiny random-weight
-llama GGUF written at test time (tiny_gguf.py).
+llama GGUF written at test time (support/tiny_gguf.py).
 
 Engine tests run torch on one thread: on a shared 2-core machine, two OpenMP threads that wait on
 each other while a neighbour holds a core run several times slower, and one thread also keeps
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_gguf import write_tiny_gguf
+from support.tiny_gguf import write_tiny_gguf
 
 from llmtop.engine import native
 from llmtop.engine.errors import ModelLoadError

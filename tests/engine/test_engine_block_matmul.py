@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_gguf import TINY
+from support.tiny_gguf import TINY
 
 from llmtop.engine import block_matmul, native
 from llmtop.engine.gguf import Q, TensorData, read_gguf

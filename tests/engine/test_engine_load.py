@@ -12,7 +12,7 @@ import gguf
 import pytest
 import torch
 from gguf.quants import dequantize
-from tiny_gguf import TINY, write_tiny_gguf
+from support.tiny_gguf import TINY, write_tiny_gguf
 
 from llmtop.engine import native, quant
 from llmtop.engine.errors import ModelLoadError

@@ -84,7 +84,7 @@ def test_other_hosts_get_a_warning_and_sigterm_ends_open_streams():
 
 
 def test_a_gguf_file_is_served_under_its_file_name(tmp_path):
-    from engine.tiny_gguf import write_tiny_gguf  # the engine tests' tiny random-weight llama
+    from support.tiny_gguf import write_tiny_gguf  # the engine tests' tiny random-weight llama
 
     path = write_tiny_gguf(tmp_path / "tiny-llama.gguf")
     sp = start_serve("--port", "0", "--model", str(path))
