@@ -44,7 +44,8 @@ class LiveSession:
         if self.running:
             return
         self._target = (backend, url)
-        self.aggregator.clear_server()  # what was shown described another target
+        if self.watch_enabled:  # what was shown described another target
+            self.aggregator.clear_server()
         if self.follow_enabled:
             self.follower = RunFollower(self.db_path, self.aggregator.add, on_follow=self._follow)
             self.follower.start()
