@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.llmtop-installed
 # The CPU build of torch that lies on this machine's disk; installed first so that nothing pulls
 # a multi-GB CUDA build from the index. Override with `make TORCH=torch==X.Y.Z`.
 TORCH  ?= torch==2.13.0
+# The suite's processes (pytest-xdist; one file stays in one process, so module fixtures start once).
+TEST_PROCS ?= 2
 
 .PHONY: run test lint typecheck wheel-check format bench bench-engine clean
 
@@ -28,7 +30,7 @@ run: $(STAMP)
 	$(BIN)/llmtop
 
 test: $(STAMP) lint typecheck
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q -n $(TEST_PROCS) --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
