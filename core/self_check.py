@@ -22,6 +22,9 @@ LOOP_LAG_FLOOR_MS = 0.5
 which no number of workers removes (against a fake server with a 3 ms TTFT, 0.15 ms is 5 %)."""
 LOOP_CPU_PCT_LIMIT = 85.0
 """An event loop thread busier than this (% of one core) has no room left for bursts."""
+LOOP_IDLE_PCT = 50.0
+"""A late loop busy less than this (% of one core) was kept waiting by other programs, not by
+its own work: the advice is a core of its own before more workers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +88,19 @@ def bottleneck(
         return None
     more = check.workers * 2 if cores is None else min(cores, check.workers * 2)
     if more > check.workers:
-        fix = f"spread the streams with --workers {more} (or --workers auto)"
+        spread = f"spread the streams with --workers {more} (or --workers auto)"
     else:
-        fix = f"all {cores} cores have a worker: use --workers auto, fewer streams, or a bigger machine"
+        spread = f"all {cores} cores have a worker: use --workers auto, fewer streams, or a bigger machine"
+    if busy is not None and busy < LOOP_IDLE_PCT:
+        # A loop that was late while mostly idle waited for a core: other programs (a server on
+        # the same machine, the bundled engine) held them. More workers need cores too.
+        fix = (
+            f"its loop was busy only {busy:.0f}% of the time, so other programs held the cores: "
+            f"give llmtop a core the server does not use (taskset), then {spread}"
+        )
+    else:
+        fix = f"{spread}, and give llmtop cores the server does not use"
     return (
         f"llmtop itself was the bottleneck: {'; '.join(why)}; TTFT and ITL may read high by about "
-        f"that much: {fix}, and give llmtop cores the server does not use"
+        f"that much: {fix}"
     )

@@ -43,6 +43,10 @@ def test_the_verdict_names_the_cause_and_by_how_much():
     assert busy is not None and "93% of a core busy (limit 85%)" in busy and "--workers 4" in busy
     full = bottleneck(ClientCheck(loop_cpu_pct=93.0, workers=2), ttft_ms_p50=None, cores=2)
     assert full is not None and "all 2 cores have a worker" in full
+    # late but mostly idle: other programs held the cores (the bundled engine on a small machine)
+    waited = bottleneck(ClientCheck(loop_lag_ms_p99=30.0, loop_cpu_pct=12.0), ttft_ms_p50=100.0, cores=2)  # fmt: skip
+    assert waited is not None and WARNING in waited and "busy only 12% of the time" in waited
+    assert "a core the server does not use (taskset)" in waited and "--workers 2" in waited
 
 
 def test_the_probe_sees_a_blocked_loop_and_reports_each_second():
