@@ -120,5 +120,8 @@ def test_flags_that_cannot_go_with_a_replay(tmp_path):
         plan_from_flags(RunFlags(trace=path, replay=1))
     with pytest.raises(FlagError, match="--replay-speed goes with"):
         plan_from_flags(RunFlags(replay_speed=2.0))
+    with pytest.raises(FlagError, match="--workers does not go with --replay or --trace"):
+        plan_from_flags(RunFlags(trace=path, workers="2"))
+    assert plan_from_flags(RunFlags(trace=path, workers="1")).scenario.steps[0].replay
     plan = plan_from_flags(RunFlags(trace=path, replay_speed=2.0, model="x", api="generate"))
     assert plan.model == "x" and plan.scenario.steps[0].replay[0].api == "generate"
