@@ -30,6 +30,8 @@ from pathlib import Path
 from llmtop.engine.cache_dir import default_cache_dir
 
 SOURCES = [Path(__file__).with_name(n) for n in ("native_matmul.c", "native_attention.c")]
+HEADERS = [Path(__file__).with_name("native_kernels.h")]
+"""Included by the sources: part of what names a build, never compiled on their own."""
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512_vnni", "f16c", "fma")
 CFLAGS = [
     "-O3",
@@ -124,7 +126,7 @@ def build_key(cc: str) -> str:
     digest = hashlib.sha256()
     for part in (cc, compiler_version(cc), *CFLAGS):
         digest.update(part.encode() + b"\0")
-    for src in SOURCES:
+    for src in [*SOURCES, *HEADERS]:
         digest.update(src.read_bytes())
     return digest.hexdigest()[:16]
 
