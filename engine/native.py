@@ -59,8 +59,8 @@ SIGNATURES = {
     "llmtop_block_matmul": [_I, _P, _P, _P, _I, _I, _P, _I, _P],
     # q_and_k, v, k_cache, v_cache, slot, pos, rows, n_slots, h, hkv, d, max_len, scale, out
     "llmtop_decode_attention": [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _F, _P],
-    # the fused forward (native_forward.py): model, cache, rows, x, slot, pos, logits
-    "llmtop_forward_decode": [_P, _P, _I, _P, _P, _P, _P],
+    # the fused forward (native_forward.py): model, cache, rows, x, slot, pos, logits, threads
+    "llmtop_forward_decode": [_P, _P, _I, _P, _P, _P, _P, _I],
     # model, cache, layer, rows, x, slot, pos, qkv
     "llmtop_layer_in": [_P, _P, _I, _I, _P, _P, _P, _P],
     # model, cache, layer, rows, qkv, slot, pos, o

@@ -411,15 +411,18 @@ static void attention_in(step_t *s, int layer, int tid, int nt) {
 /* One decode step: x [rows, dim] holds each row's token embedding (float32) and ends as the
  * residual stream after the last layer; the rows' keys and values go into the cache at (slot,
  * pos); logits [rows, vocab] get the next-token logits (NULL: no LM head, x is the result).
+ * ``threads``: at most that many (0: OpenMP's count); the bits are the same for any count, as
+ * a thread's share of a phase only decides who computes a row or column, never how.
  * Returns 0, or -1 for a model or cache the kernels do not handle, a slot or position outside
  * the cache, or no memory. */
 int llmtop_forward_decode(const llmtop_model *m, const llmtop_cache *c, int rows, float *x,
-                          const int64_t *slot, const int64_t *pos, float *logits) {
+                          const int64_t *slot, const int64_t *pos, float *logits, int threads) {
     if (rows < 0 || !model_ok(m) || (logits && !m->output) || !rows_ok(m, c, rows, slot, pos))
         return -1;
     if (rows == 0) return 0;
     step_t s;
     if (!step_alloc(&s, m, c, rows, slot, pos, x, NULL)) return -1;
+    if (threads > 0 && threads < s.threads) s.threads = threads; /* the scratch fits fewer */
 #pragma omp parallel num_threads(s.threads)
     {
         const int tid = omp_get_thread_num(), nt = omp_get_num_threads();

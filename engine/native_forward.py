@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from collections.abc import Sequence
 
 import torch
@@ -130,6 +131,45 @@ def supported(model: Transformer) -> bool:
     )
 
 
+class ThreadChoice:
+    """How many threads a decode step runs on: all of torch's, or one, whichever has been faster
+    lately for steps of that many rows.
+
+    Why: the step's threads meet at ~240 barriers (8 per layer). On an idle machine two threads
+    halve a batch-1 step (measured 5.5 against 10.7 ms for SmolLM2 on 2 cores); on a shared one,
+    where another process holds a core for a time slice, a barrier waits out the slice and the
+    same step took 25 ms on two threads against 11.6 on one (load average ~4). Which case holds
+    changes from second to second, so it is measured, not configured: each step's time is
+    folded into a moving average per (rows, threads), the faster count runs, and every
+    ``EXPLORE``-th step runs the other one to keep its average current. The logits are the same
+    bits either way (native_forward.c: the threads only share the work out).
+    """
+
+    EXPLORE = 16
+    WEIGHT = 0.25  # of a new step time in the moving average
+
+    def __init__(self) -> None:
+        self._avg: dict[tuple[int, int], float] = {}
+        self._steps = 0
+
+    def choose(self, rows: int, most: int) -> int:
+        if most <= 1:
+            return 1
+        self._steps += 1
+        many, one = self._avg.get((rows, most)), self._avg.get((rows, 1))
+        if many is None:
+            return most
+        if one is None:
+            return 1
+        best, other = (most, 1) if many <= one else (1, most)
+        return other if self._steps % self.EXPLORE == 0 else best
+
+    def record(self, rows: int, threads: int, seconds: float) -> None:
+        key = (rows, threads)
+        old = self._avg.get(key)
+        self._avg[key] = seconds if old is None else old + self.WEIGHT * (seconds - old)
+
+
 class NativeForward:
     """A ``Transformer``'s forward passes on the C kernels (see the module docstring)."""
 
@@ -139,6 +179,7 @@ class NativeForward:
         assert lib is not None
         self._lib = lib
         self.model = model
+        self.threads = ThreadChoice()
         c = model.cfg
         self.heads = model.heads
         self.n_heads, self.head_dim, self.vocab = c.n_heads, c.head_dim, c.vocab_size
@@ -172,20 +213,26 @@ class NativeForward:
 
     # --- the forwards --------------------------------------------------------------------------
 
-    def decode(self, tokens: Tensor, slot: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
-        """One token per row (tokens, slot, pos: [B]) at its own position: logits [B, V]."""
+    def decode(
+        self, tokens: Tensor, slot: Tensor, pos: Tensor, cache: KVCache, threads: int = 0
+    ) -> Tensor:
+        """One token per row (tokens, slot, pos: [B]) at its own position: logits [B, V].
+        ``threads``: that many (0: ``ThreadChoice``'s pick; the bits are the same for any)."""
         x = self._embed(tokens)  # [B, dim]
         b = x.shape[0]
         slot, pos = _int64(slot), _int64(pos)
         assert slot.shape == pos.shape == (b,), (slot.shape, pos.shape)
         desc = _cache(cache)
-        _threads()
+        nt = threads or self.threads.choose(b, _threads())
         logits = torch.empty(b, self.vocab) if self.lm_head is not None else None
+        t = time.perf_counter()
         rc = self._lib.llmtop_forward_decode(
             self._m, ctypes.addressof(desc), b, x.data_ptr(), slot.data_ptr(), pos.data_ptr(),
-            logits.data_ptr() if logits is not None else None,
+            logits.data_ptr() if logits is not None else None, nt,
         )  # fmt: skip
         _check(rc, "decode step", b)
+        if not threads:
+            self.threads.record(b, nt, time.perf_counter() - t)
         return logits if logits is not None else self._torch_logits(x)
 
     def rows(

@@ -1,8 +1,8 @@
 /* A test harness for the engine's C kernels (engine/native_matmul.c, native_attention.c and
  * native_forward.c, linked in): small deterministic inputs, each kernel result checked against
  * a plain scalar reference computed here in double precision; the fused forward on a small
- * random model, checked for the same bits alone and batched, through its one-call and its
- * per-layer entry points, and for refusing bad rows. test_engine_kernels_sanitized.py
+ * random model, checked for the same bits alone and batched, on one thread or more, through
+ * its one-call and its per-layer entry points, and for refusing bad rows. test_engine_kernels_sanitized.py
  * builds it with AddressSanitizer and UndefinedBehaviorSanitizer, so an out-of-bounds access or
  * undefined behaviour in a kernel stops it with a report.
  *
@@ -47,7 +47,7 @@ typedef struct {
     int n_slots, max_len;
 } llmtop_cache;
 int llmtop_forward_decode(const llmtop_model *m, const llmtop_cache *c, int rows, float *x,
-                          const int64_t *slot, const int64_t *pos, float *logits);
+                          const int64_t *slot, const int64_t *pos, float *logits, int threads);
 int llmtop_layer_in(const llmtop_model *m, const llmtop_cache *c, int layer, int rows, float *x,
                     const int64_t *slot, const int64_t *pos, float *qkv);
 int llmtop_attend(const llmtop_model *m, const llmtop_cache *c, int layer, int rows,
@@ -398,17 +398,22 @@ static void check_forward(void) {
     llmtop_cache c = {k1, v1, FS, FML};
 
     memcpy(k1, k0, 2 * cache), memcpy(v1, v0, 2 * cache), memcpy(x, emb, sizeof(float) * R * FDIM);
-    CHECK(llmtop_forward_decode(&t.m, &c, R, x, slot, pos, logits) == 0, "forward_decode");
+    CHECK(llmtop_forward_decode(&t.m, &c, R, x, slot, pos, logits, 0) == 0, "forward_decode");
     for (int i = 0; i < R * FV; i++) CHECK(isfinite(logits[i]), "logit %d not finite", i);
     uint16_t *kb = alloc(2 * cache), *vb = alloc(2 * cache);
     memcpy(kb, k1, 2 * cache), memcpy(vb, v1, 2 * cache);
     memcpy(k1, k0, 2 * cache), memcpy(v1, v0, 2 * cache);
     for (int r = 0; r < R; r++) {
         memcpy(x, emb + r * FDIM, sizeof(float) * FDIM);
-        CHECK(llmtop_forward_decode(&t.m, &c, 1, x, slot + r, pos + r, alone) == 0, "row %d alone", r);
+        CHECK(llmtop_forward_decode(&t.m, &c, 1, x, slot + r, pos + r, alone, 1 + r % 2) == 0, "row %d alone", r);
         CHECK(!memcmp(alone, logits + r * FV, sizeof(float) * FV), "row %d: other logits alone", r);
     }
     CHECK(!memcmp(k1, kb, 2 * cache) && !memcmp(v1, vb, 2 * cache), "other cache alone");
+    float *one = alloc(sizeof(float) * R * FV); /* the batch on one thread */
+    memcpy(k1, k0, 2 * cache), memcpy(v1, v0, 2 * cache), memcpy(x, emb, sizeof(float) * R * FDIM);
+    CHECK(llmtop_forward_decode(&t.m, &c, R, x, slot, pos, one, 1) == 0, "one thread");
+    CHECK(!memcmp(one, logits, sizeof(float) * R * FV), "other logits on one thread");
+    free(one);
 
     /* the per-layer entry points (a step with prompt rows), with attend for every row */
     memcpy(k1, k0, 2 * cache), memcpy(v1, v0, 2 * cache), memcpy(x, emb, sizeof(float) * R * FDIM);
@@ -425,17 +430,17 @@ static void check_forward(void) {
     /* bad rows: refused before anything is written */
     const int64_t bad_slot = FS, bad_pos = FML, negative = -1, ok = 0;
     memcpy(k1, k0, 2 * cache);
-    CHECK(llmtop_forward_decode(&t.m, &c, 1, x, &bad_slot, &ok, logits) == -1, "slot");
-    CHECK(llmtop_forward_decode(&t.m, &c, 1, x, &negative, &ok, logits) == -1, "slot -1");
-    CHECK(llmtop_forward_decode(&t.m, &c, 1, x, &ok, &bad_pos, logits) == -1, "pos");
-    CHECK(llmtop_forward_decode(&t.m, &c, 1, x, &ok, &negative, logits) == -1, "pos -1");
-    CHECK(llmtop_forward_decode(&t.m, &c, -1, x, &ok, &ok, logits) == -1, "rows -1");
-    CHECK(llmtop_forward_decode(&t.m, &c, 0, x, &ok, &ok, logits) == 0, "rows 0");
+    CHECK(llmtop_forward_decode(&t.m, &c, 1, x, &bad_slot, &ok, logits, 0) == -1, "slot");
+    CHECK(llmtop_forward_decode(&t.m, &c, 1, x, &negative, &ok, logits, 0) == -1, "slot -1");
+    CHECK(llmtop_forward_decode(&t.m, &c, 1, x, &ok, &bad_pos, logits, 0) == -1, "pos");
+    CHECK(llmtop_forward_decode(&t.m, &c, 1, x, &ok, &negative, logits, 0) == -1, "pos -1");
+    CHECK(llmtop_forward_decode(&t.m, &c, -1, x, &ok, &ok, logits, 0) == -1, "rows -1");
+    CHECK(llmtop_forward_decode(&t.m, &c, 0, x, &ok, &ok, logits, 0) == 0, "rows 0");
     CHECK(llmtop_layer_in(&t.m, &c, FL, 1, x, &ok, &ok, qkv) == -1, "layer past the last");
     CHECK(!memcmp(k1, k0, 2 * cache), "a refused call wrote the cache");
     llmtop_model bad = t.m;
     bad.n_heads = 3;
-    CHECK(llmtop_forward_decode(&bad, &c, 1, x, &ok, &ok, logits) == -1, "h 3");
+    CHECK(llmtop_forward_decode(&bad, &c, 1, x, &ok, &ok, logits, 0) == -1, "h 3");
     free(k0), free(v0), free(k1), free(v1), free(kb), free(vb), free(emb), free(x);
     free(logits), free(alone), free(qkv), free(o), free(split);
     free_tiny(&t);

@@ -92,3 +92,35 @@ def test_a_thread_of_its_own_runs_with_torchs_thread_count(smollm, kernels):
     worker.start()
     worker.join()
     assert seen == [torch.get_num_threads()] == [1]
+
+
+def test_one_thread_or_two_give_the_same_bits(smollm, kernels):
+    fused = smollm.model.native
+    assert fused is not None
+    ids = smollm.tokenizer.encode("The capital of France is")
+    out = []
+    for threads in (1, 2, 1):
+        seq = smollm.model.new_cache(len(ids) + 1).acquire()
+        with torch.inference_mode():
+            prefill(smollm.model, seq, ids)
+            tok, slot, pos = torch.tensor([5]), torch.tensor([seq.slot]), torch.tensor([len(ids)])
+            out.append(fused.decode(tok, slot, pos, seq.cache, threads=threads))
+    assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
+
+
+def test_the_thread_choice_runs_the_faster_count_and_keeps_trying_the_other():
+    pick = native_forward.ThreadChoice()
+    assert pick.choose(1, 1) == 1  # one thread: nothing to choose
+    assert pick.choose(1, 2) == 2  # no times yet: all threads first ...
+    pick.record(1, 2, 0.025)
+    assert pick.choose(1, 2) == 1  # ... then one
+    pick.record(1, 1, 0.011)
+    runs = []
+    for _ in range(2 * pick.EXPLORE):
+        runs.append(pick.choose(1, 2))
+        pick.record(1, runs[-1], 0.011 if runs[-1] == 1 else 0.025)
+    assert runs.count(2) == 2 and runs.count(1) == 2 * pick.EXPLORE - 2
+    assert pick.choose(3, 2) == 2  # another batch size is timed on its own
+    for _ in range(8):  # the load went away: two threads get fast again and win
+        pick.record(1, 2, 0.005)
+    assert pick.choose(1, 2) == 2 or pick.choose(1, 2) == 2
