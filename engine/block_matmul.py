@@ -77,6 +77,10 @@ class BlockLinear(nn.Module):
         self._fn = lib.llmtop_block_matmul
         self._args = (bits, codes.data_ptr(), self.scale.data_ptr(), self.offset.data_ptr(), n, k)
 
+    def weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The kernel's codes, scales and offsets (native_forward.py hands them to C)."""
+        return self.codes, self.scale, self.offset
+
     def forward(self, x: Tensor) -> Tensor:
         assert x.dtype == torch.bfloat16 and x.device.type == "cpu", (x.dtype, x.device)
         shape = x.shape

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from llmtop.engine import native_forward
 from llmtop.engine.cache_dir import default_cache_dir
 from llmtop.engine.errors import ModelLoadError
 from llmtop.engine.gguf import GGUFIndex, Q, TensorData, TensorRef, read_gguf
@@ -267,4 +268,7 @@ def build_transformer(
     else:
         output = _fused_linear(data, [out_ref], device, dtype)
     norm = _norm(data, t["output_norm.weight"], device)
-    return Transformer(cfg, embedding, layers, norm, output, dtype).eval()
+    model = Transformer(cfg, embedding, layers, norm, output, dtype).eval()
+    if native_forward.supported(model):
+        model.native = native_forward.NativeForward(model)
+    return model

@@ -11,6 +11,11 @@ torch's bf16 attention with grouped heads is 3-10x slower, over a KV cache store
 the engine's decode attention kernel runs (half the memory; see decode_attention.py) and float32
 elsewhere.
 
+Where the engine's C kernels run the whole model (4/8-bit blocks, bf16, CPU), the loader attaches
+``Transformer.native`` (native_forward.py) and both forwards hand it their rows: a decode step
+is then one C call over every layer. The torch code below stays the reference, and runs every
+other model (float32 mode, CUDA, other weights).
+
 Decode rows (one new token per sequence) take the engine's C attention (decode_attention.py)
 where it is built; with it and the block matmul (block_matmul.py), a sequence's logits are the
 same bits alone or in any batch. Prompt chunks, and every row without those kernels, take
@@ -23,7 +28,9 @@ rotates adjacent pairs, which gives the same attention as Hugging Face's layout.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +39,7 @@ from torch import Tensor, nn
 from llmtop.engine.decode_attention import cache_dtype, decode_attention
 from llmtop.engine.decode_attention import usable as decode_attention_usable
 from llmtop.engine.errors import ModelLoadError
-from llmtop.engine.kv_cache import CacheSlots, KVCache, RaggedStep
+from llmtop.engine.kv_cache import CacheSlots, KVCache, RaggedStep, Segment
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,10 +326,36 @@ class Block(nn.Module):
         return x + ffn
 
 
+class NativePath(Protocol):
+    """The same forwards on the engine's C kernels (native_forward.py), which the loader attaches
+    as ``Transformer.native`` where they run the model."""
+
+    def handles(self, cache: KVCache) -> bool: ...
+
+    def decode(self, tokens: Tensor, slot: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
+        """One token per row ([B] each): logits [B, V]."""
+        ...
+
+    def rows(
+        self,
+        tokens: Tensor,
+        slot: Tensor,
+        pos: Tensor,
+        n_decode: int,
+        segments: Sequence[Segment],
+        cache: KVCache,
+        logits_at: Tensor | None,
+    ) -> Tensor:
+        """Decode rows, then prompt segments ([N] each): logits at ``logits_at`` (None: all)."""
+        ...
+
+
 class Transformer(nn.Module):
     """The whole model: embeddings, blocks, final norm, LM head (tied or not)."""
 
     rope: Tensor  # a buffer (register_buffer): declared so that its type is known
+    native: NativePath | None = None
+    """Set by the loader where the C kernels run this model; the forwards below then take it."""
 
     def __init__(
         self,
@@ -397,6 +430,8 @@ class Transformer(nn.Module):
             float32 logits, [B, vocab] with ``last``, else [B, T, vocab].
         """
         assert tokens.shape == pos.shape and tokens.dim() == 2, (tokens.shape, pos.shape)
+        if self.native is not None and self.native.handles(cache):
+            return self._native_forward(tokens, pos, cache, slots, last, prompt, self.native)
         x = self.tok_embeddings(tokens).float()  # [B, T, dim], the residual stream stays float32
         rot = self.rope[pos].unsqueeze(2)  # [B, T, 1, d/2]
         mask = attention_mask(pos, slots.kv_len, self.heads, prompt, attention_dtype(cache.k))
@@ -421,6 +456,10 @@ class Transformer(nn.Module):
             float32 logits [R, vocab].
         """
         assert tokens.shape == step.pos.shape == step.slot_of.shape and tokens.dim() == 1
+        if self.native is not None and self.native.handles(cache):
+            return self.native.rows(
+                tokens, step.slot_of, step.pos, step.n_decode, step.segments, cache, logits_at
+            )
         x = self.tok_embeddings(tokens[None]).float()  # [1, N, dim]
         rot = self.rope[step.pos[None]].unsqueeze(2)  # [1, N, 1, d/2]
         decode_bias, kv_dtype = None, attention_dtype(cache.k)
@@ -438,3 +477,28 @@ class Transformer(nn.Module):
         x = F.rms_norm(x[0, logits_at], (self.cfg.dim,), self.norm, self.cfg.rms_eps)
         logits: Tensor = self.output(x.to(self.dtype))
         return logits.float()
+
+    def _native_forward(
+        self,
+        tokens: Tensor,
+        pos: Tensor,
+        cache: KVCache,
+        slots: CacheSlots,
+        last: Tensor | None,
+        prompt: bool,
+        native: NativePath,
+    ) -> Tensor:
+        """``forward`` on the C kernels: decode rows in one call; prompt rows (each row of
+        ``tokens`` a chunk at consecutive positions) as segments."""
+        b, t = tokens.shape
+        if t == 1 and not prompt:
+            logits = native.decode(tokens[:, 0], slots.index, pos[:, 0], cache)  # [B, V]
+            return logits if last is not None else logits[:, None]
+        first = pos[:, 0].tolist()
+        assert torch.equal(pos, pos[:, :1] + torch.arange(t, device=pos.device)), "not in order"
+        index = slots.index.tolist()
+        segments = [Segment(i * t, t, index[i], first[i]) for i in range(b)]
+        slot_of = slots.index.repeat_interleave(t)
+        at = None if last is None else last + torch.arange(b, device=last.device) * t
+        logits = native.rows(tokens.reshape(-1), slot_of, pos.reshape(-1), 0, segments, cache, at)
+        return logits if last is not None else logits.view(b, t, -1)

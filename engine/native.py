@@ -1,8 +1,10 @@
 """The engine's C kernels (native_*.c): compiled on first use, loaded with ctypes.
 
 Two kernels where torch's CPU ops cost the batched decode step most: the matmul over GGUF's
-4/8-bit blocks (block_matmul.py) and the decode attention (decode_attention.py). Both are
-written so that a row's result does not depend on the other rows in the batch.
+4/8-bit blocks (block_matmul.py) and the decode attention (decode_attention.py); and the
+fused forward built from them (native_forward.c, native_forward.py: a decode step's every
+layer in one call). All are written so that a row's result does not depend on the other rows
+in the batch.
 
 Built with the system's C compiler into the engine's cache directory ($LLMTOP_ENGINE_CACHE or
 the user cache dir, ``kernels/``; well under a second) and loaded with ctypes, which releases
@@ -29,7 +31,12 @@ from pathlib import Path
 
 from llmtop.engine.cache_dir import default_cache_dir
 
-SOURCES = [Path(__file__).with_name(n) for n in ("native_matmul.c", "native_attention.c")]
+SOURCES = [
+    Path(__file__).with_name(n)
+    for n in ("native_matmul.c", "native_attention.c", "native_forward.c")
+]
+HEADERS = [Path(__file__).with_name("native_kernels.h")]
+"""Included by the sources: part of what names a build, never compiled on their own."""
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512_vnni", "f16c", "fma")
 CFLAGS = [
     "-O3",
@@ -52,6 +59,16 @@ SIGNATURES = {
     "llmtop_block_matmul": [_I, _P, _P, _P, _I, _I, _P, _I, _P],
     # q_and_k, v, k_cache, v_cache, slot, pos, rows, n_slots, h, hkv, d, max_len, scale, out
     "llmtop_decode_attention": [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _F, _P],
+    # the fused forward (native_forward.py): model, cache, rows, x, slot, pos, logits, threads
+    "llmtop_forward_decode": [_P, _P, _I, _P, _P, _P, _P, _I],
+    # model, cache, layer, rows, x, slot, pos, qkv
+    "llmtop_layer_in": [_P, _P, _I, _I, _P, _P, _P, _P],
+    # model, cache, layer, rows, qkv, slot, pos, o
+    "llmtop_attend": [_P, _P, _I, _I, _P, _P, _P, _P],
+    # model, layer, rows, x, o
+    "llmtop_layer_out": [_P, _I, _I, _P, _P],
+    # model, rows, x, logits
+    "llmtop_logits": [_P, _I, _P, _P],
 }
 
 
@@ -124,7 +141,7 @@ def build_key(cc: str) -> str:
     digest = hashlib.sha256()
     for part in (cc, compiler_version(cc), *CFLAGS):
         digest.update(part.encode() + b"\0")
-    for src in SOURCES:
+    for src in [*SOURCES, *HEADERS]:
         digest.update(src.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -19,24 +19,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-/* e^x for x <= 0: x = n ln2 + r, |r| <= ln2 / 2, e^r by its Taylor polynomial to r^7
- * (relative error ~2e-8), times 2^n. */
-static inline __m512 exp_ps(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f)); /* below: 0 after scalef */
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
+#include "native_kernels.h"
 
 #define MAX_D 256  /* head_dim up to 256, in steps of 16 */
 #define MAX_G 16   /* query heads per kv head */
@@ -75,7 +58,7 @@ static inline __attribute__((always_inline)) void head_group(
         __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx)), sum = _mm512_setzero_ps();
         for (int l = 0; l < len; l += 16) {
             __mmask16 m = len - l >= 16 ? 0xFFFF : (__mmask16)((1u << (len - l)) - 1);
-            __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + l), top));
+            __m512 e = llmtop_exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + l), top));
             e = _mm512_maskz_mov_ps(m, e);
             _mm512_mask_storeu_ps(s + l, m, e);
             sum = _mm512_add_ps(sum, e);
@@ -107,6 +90,11 @@ static void one_head_group(const float *q, int g, int d, const uint16_t *keys,
     default: head_group(16, q, g, keys, values, len, scale, scores, out); break;
 #undef DV_CASE
     }
+}
+
+void llmtop_attend_head(const float *q, const uint16_t *keys, const uint16_t *values, int len,
+                        int d, float scale, float *scores, float *out) {
+    one_head_group(q, 1, d, keys, values, len, scale, scores, out);
 }
 
 /* q_and_k [rows, h + hkv, d] (queries then the new keys, rope applied), v [rows, hkv, d],

