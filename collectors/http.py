@@ -37,6 +37,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -262,12 +263,21 @@ class HttpClient:
             return resp.status, None
 
 
+def os_error_text(err: OSError) -> str | None:
+    """An OS error in words ("connection refused"); a failed name lookup says so ("unknown host:
+    name or service not known") where ``os.strerror`` of its negative code reads "unknown error -2"."""
+    if isinstance(err, socket.gaierror):
+        return f"unknown host: {(err.strerror or str(err)).lower()}"
+    if err.errno:
+        return os.strerror(err.errno).lower()
+    return None
+
+
 def connect_reason(e: aiohttp.ClientConnectorError) -> str:
     """ "connection refused" rather than asyncio's "Connect call failed ('127.0.0.1', 1234)"."""
     err = e.os_error
-    if isinstance(err, OSError) and err.errno:
-        return os.strerror(err.errno).lower()
-    return one_line(err).lower() or "connection failed"
+    text = os_error_text(err) if isinstance(err, OSError) else None
+    return text or one_line(err).lower() or "connection failed"
 
 
 def api_key_from_env(env_name: str | None, default: str = "OPENAI_API_KEY") -> str | None:

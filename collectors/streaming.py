@@ -28,7 +28,14 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from llmtop.collectors.http import HttpClient, SendTrace, connect_reason, error_from_body, one_line
+from llmtop.collectors.http import (
+    HttpClient,
+    SendTrace,
+    connect_reason,
+    error_from_body,
+    one_line,
+    os_error_text,
+)
 from llmtop.core.events import (
     ErrorKind,
     RequestFailed,
@@ -349,12 +356,12 @@ async def stream_request(
 def _os_cause(e: BaseException) -> str:
     """What an OS-level failure was, in words: "connection reset by peer", not aiohttp's
     "Can not write request body for URL"."""
+    for err in (e, e.__cause__ or e.__context__):
+        if isinstance(err, OSError) and (text := os_error_text(err)):
+            return text
     errno = getattr(e, "errno", None)
     if errno:
         return os.strerror(errno).lower()
-    cause = e.__cause__ or e.__context__
-    if isinstance(cause, OSError) and cause.errno:
-        return os.strerror(cause.errno).lower()
     return one_line(e) or type(e).__name__
 
 

@@ -191,3 +191,22 @@ async def test_a_kept_alive_connection_closed_under_us_is_retried_once(server, a
     assert first.peer == dropped.peer != retried.peer
     assert sink.kinds(2) == ["RequestStarted", "TokenReceived*", "RequestFinished"]
     assert sink.finished(2).t_start_ns > sink.started(2).t_ns  # t0 of the attempt that answered
+
+
+def test_os_errors_read_as_words_a_failed_lookup_included():
+    """A name that does not resolve says so, not ``os.strerror(-2)``'s "unknown error -2"."""
+    import errno
+    import socket
+
+    import aiohttp
+
+    from llmtop.collectors.http import connect_reason, os_error_text
+
+    lookup = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    assert os_error_text(lookup) == "unknown host: name or service not known"
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed")
+    assert os_error_text(refused) == "connection refused"
+    key = aiohttp.client_reqrep.ConnectionKey("not-a-host", 80, False, True, None, None, None)
+    assert connect_reason(aiohttp.ClientConnectorError(key, lookup)) == (
+        "unknown host: name or service not known"
+    )
