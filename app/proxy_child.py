@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from llmtop.collectors.engine import die_with_parent_hook
 from llmtop.core.errors import SourceError
 
 READY = re.compile(r"^llmtop proxy: listening on (\S+) -> (\S+) \((\w+)\), run #(\d+)$")
@@ -59,6 +60,9 @@ class ProxyChild:
             stderr=self._err,
             text=True,
             start_new_session=True,  # Ctrl-C in the terminal is the dashboard's to handle
+            # a dashboard killed outright (kill -9, its terminal closed) takes its proxy along,
+            # which then ends its run as on SIGTERM: no orphan left holding the port
+            preexec_fn=die_with_parent_hook(),
         )
         assert self._proc.stdout is not None
         deadline = time.monotonic() + timeout_s
@@ -71,6 +75,10 @@ class ProxyChild:
                 break
         self.stop()
         raise SourceError(self._why())
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
 
     @property
     def running(self) -> bool:

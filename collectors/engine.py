@@ -83,8 +83,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent_hook() -> Any:
-    """A ``preexec_fn`` asking Linux to SIGTERM the child when llmtop dies; ``None`` elsewhere."""
+def die_with_parent_hook() -> Any:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when llmtop dies; ``None`` elsewhere.
+
+    The signal follows the *thread* that starts the child: start it from one that lives as long
+    as the child should (the main thread, or a run's event loop thread)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -204,7 +207,7 @@ class EngineBackend:
         try:
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT, env=env,
-                process_group=0, preexec_fn=_die_with_parent_hook(),
+                process_group=0, preexec_fn=die_with_parent_hook(),
             )  # fmt: skip
         except OSError as e:
             raise SourceError(f"cannot start {LABEL} ({cmd[0]}): {e.strerror or e}") from None

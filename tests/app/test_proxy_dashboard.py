@@ -102,3 +102,35 @@ def test_llmtop_proxy_in_a_terminal_runs_its_own(fake_server, tmp_path, db_path)
     finally:
         con.close()
     assert run == ("observed", "finished") and reqs == 3
+
+
+HOLDER = """
+import sys, time
+from llmtop.app.proxy_child import ProxyChild
+child = ProxyChild(["--upstream", sys.argv[1], "--listen", "127.0.0.1:0", "--db", sys.argv[2]])
+child.start()
+print(child.pid, child.run_id, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_dashboard_killed_outright_takes_its_proxy_along(fake_server, db_path):
+    """kill -9 (or a closed terminal) gives the dashboard no time to stop its proxy: the kernel
+    tells the proxy (PR_SET_PDEATHSIG), which ends its run as on SIGTERM and frees its port."""
+    import psutil
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, fake_server.url, str(db_path)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout is not None
+    pid, run_id = map(int, holder.stdout.readline().split())
+    holder.kill()
+    holder.wait()
+    try:
+        proxy = psutil.Process(pid)
+        proxy.wait(60)  # a wait, not a bound: a busy machine takes seconds to end Python
+    except psutil.NoSuchProcess:
+        pass
+    conn = sqlite3.connect(db_path)
+    status = conn.execute("select status from runs where id = ?", (run_id,)).fetchone()[0]
+    conn.close()
+    assert status == "finished"
