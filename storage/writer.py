@@ -216,6 +216,15 @@ class EventWriter:
                     "update runs set status = ?, ended_at = ?, error = ? where id = ?",
                     [status, ended, error, run_id],
                 )
+                # A run without one model (a proxy's: its clients chose) is named by the models
+                # its requests asked for, most asked first, so `runs` and `--model` show it.
+                self._db.execute(
+                    "update runs set model = (select group_concat(model, ', ') from ("
+                    "select model from requests where run_id = ? and model is not null "
+                    "and model != '' group by model order by count(*) desc, model)) "
+                    "where id = ? and coalesce(model, '') = ''",
+                    [run_id, run_id],
+                )
                 if status != "finished":
                     self._db.execute(
                         "update requests set status = 'cancelled', error_kind = 'cancelled', "

@@ -167,7 +167,9 @@ def test_runs_report_and_export_read_an_observed_run(fake: FakeServer, tmp_path)
         assert pp.stop() == 0
     listed = run_llmtop("runs", "--db", str(db), "--json")
     assert listed.returncode == 0, listed.stderr
-    assert json.loads(listed.stdout)[0]["run"]["kind"] == "observed"
+    listed_run = json.loads(listed.stdout)[0]["run"]
+    assert listed_run["kind"] == "observed"
+    assert listed_run["model"] == MODEL  # the model its clients asked for, named at the end
     report = run_llmtop("report", str(pp.run_id), "--db", str(db))
     assert report.returncode == 0, report.stderr
     assert MODEL in report.stdout
