@@ -40,12 +40,19 @@ def test_repetition_penalty_steers_a_greedy_row_away_from_its_history():
     assert sample_rows(LOGITS[:1], [s], [[1]]) == [3]
 
 
-def test_the_same_seed_draws_the_same_tokens_whatever_the_other_rows_do():
-    p = SamplingParams(temperature=2.0, seed=5)
+@pytest.mark.parametrize("top_k", [0, 3], ids=["wide", "small-k"])
+def test_the_same_seed_draws_the_same_tokens_whatever_the_other_rows_do(top_k):
+    """Rows with a small top-k are drawn one by one, the others together: neither path may let
+    another row (of either kind) change a seeded row's draws."""
+    p = SamplingParams(temperature=2.0, top_k=top_k, seed=5)
     s = row_sampler(p)
     alone = [sample_rows(LOGITS[:1], [s], [()])[0] for _ in range(50)]
-    s, other = row_sampler(p), row_sampler(SamplingParams(temperature=2.0))
-    mixed = [sample_rows(LOGITS[:2], [s, other], [(), ()])[0] for _ in range(50)]
+    s = row_sampler(p)
+    others = [
+        row_sampler(SamplingParams(temperature=2.0)),
+        row_sampler(SamplingParams(temperature=1.0, top_k=2)),
+    ]
+    mixed = [sample_rows(LOGITS, [s, *others], [(), (), ()])[0] for _ in range(50)]
     assert mixed == alone
     assert len(set(alone)) > 1  # it really samples
 
