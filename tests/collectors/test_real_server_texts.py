@@ -10,6 +10,7 @@ import json
 import httpx
 import pytest
 from support.cli import run_llmtop
+from support.collect import collect_events
 from support.fake_personas import recorded, stream_body, stream_usage
 from support.servers import Behavior, FakeServer, Persona
 
@@ -80,29 +81,11 @@ def test_every_kind_has_a_table_and_the_same_words():
             assert s.type != "counter" or s.name.endswith("_total"), s.name
 
 
-async def collect_until(sampler, want, timeout=20):
-    got = []
-    enough = asyncio.Event()
-
-    def emit(ev):
-        got.append(ev)
-        if want(got):
-            enough.set()
-
-    task = asyncio.create_task(sampler.run(emit))
-    waiter = asyncio.create_task(enough.wait())
-    await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    task.cancel()
-    waiter.cancel()
-    await asyncio.gather(task, waiter, return_exceptions=True)
-    return got
-
-
 @pytest.mark.parametrize(("kind", "version"), [("llama.cpp", "b0-unknown"), ("vllm", "0.32.0")])
 async def test_sampler_identifies_the_server_and_its_version(kind, version):
     with FakeServer(persona=Persona(kind)) as srv:
         sampler = ServerMetricsSampler(3, srv.openai_url, "openai", hz=20)
-        got = await collect_until(sampler, lambda g: any(isinstance(e, ServerSampled) for e in g))
+        got = await collect_events(sampler, lambda g: any(isinstance(e, ServerSampled) for e in g))
     (ident,) = [e for e in got if isinstance(e, ServerIdentified)]
     assert (ident.kind, ident.version, ident.run_id) == (kind, version, 3)
     assert "generation_tokens_total" in ident.series

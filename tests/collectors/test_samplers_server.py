@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from support.collect import collect_events
 from support.servers import FakeServer, refused_url
 
 from llmtop.collectors.server_metrics import (
@@ -114,28 +115,10 @@ def test_server_root_strips_the_openai_path():
     assert server_root("http://h/proxy/v1") == "http://h/proxy"
 
 
-async def collect(sampler, want, timeout=30):
-    got = []
-    enough = asyncio.Event()
-
-    def emit(ev):
-        got.append(ev)
-        if want(got):
-            enough.set()
-
-    task = asyncio.create_task(sampler.run(emit))
-    waiter = asyncio.create_task(enough.wait())
-    await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    task.cancel()
-    waiter.cancel()
-    await asyncio.gather(task, waiter, return_exceptions=True)
-    return got
-
-
 async def test_sampler_reads_ps_and_metrics_of_a_live_server():
     with FakeServer() as srv:
         sampler = ServerMetricsSampler(4, srv.url, "engine", hz=20)
-        got = await collect(sampler, lambda g: {e.source for e in g if isinstance(e, ServerSampled)} >= {"ollama", "vllm"})  # fmt: skip
+        got = await collect_events(sampler, lambda g: {e.source for e in g if isinstance(e, ServerSampled)} >= {"ollama", "vllm"})  # fmt: skip
     by_source = {e.source: e for e in got if isinstance(e, ServerSampled)}
     assert by_source["vllm"].values["scrape_ms"] > 0
     assert by_source["ollama"].values["ollama:loaded_models"] == 1

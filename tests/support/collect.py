@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from llmtop.core.events import (
     Event,
@@ -88,3 +89,25 @@ class Sink:
         ev = self.final(request_id)
         assert isinstance(ev, RequestFailed), ev
         return ev
+
+
+async def collect_events(
+    sampler: Any, want: Callable[[list[Event]], bool], timeout: float = 30.0
+) -> list[Event]:
+    """Run ``sampler`` until what it emitted satisfies ``want`` (or ``timeout``: a wait, not a
+    bound), then stop it; everything it emitted."""
+    got: list[Event] = []
+    enough = asyncio.Event()
+
+    def emit(ev: Event) -> None:
+        got.append(ev)
+        if want(got):
+            enough.set()
+
+    task = asyncio.create_task(sampler.run(emit))
+    waiter = asyncio.create_task(enough.wait())
+    await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    task.cancel()
+    waiter.cancel()
+    await asyncio.gather(task, waiter, return_exceptions=True)
+    return got
