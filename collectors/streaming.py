@@ -19,7 +19,6 @@ import asyncio
 import codecs
 import json
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -359,9 +358,6 @@ def _os_cause(e: BaseException) -> str:
     for err in (e, e.__cause__ or e.__context__):
         if isinstance(err, OSError) and (text := os_error_text(err)):
             return text
-    errno = getattr(e, "errno", None)
-    if errno:
-        return os.strerror(errno).lower()
     return one_line(e) or type(e).__name__
 
 
