@@ -50,6 +50,12 @@ def e2e_ms(t_start_ns: int, t_end_ns: int) -> float:
     return (t_end_ns - t_start_ns) / NS_PER_MS
 
 
+def schedule_lag_ms(t_scheduled_ns: int, t_start_ns: int) -> float:
+    """Schedule lag of an open-loop request: how late it was written against when its schedule
+    had it due (MLPerf loadgen's measure of the load generator itself)."""
+    return (t_start_ns - t_scheduled_ns) / NS_PER_MS
+
+
 def tpot_ms(t_first_ns: int | None, t_last_ns: int | None, n: int) -> float | None:
     """Time per output token after the first: (tN - t1) / (n - 1), for n >= 2."""
     if t_first_ns is None or t_last_ns is None or n < 2:

@@ -601,7 +601,7 @@ def client_check(run: RunRow, rows: Sequence[dict[str, Any]]) -> ClientCheck | N
     """The run's stored self-check with the schedule lag of its open-loop requests (sent minus
     scheduled, warm-up excluded); ``None`` for a run recorded before llmtop kept one."""
     lags = [
-        (r["t_start_ns"] - r["t_scheduled_ns"]) / metrics.NS_PER_MS
+        metrics.schedule_lag_ms(r["t_scheduled_ns"], r["t_start_ns"])
         for r in rows
         if not r["warmup"] and r.get("t_scheduled_ns") is not None and r["t_start_ns"] is not None
     ]

@@ -139,3 +139,8 @@ def test_goodput():
     assert metrics.goodput(slo, []) is None
     # An empty answer has no TTFT and fails a TTFT objective.
     assert not metrics.meets_slo(slo, True, None, None, 10.0)
+
+
+def test_schedule_lag_is_sent_minus_due_in_ms():
+    assert metrics.schedule_lag_ms(1_000_000, 3_500_000) == 2.5
+    assert metrics.schedule_lag_ms(5_000_000, 4_000_000) == -1.0  # early: said as it is
