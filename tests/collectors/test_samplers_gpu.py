@@ -6,6 +6,7 @@ import asyncio
 import types
 
 import pytest
+from support.collect import collect_events
 
 from llmtop.collectors.gpu import GpuReading, GpuSampler, NvmlUnavailable, PynvmlNvml, inventory
 from llmtop.core.events import GpuSampled, SourceDown
@@ -52,21 +53,10 @@ TWO = [
 
 
 async def collect(sampler, n_samples, timeout=30):
-    got = []
-    enough = asyncio.Event()
-
-    def emit(ev):
-        got.append(ev)
-        if sum(isinstance(e, GpuSampled) for e in got) >= n_samples:
-            enough.set()
-
-    task = asyncio.create_task(sampler.run(emit))
-    done = asyncio.create_task(enough.wait())
-    await asyncio.wait({task, done}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    task.cancel()
-    done.cancel()
-    await asyncio.gather(task, done, return_exceptions=True)
-    return got
+    """Run ``sampler`` until it has taken ``n_samples`` GPU samples."""
+    return await collect_events(
+        sampler, lambda got: sum(isinstance(e, GpuSampled) for e in got) >= n_samples, timeout
+    )
 
 
 async def test_every_gpu_is_sampled_each_tick_with_none_for_what_it_lacks():
