@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 from faults_table import check_rows
 from support.cli import llmtop_exe
+from support.polling import wait_until
 from support.servers import Behavior, FakeServer
 
 from llmtop.storage.db import open_database
@@ -58,15 +59,6 @@ CASES = {
 
 def test_the_readme_lists_exactly_these_faults():
     check_rows("test_faults_durability.py", CASES)
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
-    """Poll ``cond`` (another process's doing: a file, a log) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        time.sleep(0.005)
 
 
 def record_cmd(srv: FakeServer, model: str, db: Path, *extra: str) -> list[str]:

@@ -24,6 +24,7 @@ import openai
 import psutil
 import pytest
 from faults_table import check_rows
+from support.polling import wait_until
 from support.proxy import ProxyProcess, start_proxy
 from support.servers import Behavior, FakeServer, refused_url
 
@@ -62,15 +63,6 @@ def _chunks(db: Path, run_id: int, request_id: int) -> int:
         return int(con.execute(q, [run_id, request_id]).fetchone()[0])
     finally:
         con.close()
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    """Poll ``cond`` (another process's doing) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        time.sleep(0.02)
 
 
 def _finish(pp: ProxyProcess) -> None:

@@ -11,7 +11,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 from faults_table import check_rows
 from support.cli import assert_one_line_error, llmtop_exe, run_llmtop, stderr_besides_self_check
+from support.polling import wait_until
 from support.servers import Behavior, FakeServer, refused_url
 
 from llmtop.storage import queries
@@ -31,15 +31,6 @@ TIMEOUT_S = 10.0
 REQUESTS = 8
 HANG = Behavior(tokens=10, fault="hang_mid_stream", fault_after=2, hold_s=60)
 """Request 3: two chunks, then silence until the server is stopped under it."""
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
-    """Poll ``cond`` (another process's doing: the server's log) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        time.sleep(0.005)
 
 
 def _url(srv: FakeServer | str, api: str) -> str:
