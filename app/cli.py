@@ -29,7 +29,6 @@ from llmtop.app.commands import (
     runs,
     scenarios,
     serve,
-    stubs,
 )
 from llmtop.core.errors import LlmtopError
 
@@ -154,5 +153,3 @@ main.add_command(record.record)
 main.add_command(proxy.proxy)
 main.add_command(scenarios.scenarios)
 main.add_command(doctor.doctor)
-for command in stubs.COMMANDS:
-    main.add_command(command)
