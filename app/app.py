@@ -335,7 +335,7 @@ def open_dashboard(db_path: str | None, theme: str | None, flags: dict[str, obje
     """
     import sys
 
-    from llmtop.app.commands.proxy import dashboard_proxy_args
+    from llmtop.app.commands.proxy_options import dashboard_proxy_args
     from llmtop.storage.db import open_database, resolve_db_path
 
     settings = RunFlags.from_options(flags)

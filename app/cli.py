@@ -7,6 +7,7 @@ line too, its traceback appended to the user log dir's crash.log.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -18,19 +19,14 @@ import click
 import platformdirs
 
 from llmtop import __version__
-from llmtop.app.commands import (
-    compare,
-    doctor,
-    export,
-    proxy,
-    record,
-    report,
-    run_options,
-    runs,
-    scenarios,
-    serve,
-)
+from llmtop.app.commands import proxy_options, run_options
 from llmtop.core.errors import LlmtopError
+
+COMMANDS = {name: name for name in
+            ("runs", "export", "serve", "report", "compare", "record", "proxy", "scenarios", "doctor")}  # fmt: skip
+"""Each subcommand's module under app/commands/ (its click command has the same name). They are
+imported when named, not at start: ``llmtop record`` then loads what recording needs, not the
+doctor's clients or the report's statistics (half a second of every short run's CPU)."""
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -40,7 +36,19 @@ def fail(message: str, code: int = 1) -> None:
 
 
 class LlmtopGroup(click.Group):
-    """Turns LlmtopError into one line on stderr, and Ctrl-C into a quiet exit."""
+    """Turns LlmtopError into one line on stderr, and Ctrl-C into a quiet exit; loads each
+    subcommand's module when that command is named (``COMMANDS``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | COMMANDS.keys())
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is None:
+            return super().get_command(ctx, cmd_name)
+        command = getattr(importlib.import_module(f"llmtop.app.commands.{module}"), cmd_name)
+        assert isinstance(command, click.Command)
+        return command
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         """A bad dashboard flag (``llmtop --requests 0``) is one line too, exit 2."""
@@ -126,7 +134,7 @@ def internal_error(e: Exception) -> None:
               help="Dashboard theme: llmtop-dark, llmtop-light, llmtop-high-contrast, yours.")  # fmt: skip
 @run_options.backend_options
 @run_options.run_options
-@proxy.dashboard_options
+@proxy_options.dashboard_options
 @click.pass_context
 def main(ctx: click.Context, db_path: str | None, theme: str | None, **flags: Any) -> None:
     """htop for LLM inference: live TTFT, TPS, latency and resources of any model server.
@@ -142,14 +150,3 @@ def main(ctx: click.Context, db_path: str | None, theme: str | None, **flags: An
         from llmtop.app.app import open_dashboard
 
         open_dashboard(db_path, theme, flags)
-
-
-main.add_command(runs.runs)
-main.add_command(export.export)
-main.add_command(serve.serve)
-main.add_command(report.report)
-main.add_command(compare.compare)
-main.add_command(record.record)
-main.add_command(proxy.proxy)
-main.add_command(scenarios.scenarios)
-main.add_command(doctor.doctor)

@@ -29,11 +29,10 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import ollama
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmtop.core.events import ServerIdentified, ServerSampled, SourceDown
@@ -50,6 +49,9 @@ from llmtop.core.server_series import (
     metrics_flag,
     series_read,
 )
+
+if TYPE_CHECKING:
+    import ollama  # imported where an Ollama endpoint is polled: 0.1 s of every start otherwise
 
 DEFAULT_HZ = 1.0
 MAX_BACKOFF_S = 30.0
@@ -326,6 +328,8 @@ class ServerMetricsSampler:
 
     async def _poll_ollama(self, ep: _Endpoint, emit: Emit) -> None:
         """``/api/ps`` through the official ``ollama`` client (its models and memory)."""
+        import ollama
+
         assert self._ollama is not None
         t_sent = self.clock()
         try:
@@ -469,6 +473,8 @@ class ServerMetricsSampler:
         try:
             client = httpx.AsyncClient(timeout=timeout, transport=self.transport, verify=verify)
             if any(ep.name == "ollama" for ep in self.endpoints):
+                import ollama  # before ``ready``: no request is in flight yet
+
                 self._ollama = ollama.AsyncClient(
                     host=self.root, timeout=timeout, transport=self.transport, verify=verify
                 )

@@ -6,11 +6,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from sqlite_utils import Database
 
 from llmtop.core.errors import UsageError
 from llmtop.storage import queries
-from llmtop.storage.db import open_database
+from llmtop.storage.db import Database, open_database
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -12,13 +12,13 @@ import click
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
-from sqlite_utils import Database
 
 from llmtop.app.commands.common import db_option, open_db
 from llmtop.core import fmt
 from llmtop.core.errors import UsageError
 from llmtop.core.fmt import local_time
 from llmtop.storage import queries
+from llmtop.storage.db import Database
 from llmtop.storage.maintenance import delete_runs
 from llmtop.storage.queries import RunRow
 

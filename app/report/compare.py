@@ -19,13 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sqlite_utils import Database
-
 from llmtop.app.report import noise
 from llmtop.core import fmt, metrics
 from llmtop.core.errors import UsageError
 from llmtop.core.metrics import Slo
 from llmtop.storage import queries
+from llmtop.storage.db import Database
 from llmtop.storage.queries import RunRow, StepSummary
 
 Better = Literal["lower", "higher"] | None

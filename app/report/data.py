@@ -6,10 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlite_utils import Database
-
 from llmtop.core.errors import UsageError
 from llmtop.storage import queries
+from llmtop.storage.db import Database
 from llmtop.storage.queries import Histogram, RunSummary, StepSummary
 
 Dimension = Literal["prompt", "temperature", "concurrency", "rate", "time"]

@@ -39,7 +39,8 @@ FORBIDDEN_THIRD_PARTY: dict[str, set[str]] = {
     "collectors": {"textual", "torch", "sqlite_utils", "sqlite3"},
     "live": {"textual", "httpx", "aiohttp", "sqlite_utils", "sqlite3", "torch"},
     "scenarios": {"textual", "torch", "httpx", "aiohttp", "sqlite_utils"},
-    "recorder": {"textual", "torch"},
+    "recorder": {"textual", "torch", "sqlite_utils"},
+    "app": {"sqlite_utils"},
     "engine": {"textual", "httpx", "sqlite_utils", "aiohttp", "click", "rich"},
 }
 
@@ -204,6 +205,16 @@ IMPORT_NAME = {
     "prometheus-client": "prometheus_client",
 }
 """Distribution names whose import name differs."""
+
+
+def test_sqlite_utils_loads_without_numpy_and_numpy_still_imports():
+    """storage/__init__.py loads sqlite-utils with numpy hidden (a tenth of a short record's
+    CPU); only storage imports sqlite-utils, so every command gets that import, and numpy is
+    importable afterwards (the engine's torch needs it)."""
+    code = ("import sys; from llmtop.app.commands import record; print('numpy' in sys.modules); "
+            "import numpy; print(numpy.zeros(2).sum() == 0)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
 
 
 def test_every_runtime_dependency_does_real_work():
