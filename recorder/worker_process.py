@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -18,6 +19,7 @@ from typing import Any
 
 from llmtop.core.errors import LlmtopError
 from llmtop.core.events import Event
+from llmtop.recorder.fd_room import make_room_for_sockets
 from llmtop.recorder.loop_probe import LoopProbe, new_event_loop
 from llmtop.recorder.plan import RecordPlan
 from llmtop.recorder.runner import Runner, Share, StepOutcome
@@ -47,6 +49,8 @@ def worker_entry(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the recording decides when the run stops
     conn = Connection(fd)
     setup: WorkerSetup = conn.recv()
+    make_room_for_sockets(0)  # its streams' share is not known yet: the table's usual minimum
+    gc.freeze()  # its imports live as long as it does: out of the collector's way (recording.py)
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(Worker(conn, setup).serve())
 

@@ -8,6 +8,7 @@ Ctrl-C or SIGTERM ends the run ``finished`` (exit 0); a second one quits at once
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from llmtop.app.commands.common import db_option, db_path_of
 from llmtop.app.commands.run_options import OneLineErrors
 from llmtop.core.errors import SourceError
 from llmtop.core.metrics import Slo
+from llmtop.recorder.fd_room import make_room_for_sockets
 from llmtop.recorder.proxy_run import (
     BACKENDS,
     ProxyPlan,
@@ -102,6 +104,8 @@ def proxy(
         sample_hz=sample_hz,
     )  # fmt: skip
     run = ProxyRun(plan, db_path_of(ctx, db_path))
+    make_room_for_sockets(0)  # its clients' connections, before its threads start
+    gc.freeze()  # what is loaded lives as long as the proxy: out of the collector's way
     result, shown = asyncio.run(_serve(run))
     for warning in run.warnings[shown:]:
         click.echo(f"llmtop: warning: {warning}", err=True)
