@@ -1,8 +1,9 @@
 """One streamed request, from the POST to its last event: per-request state, the watchdog, the
 read loop. Shared by the Ollama (NDJSON) and OpenAI (SSE) backends, which bring a parser.
 
-How chunks are timestamped: one ``perf_counter_ns()`` per socket read; every line in that read
-arrived together and shares it. A read is decoded once (incremental UTF-8, so a character split
+How chunks are timestamped: one stamp per socket read, when the loop learned its bytes had
+arrived (core/arrival.py; ``perf_counter_ns()`` at the resume on loops that cannot say); every
+line in that read arrived together and shares it. A read is decoded once (incremental UTF-8, so a character split
 across reads is fine) and split into lines; per line there is only the JSON parse and the event.
 
 Timeouts: a watchdog timer per request, re-armed only when it fires, checks the time of the last
@@ -35,6 +36,7 @@ from llmtop.collectors.http import (
     one_line,
     os_error_text,
 )
+from llmtop.core.arrival import arrival_clock
 from llmtop.core.events import (
     ErrorKind,
     RequestFailed,
@@ -532,7 +534,7 @@ async def read_stream(
     """
     decode = codecs.getincrementaldecoder("utf-8")().decode
     feed = parser.feed
-    perf = time.perf_counter_ns
+    perf = arrival_clock()
     buf = ""
     try:
         while True:
