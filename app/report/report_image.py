@@ -109,13 +109,13 @@ def _header(data: ReportData) -> Block:
 
     def paint(sub: SubFigure) -> None:
         top = 1 - 0.12 / height
-        sub.text(0.01, top, title, fontsize=TITLE_PT, weight="bold", va="top")
+        sub.text(0.01, top, svg_charts.shown(title), fontsize=TITLE_PT, weight="bold", va="top")
         for i, (line, strong) in enumerate(lines):
             y = top - (0.42 + LINE_IN * i) / height
             sub.text(
                 0.01,
                 y,
-                line,
+                svg_charts.shown(line),
                 fontsize=TEXT_PT,
                 va="top",
                 color=svg_charts.INK if strong else svg_charts.MUTED,
@@ -170,7 +170,7 @@ def _message(text: str, red: bool = False) -> Block:
         sub.text(
             0.01,
             0.5,
-            text,
+            svg_charts.shown(text),
             fontsize=TEXT_PT + 1,
             va="center",
             color=svg_charts.COLORS["red"] if red else svg_charts.INK,
@@ -183,9 +183,18 @@ def _section(section: ChartSection) -> list[Block]:
     height = SECTION_IN + (LINE_IN if section.note else 0.0)
 
     def heading(sub: SubFigure) -> None:
-        sub.text(0.01, 1 - 0.1 / height, section.heading, fontsize=12.5, weight="bold", va="top")
+        sub.text(
+            0.01,
+            1 - 0.1 / height,
+            svg_charts.shown(section.heading),
+            fontsize=12.5,
+            weight="bold",
+            va="top",
+        )
         if section.note:
-            sub.text(0.01, 1 - 0.42 / height, section.note, fontsize=TEXT_PT, va="top")
+            sub.text(
+                0.01, 1 - 0.42 / height, svg_charts.shown(section.note), fontsize=TEXT_PT, va="top"
+            )
 
     blocks: list[Block] = [(height, heading)]
     for row in section.rows:

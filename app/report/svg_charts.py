@@ -127,8 +127,15 @@ def _tick_format(ax: Axes, axis: str = "y") -> None:
     (ax.yaxis if axis == "y" else ax.xaxis).set_major_formatter(TickFormatter())
 
 
+def shown(text: str) -> str:
+    """Text as a chart can draw it: a run name, model or step is the user's (or a server's)
+    and may hold tabs or line breaks, which the fonts have no glyph for."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else " " for c in text)
+
+
 def _title(ax: Axes, title: str) -> None:
     """The chart's title, wrapped to the axes' figure width (a long one would be cut off)."""
+    title = shown(title)
     fig = ax.figure  # a chart's own figure, or its part of the whole report's
     fig_width_pt = fig.bbox.width * 72 / fig.dpi
     chars = max(int(fig_width_pt / (0.62 * float(STYLE["axes.titlesize"]))), 20)
@@ -143,7 +150,7 @@ def _reference_lines(ax: Axes, markers: Sequence[Marker], vertical: bool) -> Non
             color=color(m.color),
             linestyle="--",
             linewidth=1.3,
-            label=f"{m.label} {fmt.num(m.value)}",
+            label=shown(f"{m.label} {fmt.num(m.value)}"),
         )
 
 
@@ -156,7 +163,7 @@ def note(ax: Axes, title: str, reason: str) -> None:
     """A chart that has nothing to draw says why, in the chart's place."""
     _title(ax, title)
     ax.set_axis_off()
-    ax.text(0.5, 0.5, reason, ha="center", va="center", color=MUTED, transform=ax.transAxes)
+    ax.text(0.5, 0.5, shown(reason), ha="center", va="center", color=MUTED, transform=ax.transAxes)
 
 
 def histogram(ax: Axes, c: HistogramChart) -> None:
@@ -232,7 +239,7 @@ def line(ax: Axes, c: LineChart) -> None:
             marker="o",
             markersize=4.5,
             linewidth=1.8,
-            label=s.name,
+            label=shown(s.name),
             clip_on=False,
         )
         top = max(top, *(y for _, y in pts))
@@ -259,14 +266,14 @@ def bars(ax: Axes, c: BarChart) -> None:
     if c.stacked or len(c.series) == 1:
         left = [0.0] * len(ys)
         for s, vals in zip(c.series, values, strict=True):
-            ax.barh(ys, vals, left=left, height=0.6, color=color(s.color), label=s.name)
+            ax.barh(ys, vals, left=left, height=0.6, color=color(s.color), label=shown(s.name))
             left = [a + b for a, b in zip(left, vals, strict=True)]
         ends = list(zip(ys, left, strict=True))
     else:
         size = 0.8 / len(c.series)
         for i, (s, vals) in enumerate(zip(c.series, values, strict=True)):
             at = [y - 0.4 + size * (i + 0.5) for y in ys]
-            ax.barh(at, vals, height=size, color=color(s.color), label=s.name)
+            ax.barh(at, vals, height=size, color=color(s.color), label=shown(s.name))
             ends += list(zip(at, vals, strict=True))
     for y, x in ends:
         # an offset, not a leading space: SVG viewers collapse leading whitespace
@@ -281,7 +288,7 @@ def bars(ax: Axes, c: BarChart) -> None:
         )
     top = max(x for _, x in ends) or 1.0
     ax.set_xlim(0, top * 1.22)  # room right of the longest bar for its value
-    ax.set_yticks(ys, list(c.labels))
+    ax.set_yticks(ys, [shown(label) for label in c.labels])
     ax.invert_yaxis()
     ax.grid(axis="y", visible=False)
     ax.tick_params(axis="y", length=0)
@@ -327,7 +334,7 @@ def chart_figure(chart: Chart, *, width_in: float, height_in: float) -> Figure:
 
 def metadata(title: str) -> dict[str, Any]:
     """The SVG's ``<title>`` (its accessible name); no date, so a file is reproducible."""
-    return {"Title": title, "Creator": "llmtop", "Date": None, "Type": None, "Format": None}
+    return {"Title": shown(title), "Creator": "llmtop", "Date": None, "Type": None, "Format": None}
 
 
 def figure_svg(fig: Figure, title: str) -> str:
