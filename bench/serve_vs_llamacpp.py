@@ -128,7 +128,7 @@ def body(prompt: str, max_tokens: int, stream: bool = False, sampled: bool = Fal
         "prompt": prompt,
         "max_tokens": max_tokens,
         "temperature": 0.0,
-        "ignore_eos": True,  # llama-server's; llmtop serve reads no such field (EOS is rare here)
+        "ignore_eos": True,  # both servers: every request makes NEW_TOKENS tokens
         "stream": stream,
         **(SAMPLED if sampled else {}),
     }
