@@ -11,11 +11,14 @@ started by this script and stopped after its measurements. Both get the OpenAI
   cache holds it), streamed; seconds until the first chunk with text;
 - decode: the server's own decode speed where it reports one (llama-server's
   ``timings.predicted_per_second``, the mean over the c1 requests);
-- sampled / greedy: ``--sampled`` pairs of streamed c1 requests, one greedy and one sampled
-  (temperature 0.8, top-p 0.95), alternating which goes first; TPOT = the time from the first
-  chunk with text to the last, over the chunks after the first; the ratio of the medians.
+- sampled / greedy (``llmtop serve`` only): ``--sampled`` pairs of streamed c1 requests, one
+  greedy and one sampled (temperature 0.8, top-p 0.95), alternating which goes first; TPOT = the
+  time from the first chunk with text to the last, over the chunks after the first; the ratio
+  of the medians. Not llama-server: the build here slowed from 10 to ~280 ms a token over eight
+  such streams (greedy ones too) and then dropped its connections.
 Servers: ``llama-server --parallel 8 -t THREADS --cont-batching -c 8192`` and ``llmtop serve
---max-batch 8`` with its defaults (what a user runs; ``--threads`` only when given here). The
+--max-batch 8`` with its defaults (what a user runs; ``--threads`` only when given here), each
+with its own OpenMP wait policy (the one llmtop.engine sets for this process is not passed on). The
 whole pair is repeated ``--rounds`` times, alternating which goes first; each number printed is
 the median over rounds, with the range. This machine is shared: compare within one run.
 
@@ -64,7 +67,10 @@ def llama_server(exe: Path, gguf: Path, threads: int) -> Iterator[str]:
     port = free_port()
     cmd = [str(exe), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--parallel", "8", "-t", str(threads), "--cont-batching", "-c", "8192"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Not llmtop.engine's OMP_WAIT_POLICY=PASSIVE (set in this process by the import above):
+    # llama-server's OpenMP threads would sleep between its ops, 34 against ~102 tok/s here.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -191,15 +197,15 @@ async def measure(url: str, c1: int, c8: int, sampled: int, tag: str) -> dict:
             t = time.perf_counter()
             done = await asyncio.gather(*(complete(s, url, p) for p in PROMPTS))
             rounds.append(sum(n for n, _ in done) / (time.perf_counter() - t))
-        firsts = [
-            await ttft(s, url, f"Note {tag}-{i}: summarise the text below.\n") for i in range(3)
-        ]
         tpots: dict[bool, list[float]] = {False: [], True: []}
         for i in range(sampled):
             for kind in (False, True) if i % 2 == 0 else (True, False):
                 t = await tpot(s, url, PROMPTS[i % len(PROMPTS)], kind)
                 if t is not None:
                     tpots[kind].append(t)
+        firsts = [
+            await ttft(s, url, f"Note {tag}-{i}: summarise the text below.\n") for i in range(3)
+        ]
     greedy_ms = statistics.median(tpots[False]) * 1e3 if tpots[False] else None
     sampled_ms = statistics.median(tpots[True]) * 1e3 if tpots[True] else None
     return {
@@ -248,7 +254,8 @@ def main() -> None:
             else:
                 server = llmtop_serve(gguf, args.threads, name == "llmtop-torch")
             with server as url:
-                res = asyncio.run(measure(url, args.c1, args.c8, args.sampled, f"{r}{name}"))
+                pairs = 0 if name == "llama-server" else args.sampled
+                res = asyncio.run(measure(url, args.c1, args.c8, pairs, f"{r}{name}"))
             results[name].append(res)
             print(f"round {r + 1} {name}: {json.dumps(res)}", file=sys.stderr, flush=True)
     if args.json:
@@ -273,7 +280,7 @@ def main() -> None:
         f"sampled (temperature {SAMPLED['temperature']}, top-p {SAMPLED['top_p']}) / greedy, "
         "TPOT of one streamed request (whole process, through HTTP):"
     )
-    for name in results:
+    for name in (n for n in results if n != "llama-server"):
         print(
             f"  {name:14s} {cell(name, 'sampled_over_greedy', '.3f')}x "
             f"(greedy {cell(name, 'tpot_greedy_ms', '.2f')} ms, "
