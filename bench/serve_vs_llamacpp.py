@@ -10,9 +10,15 @@ started by this script and stopped after its measurements. Both get the OpenAI
 - TTFT: a ~500-token prompt (a different first line each time, so neither server's prefix
   cache holds it), streamed; seconds until the first chunk with text;
 - decode: the server's own decode speed where it reports one (llama-server's
-  ``timings.predicted_per_second``, the mean over the c1 requests).
+  ``timings.predicted_per_second``, the mean over the c1 requests);
+- sampled / greedy (``llmtop serve`` only): ``--sampled`` pairs of streamed c1 requests, one
+  greedy and one sampled (temperature 0.8, top-p 0.95), alternating which goes first; TPOT = the
+  time from the first chunk with text to the last, over the chunks after the first; the ratio
+  of the medians. Not llama-server: the build here slowed from 10 to ~280 ms a token over eight
+  such streams (greedy ones too) and then dropped its connections.
 Servers: ``llama-server --parallel 8 -t THREADS --cont-batching -c 8192`` and ``llmtop serve
---max-batch 8`` with its defaults (what a user runs; ``--threads`` only when given here). The
+--max-batch 8`` with its defaults (what a user runs; ``--threads`` only when given here), each
+with its own OpenMP wait policy (the one llmtop.engine sets for this process is not passed on). The
 whole pair is repeated ``--rounds`` times, alternating which goes first; each number printed is
 the median over rounds, with the range. This machine is shared: compare within one run.
 
@@ -61,7 +67,10 @@ def llama_server(exe: Path, gguf: Path, threads: int) -> Iterator[str]:
     port = free_port()
     cmd = [str(exe), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--parallel", "8", "-t", str(threads), "--cont-batching", "-c", "8192"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Not llmtop.engine's OMP_WAIT_POLICY=PASSIVE (set in this process by the import above):
+    # llama-server's OpenMP threads would sleep between its ops, 34 against ~102 tok/s here.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -115,14 +124,19 @@ def llmtop_serve(gguf: Path, threads: int | None, torch_forward: bool = False) -
         proc.wait(30)
 
 
-def body(prompt: str, max_tokens: int, stream: bool = False) -> dict:
+SAMPLED = {"temperature": 0.8, "top_p": 0.95}
+"""What a sampled request asks for (OpenAI's fields; no top-k, as an OpenAI client sends)."""
+
+
+def body(prompt: str, max_tokens: int, stream: bool = False, sampled: bool = False) -> dict:
     return {
         "model": "smollm2",
         "prompt": prompt,
         "max_tokens": max_tokens,
         "temperature": 0.0,
-        "ignore_eos": True,  # llama-server's; llmtop serve reads no such field (EOS is rare here)
+        "ignore_eos": True,  # both servers: every request makes NEW_TOKENS tokens
         "stream": stream,
+        **(SAMPLED if sampled else {}),
     }
 
 
@@ -148,7 +162,26 @@ async def ttft(s: aiohttp.ClientSession, url: str, first_line: str) -> float:
     raise RuntimeError("no text streamed")
 
 
-async def measure(url: str, c1: int, c8: int, tag: str) -> dict:
+async def tpot(s: aiohttp.ClientSession, url: str, prompt: str, sampled: bool) -> float | None:
+    """One streamed request: seconds per chunk with text after the first (None: fewer than 2)."""
+    first = last = None
+    n = 0
+    async with s.post(url + "/v1/completions", json=body(prompt, NEW_TOKENS, True, sampled)) as r:
+        r.raise_for_status()
+        async for raw in r.content:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            if json.loads(line[6:])["choices"][0].get("text"):
+                last = time.perf_counter()
+                if first is None:
+                    first = last
+                else:
+                    n += 1
+    return (last - first) / n if first is not None and last is not None and n else None
+
+
+async def measure(url: str, c1: int, c8: int, sampled: int, tag: str) -> dict:
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as s:
         await complete(s, url, "Hello")  # warm-up
@@ -164,14 +197,25 @@ async def measure(url: str, c1: int, c8: int, tag: str) -> dict:
             t = time.perf_counter()
             done = await asyncio.gather(*(complete(s, url, p) for p in PROMPTS))
             rounds.append(sum(n for n, _ in done) / (time.perf_counter() - t))
+        tpots: dict[bool, list[float]] = {False: [], True: []}
+        for i in range(sampled):
+            for kind in (False, True) if i % 2 == 0 else (True, False):
+                t = await tpot(s, url, PROMPTS[i % len(PROMPTS)], kind)
+                if t is not None:
+                    tpots[kind].append(t)
         firsts = [
             await ttft(s, url, f"Note {tag}-{i}: summarise the text below.\n") for i in range(3)
         ]
+    greedy_ms = statistics.median(tpots[False]) * 1e3 if tpots[False] else None
+    sampled_ms = statistics.median(tpots[True]) * 1e3 if tpots[True] else None
     return {
         "c1_tps": c1_tps,
         "c8_tps": statistics.median(rounds),
         "ttft_s": statistics.median(firsts),
         "decode_tps": statistics.mean(speeds) if speeds else None,
+        "tpot_greedy_ms": greedy_ms,
+        "tpot_sampled_ms": sampled_ms,
+        "sampled_over_greedy": sampled_ms / greedy_ms if greedy_ms and sampled_ms else None,
     }
 
 
@@ -189,6 +233,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--c1", type=int, default=3, help="sequential requests per round")
     ap.add_argument("--c8", type=int, default=2, help="rounds of 8 concurrent requests")
+    ap.add_argument(
+        "--sampled", type=int, default=4, help="pairs of streamed greedy and sampled requests"
+    )
     ap.add_argument("--torch-forward", action="store_true", help="also llmtop's torch forward")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -207,7 +254,8 @@ def main() -> None:
             else:
                 server = llmtop_serve(gguf, args.threads, name == "llmtop-torch")
             with server as url:
-                res = asyncio.run(measure(url, args.c1, args.c8, f"{r}{name}"))
+                pairs = 0 if name == "llama-server" else args.sampled
+                res = asyncio.run(measure(url, args.c1, args.c8, pairs, f"{r}{name}"))
             results[name].append(res)
             print(f"round {r + 1} {name}: {json.dumps(res)}", file=sys.stderr, flush=True)
     if args.json:
@@ -227,6 +275,16 @@ def main() -> None:
         print(
             f"{name:14s} {cell(name, 'c1_tps', '.1f'):>20s} {cell(name, 'c8_tps', '.1f'):>20s} "
             f"{cell(name, 'ttft_s', '.3f'):>22s} {cell(name, 'decode_tps', '.1f'):>20s}"
+        )
+    print(
+        f"sampled (temperature {SAMPLED['temperature']}, top-p {SAMPLED['top_p']}) / greedy, "
+        "TPOT of one streamed request (whole process, through HTTP):"
+    )
+    for name in (n for n in results if n != "llama-server"):
+        print(
+            f"  {name:14s} {cell(name, 'sampled_over_greedy', '.3f')}x "
+            f"(greedy {cell(name, 'tpot_greedy_ms', '.2f')} ms, "
+            f"sampled {cell(name, 'tpot_sampled_ms', '.2f')} ms)"
         )
     med = {
         n: {k: statistics.median(x[k] for x in results[n]) for k in ("c1_tps", "c8_tps", "ttft_s")}

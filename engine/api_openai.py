@@ -1,7 +1,8 @@
 """The OpenAI API over the engine: /v1/chat/completions, /v1/completions, /v1/models, as vLLM
 serves them (SSE ending in ``data: [DONE]``, ``stream_options.include_usage``, OpenAI's error
-object, vLLM's ``top_k`` extension). Unlike vLLM, a ``max_tokens`` beyond the context is not a
-400: the output stops when the context is full (``finish_reason: length``), as in the Ollama API.
+object, vLLM's ``top_k`` and ``ignore_eos`` extensions). Unlike vLLM, a ``max_tokens`` beyond
+the context is not a 400: the output stops when the context is full (``finish_reason:
+length``), as in the Ollama API.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def sampling_params(
         seed=opt_int(body, "seed", lo=SEED_MIN, hi=SEED_MAX),
         stop=stop_list(body, "stop", max_items=4),
         logprobs=logprobs,
+        ignore_eos=opt_bool(body, "ignore_eos") or False,  # vLLM's and llama-server's extension
     )
 
 

@@ -36,6 +36,9 @@ class SamplingParams:
     """Ollama's ``repeat_penalty``; 1 is off."""
     logprobs: int | None = None
     """Report each token's log-probability and this many top alternatives; ``None``: off."""
+    ignore_eos: bool = False
+    """Go on past end-of-sequence tokens until ``max_tokens`` (vLLM's and llama-server's
+    extension: benchmarks ask for it so that every request makes the same number of tokens)."""
 
     @property
     def greedy(self) -> bool:

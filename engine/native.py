@@ -3,7 +3,8 @@
 Two kernels where torch's CPU ops cost the batched decode step most: the matmul over GGUF's
 4/8-bit blocks (block_matmul.py) and the decode attention (decode_attention.py); and the
 fused forward built from them (native_forward.c, native_forward.py: a decode step's every
-layer in one call). All are written so that a row's result does not depend on the other rows
+layer in one call); and the sampler that picks each row's next token from the step's logits
+(native_sample.c, sampler_rows.py). All are written so that a row's result does not depend on the other rows
 in the batch.
 
 Built with the system's C compiler into the engine's cache directory ($LLMTOP_ENGINE_CACHE or
@@ -33,7 +34,7 @@ from llmtop.engine.cache_dir import default_cache_dir
 
 SOURCES = [
     Path(__file__).with_name(n)
-    for n in ("native_matmul.c", "native_attention.c", "native_forward.c")
+    for n in ("native_matmul.c", "native_attention.c", "native_forward.c", "native_sample.c")
 ]
 HEADERS = [Path(__file__).with_name("native_kernels.h")]
 """Included by the sources: part of what names a build, never compiled on their own."""
@@ -69,6 +70,9 @@ SIGNATURES = {
     "llmtop_layer_out": [_P, _I, _I, _P, _P],
     # model, rows, x, logits
     "llmtop_logits": [_P, _I, _P, _P],
+    # the sampler (sampler_rows.py): logits, rows, vocab, temperature, top_k, top_p, u, scratch,
+    # tokens
+    "llmtop_sample_rows": [_P, _I, _I, _P, _P, _P, _P, _P, _P],
 }
 
 
@@ -178,4 +182,6 @@ def library() -> ctypes.CDLL | None:
     for name, args in SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, ctypes.c_int
+    lib.llmtop_sample_scratch_bytes.argtypes = [_I]
+    lib.llmtop_sample_scratch_bytes.restype = ctypes.c_size_t
     return lib

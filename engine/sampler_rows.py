@@ -10,17 +10,26 @@ sampler of engine/sampling.py took ~1.4 ms (temperature) to ~3.7 ms (top-p) per 
 batch 8 was more than the forward itself. The filters are the same as engine/sampling.py's
 (penalty, then temperature, then top-k, then top-p), so the distribution is the same; the
 numbers a seed draws differ from ``generate``'s, which keeps its one-row sampler.
+
+Where the engine's C kernels run (engine/native.py), every row of a batch is picked in one C
+call instead (native_sample.c: the same filters, the same order of candidates, a few vectorised
+passes per row). Measured in-process here, ``sample_rows`` per step: one top-p row 1.75 ->
+0.16 ms, eight 4.2 -> 0.45 ms, a greedy batch of 8 0.6 -> 0.18 ms; and the forward after a
+sampled step no longer pays ~0.4 ms for the OpenMP wake-ups of torch's ops. The tensor paths
+below remain for machines without the kernels.
 """
 
 from __future__ import annotations
 
 import bisect
+import ctypes
 import math
+import threading
 from collections.abc import Sequence
 
 import torch
 
-from llmtop.engine import sampling
+from llmtop.engine import native, sampling
 from llmtop.engine.jobs import SamplingParams
 
 CANDIDATES = 1024
@@ -51,6 +60,9 @@ def sample_rows(
 ) -> list[int]:
     """One token id per row of ``logits`` ``[B, V]``; ``histories`` feed repetition penalties."""
     assert logits.dim() == 2 and logits.shape[0] == len(samplers) == len(histories)
+    lib = native.library()
+    if lib is not None and logits.device.type == "cpu":
+        return _sample_native(lib, logits, samplers, histories)
     out = logits.argmax(dim=-1).tolist()  # greedy for every row first: one op for the batch
     rows = [i for i, s in enumerate(samplers) if s is not None]
     if not rows:
@@ -77,6 +89,61 @@ def sample_rows(
         for j, token in zip(wide, tokens, strict=True):
             out[rows[j]] = token
     return out
+
+
+_local = threading.local()
+"""native_sample.c's scratch, per thread (the scheduler's is the one that samples while
+serving) and vocabulary size: allocated once, not per step."""
+
+
+def _sample_native(
+    lib: ctypes.CDLL,
+    logits: torch.Tensor,
+    samplers: Sequence[sampling.Sampler | None],
+    histories: Sequence[Sequence[int]],
+) -> list[int]:
+    """``sample_rows`` in one call of native_sample.c (see the module docstring)."""
+    x = logits.float().contiguous()  # [B, V]
+    b, vocab = x.shape
+    penalised = [
+        j for j, s in enumerate(samplers) if s is not None and s.params.repetition_penalty != 1.0
+    ]
+    if penalised:
+        x = x.clone()
+        for j in penalised:
+            s = samplers[j]
+            assert s is not None
+            x[j] = sampling.apply_repetition_penalty(
+                x[j], histories[j], s.params.repetition_penalty
+            )
+    params = [s.params if s is not None else None for s in samplers]
+    temperature = (ctypes.c_float * b)(
+        *(p.temperature if p is not None and not p.greedy else 0.0 for p in params)
+    )
+    top_k = (ctypes.c_int32 * b)(*(p.top_k if p is not None else 0 for p in params))
+    top_p = (ctypes.c_float * b)(*(p.top_p if p is not None else 1.0 for p in params))
+    draws = [
+        float(torch.rand(1, generator=s.generator))
+        if s is not None and not s.params.greedy
+        else 0.0
+        for s in samplers
+    ]  # one number per drawn row from its own generator; none for greedy rows
+    u = (ctypes.c_double * b)(*draws)
+    tokens = (ctypes.c_int64 * b)()
+    rc = lib.llmtop_sample_rows(
+        x.data_ptr(), b, vocab, temperature, top_k, top_p, u, _scratch_for(lib, vocab), tokens
+    )
+    assert rc == 0, f"native sampler refused {b} rows of {vocab}"
+    return list(tokens)
+
+
+def _scratch_for(lib: ctypes.CDLL, vocab: int) -> int:
+    buffers: dict[int, torch.Tensor] = _local.__dict__.setdefault("buffers", {})
+    buf = buffers.get(vocab)
+    if buf is None:
+        buf = torch.empty(int(lib.llmtop_sample_scratch_bytes(vocab)), dtype=torch.uint8)
+        buffers[vocab] = buf
+    return int(buf.data_ptr())
 
 
 def _draw_small_k(x: torch.Tensor, p: sampling.SamplingParams, u: float) -> int:

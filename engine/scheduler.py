@@ -311,7 +311,7 @@ class Scheduler:
         lp: tuple[float | None, tuple[tuple[int, float], ...]] = (None, ())
         if params.logprobs is not None:
             lp = token_logprobs(logits, token, params.logprobs)
-        if token in self.eos_ids:
+        if token in self.eos_ids and not params.ignore_eos:
             seq.output.append(token)
             if lp[0] is not None:  # the end token's own logprob, with no text
                 self._outbox.append((seq.handle, Piece("", token, now, *lp)))

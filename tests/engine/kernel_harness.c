@@ -54,6 +54,10 @@ int llmtop_attend(const llmtop_model *m, const llmtop_cache *c, int layer, int r
                   const float *qkv, const int64_t *slot, const int64_t *pos, float *o);
 int llmtop_layer_out(const llmtop_model *m, int layer, int rows, float *x, const float *o);
 int llmtop_logits(const llmtop_model *m, int rows, float *x, float *logits);
+size_t llmtop_sample_scratch_bytes(int vocab);
+int llmtop_sample_rows(const float *logits, int rows, int vocab, const float *temperature,
+                       const int32_t *top_k, const float *top_p, const double *u, void *scratch,
+                       int64_t *tokens);
 
 #ifndef Y_SHORT_BY
 #define Y_SHORT_BY 0
@@ -446,6 +450,42 @@ static void check_forward(void) {
     free_tiny(&t);
 }
 
+/* --- the sampler ------------------------------------------------------------------------- */
+
+/* Rows of 37 logits (tails of vector loads in every pass) with one known answer each: the argmax
+ * (greedy, top-k 1, a tiny top-p), the top-2 under top-k 2, a NaN, an all -inf row; and draws
+ * with every filter that must land in range, the last one walking the tail past the candidates. */
+static void check_sampler(void) {
+    enum { V = 37, R = 9 };
+    float x[R * V];
+    for (int i = 0; i < R * V; i++) x[i] = uniform(-4.0f, 4.0f);
+    for (int r = 0; r < R; r++) x[r * V + 5 + r] = 9.0f; /* row r's best: 5 + r */
+    x[3 * V + 30] = 8.9f;                                /* row 3's second */
+    x[4 * V + 11] = NAN;
+    for (int i = 0; i < V; i++) x[5 * V + i] = -INFINITY;
+    for (int i = 0; i < V; i++) x[8 * V + i] = i < 19 ? 0.0f : -20.0f; /* candidates, then a tail */
+    const float temperature[R] = {0, 0.7f, 1.0f, 50.0f, 0, 1.0f, 1.0f, 0.8f, 1.0f};
+    const int32_t top_k[R] = {0, 1, 0, 2, 0, 0, 40, 5, 0};
+    const float top_p[R] = {1, 1, 1e-6f, 1, 1, 1, 0.9f, 0.5f, 1};
+    const double u[R] = {0, 0.99, 0.5, 0.999, 0, 0.3, 0.7, 0.999, 1 - 1e-12}; /* last: in the tail */
+    const size_t bytes = llmtop_sample_scratch_bytes(V);
+    void *scratch = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    int64_t tokens[R];
+    CHECK(scratch != NULL, "no memory");
+    const int rc = llmtop_sample_rows(x, R, V, temperature, top_k, top_p, u, scratch, tokens);
+    free(scratch);
+    CHECK(rc == 0, "sampler refused %d rows", R);
+    for (int r = 0; r < R; r++) CHECK(tokens[r] >= 0 && tokens[r] < V, "row %d: token %lld", r, (long long)tokens[r]);
+    CHECK(tokens[0] == 5 && tokens[1] == 6 && tokens[2] == 7, "argmax rows: %lld %lld %lld",
+          (long long)tokens[0], (long long)tokens[1], (long long)tokens[2]);
+    CHECK(tokens[3] == 8 || tokens[3] == 30, "top-k 2: %lld", (long long)tokens[3]);
+    CHECK(tokens[4] == 11, "a NaN is the argmax (as torch): %lld", (long long)tokens[4]);
+    CHECK(tokens[5] == 0, "all -inf: the first, %lld", (long long)tokens[5]);
+    CHECK(tokens[8] >= 19, "a number past the candidates' mass draws from the tail: %lld",
+          (long long)tokens[8]);
+    CHECK(llmtop_sample_rows(x, 1, 0, temperature, top_k, top_p, u, x, tokens) == -1, "vocab 0 accepted");
+}
+
 int main(void) {
     static const int row_counts[] = {1, 2, 3, 7, 8, 9, 17, 20};
     for (int bits = 4; bits <= 8; bits += 4)
@@ -462,6 +502,7 @@ int main(void) {
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) check_attention(&cases[i]);
     check_attention_refuses_bad_input();
     check_forward();
+    check_sampler();
 
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);

@@ -81,6 +81,19 @@ def test_models_lists_the_served_model(client):
     assert m.id == MODEL and m.owned_by == "llmtop"
 
 
+def test_ignore_eos_goes_on_to_max_tokens(client):
+    """vLLM's and llama-server's extension, which benchmarks send: this prompt's greedy answer
+    ends at once with an end-of-sequence token, unless it is ignored."""
+    prompt = "Write a long story about a lighthouse keeper."
+    ended = client.completions.create(model=MODEL, prompt=prompt, max_tokens=10, temperature=0)
+    assert ended.usage.completion_tokens < 10 and ended.choices[0].finish_reason == "stop"
+    went_on = client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=10, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert went_on.usage.completion_tokens == 10
+    assert went_on.choices[0].finish_reason == "length"
+
+
 def test_errors_have_openai_shape_and_status(client):
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="gpt-9", messages=CHAT)

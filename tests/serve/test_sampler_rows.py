@@ -1,13 +1,14 @@
 """Per-row sampling: plain greedy rows take the batch's argmax; the others are filtered and drawn
-together on tensors, each with its own seed, whatever else shares the batch, from the same
-distribution as the engine's one-row sampler (engine/sampling.py)."""
+together, each with its own seed, whatever else shares the batch, from the same distribution as
+the engine's one-row sampler (engine/sampling.py). Every test runs on both paths: the C sampler
+(native_sample.c, where the kernels build) and the tensor one (machines without them)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from llmtop.engine import sampling
+from llmtop.engine import native, sampling
 from llmtop.engine.jobs import SamplingParams
 from llmtop.engine.sampler_rows import CANDIDATES, row_sampler, sample_rows
 
@@ -15,6 +16,15 @@ LOGITS = torch.tensor(
     [[0.0, 5.0, 1.0, 4.0, 2.0], [3.0, 0.0, 0.0, 0.0, 2.9], [1.0, 1.0, 1.0, 1.0, 9.0]]
 )
 NO_HISTORY = [(), (), ()]
+
+
+@pytest.fixture(autouse=True, params=["native", "tensors"])
+def path(request, monkeypatch):
+    if request.param == "native" and native.library() is None:
+        pytest.skip("the engine's C kernels do not build here")
+    if request.param == "tensors":
+        monkeypatch.setattr(native, "library", lambda: None)
+    return request.param
 
 
 def test_greedy_rows_take_the_argmax_without_a_sampler():
@@ -99,3 +109,20 @@ def test_a_nucleus_wider_than_the_candidates_is_drawn_from_whole():
 
 def _fields(p) -> dict:
     return {f: getattr(p, f) for f in p.__dataclass_fields__}
+
+
+@pytest.mark.parametrize("top_k", [0, 50, 1000], ids=["top_p", "small-k", "wide-k"])
+def test_a_model_sized_row_follows_the_filters_distribution(top_k):
+    """A vocabulary of 49k with a long tail, as the bundled model's: the C sampler's candidates
+    (weights past 2^-12 of the best, then 2^-24, then all) must not cut the tail short. Against
+    the exact probabilities of engine/sampling.py's filters, the tail counted as one token."""
+    logits = torch.randn(1, 49152, generator=torch.Generator().manual_seed(1)) * 2
+    logits[0, :20] += 7  # a head of likely tokens over a tail of 30-66 % of the kept mass
+    s = row_sampler(SamplingParams(temperature=0.8, top_k=top_k, top_p=0.95, seed=4))
+    assert s is not None
+    drawn = torch.tensor([sample_rows(logits, [s], [()])[0] for _ in range(2000)])
+    exact = torch.softmax(sampling.filter_top_k_top_p(logits[0] / 0.8, top_k, 0.95), dim=-1)
+    seen = torch.bincount(torch.clamp(drawn, max=20), minlength=21) / len(drawn)
+    expected = torch.cat([exact[:20], exact[20:].sum()[None]])
+    assert float(expected[20]) > 0.25  # the tail matters here
+    assert float((seen - expected).abs().sum() / 2) < 0.05
