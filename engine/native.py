@@ -19,6 +19,7 @@ CPU lacks AVX-512 VNNI, no compiler works, or ``LLMTOP_ENGINE_KERNEL=torch`` is 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -28,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from llmtop.engine.cache_dir import default_cache_dir
@@ -115,15 +117,30 @@ def _build(cc: str, target: Path) -> bool:
     return True
 
 
+STALE_AFTER_S = 7 * 24 * 3600
+"""A build of another key not loaded for this long is removed. Another install of llmtop (a
+second venv, an older version) may share the cache and load its own build meanwhile: deleting
+that at once made each install rebuild, or run on torch's kernels, after the other one ran."""
+
+
 def _remove_stale(target: Path) -> None:
-    """Delete the builds of other keys (older sources, flags or compilers). A process that has
-    one loaded keeps its mapping; one that is about to load it falls back to torch's kernels."""
+    """Delete the builds of other keys (older sources, flags or compilers) that nothing loaded
+    for ``STALE_AFTER_S``. A process that has one loaded keeps its mapping."""
+    now = time.time()
     for old in target.parent.glob(f"{LIB_PREFIX}*.so"):
-        if old != target:
-            try:
+        if old == target:
+            continue
+        try:
+            if now - old.stat().st_mtime > STALE_AFTER_S:
                 old.unlink(missing_ok=True)
-            except OSError as exc:  # someone else's file in a shared cache: leave it
-                log.debug("stale engine kernels %s not removed: %s", old, exc)
+        except OSError as exc:  # someone else's file in a shared cache: leave it
+            log.debug("stale engine kernels %s not removed: %s", old, exc)
+
+
+def _mark_used(target: Path) -> None:
+    """A loaded build's mtime is when it was last loaded (what ``_remove_stale`` reads)."""
+    with contextlib.suppress(OSError):
+        os.utime(target)
 
 
 def compiler() -> str | None:
@@ -176,6 +193,7 @@ def library() -> ctypes.CDLL | None:
         if not target.exists() and not _build(cc, target):
             return None
         lib = ctypes.CDLL(str(target))
+        _mark_used(target)
     except OSError as exc:  # an unwritable cache dir, a damaged file
         log.warning("engine kernels not loaded (%s); using torch's kernels", exc)
         return None

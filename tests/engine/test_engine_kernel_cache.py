@@ -5,7 +5,9 @@ that cannot be used costs one warning and the torch kernels, never an error."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,34 +52,54 @@ def test_the_key_follows_the_compiler_version_and_the_flags(tmp_path, monkeypatc
     assert native.build_key(cc) != before
 
 
+def age(path, days: float) -> None:
+    t = time.time() - days * 24 * 3600
+    os.utime(path, (t, t))
+
+
 @pytest.mark.slow  # two builds
 @needs_compiler
-def test_a_new_build_removes_the_stale_ones(kernel_cache, tmp_path, monkeypatch):
+def test_a_new_build_removes_builds_unused_for_a_week_and_keeps_recent_ones(
+    kernel_cache, tmp_path, monkeypatch
+):
     cc = fake_compiler(tmp_path / "cc", "cc 1.0")
     monkeypatch.setenv("CC", cc)
     kernel_cache.mkdir(parents=True)
-    (kernel_cache / f"{native.LIB_PREFIX}0123456789abcdef.so").write_bytes(b"an old build")
+    unused = kernel_cache / f"{native.LIB_PREFIX}0123456789abcdef.so"
+    unused.write_bytes(b"an old build")
+    age(unused, 8)
     (kernel_cache / "notes.txt").write_text("not ours to remove")
     assert native.library() is not None
     first = native.target_path(cc)
     assert sorted(p.name for p in kernel_cache.iterdir()) == [first.name, "notes.txt"]
 
-    fake_compiler(tmp_path / "cc", "cc 2.0")  # the compiler was upgraded
+    fake_compiler(tmp_path / "cc", "cc 2.0")  # the compiler was upgraded (or another install)
     native.library.cache_clear()
     assert native.library() is not None
     second = native.target_path(cc)
     assert second != first
-    assert sorted(p.name for p in kernel_cache.iterdir()) == [second.name, "notes.txt"]
+    # the first build was loaded a moment ago: another install may still load it
+    assert sorted(p.name for p in kernel_cache.iterdir()) == sorted(
+        [first.name, second.name, "notes.txt"]
+    )
+    age(first, 8)
+    fake_compiler(tmp_path / "cc", "cc 3.0")
+    native.library.cache_clear()
+    assert native.library() is not None
+    third = native.target_path(cc)
+    assert sorted(p.name for p in kernel_cache.iterdir()) == sorted(
+        [second.name, third.name, "notes.txt"]
+    )
 
 
 @needs_compiler
 def test_a_build_in_place_is_reused(kernel_cache):
     assert native.library() is not None
     built = native.target_path(native.compiler() or "cc")
-    mtime = built.stat().st_mtime_ns
+    inode = built.stat().st_ino  # a rebuild replaces the file (its mtime marks each load)
     native.library.cache_clear()
     assert native.library() is not None
-    assert built.stat().st_mtime_ns == mtime
+    assert built.stat().st_ino == inode
 
 
 @needs_compiler
