@@ -9,8 +9,10 @@ started by this script and stopped after its measurements. Both get the OpenAI
   wall time;
 - TTFT: a ~500-token prompt (a different first line each time, so neither server's prefix
   cache holds it), streamed; seconds until the first chunk with text;
-- decode: the server's own decode speed where it reports one (llama-server's
-  ``timings.predicted_per_second``, the mean over the c1 requests);
+- decode: the server's own decode speed, the mean over the c1 requests: llama-server's
+  ``timings.predicted_per_second`` (llama.cpp's decode loop, without HTTP), ``llmtop serve``'s
+  ``eval_count / eval_duration`` from the same prompts sent to its Ollama ``/api/generate``
+  (greedy, at most 64 tokens; its OpenAI answers carry no timings), and their ratio;
 - sampled / greedy (``llmtop serve`` only): ``--sampled`` pairs of streamed c1 requests, one
   greedy and one sampled (temperature 0.8, top-p 0.95), alternating which goes first; TPOT = the
   time from the first chunk with text to the last, over the chunks after the first; the ratio
@@ -149,6 +151,17 @@ async def complete(s: aiohttp.ClientSession, url: str, prompt: str) -> tuple[int
     return int(out["usage"]["completion_tokens"]), speed
 
 
+async def ollama_decode(s: aiohttp.ClientSession, url: str, prompt: str) -> float | None:
+    """``llmtop serve``'s own decode tok/s for one greedy request on its Ollama API."""
+    req = {"model": "smollm2", "prompt": prompt, "stream": False, "raw": True,
+           "options": {"num_predict": NEW_TOKENS, "temperature": 0.0}}  # fmt: skip
+    async with s.post(url + "/api/generate", json=req) as r:
+        r.raise_for_status()
+        out = await r.json()
+    n, ns = out.get("eval_count"), out.get("eval_duration")
+    return n / (ns / 1e9) if n and ns and n > 1 else None
+
+
 async def ttft(s: aiohttp.ClientSession, url: str, first_line: str) -> float:
     t = time.perf_counter()
     async with s.post(url + "/v1/completions", json=body(first_line + LONG * 8, 8, True)) as r:
@@ -192,6 +205,11 @@ async def measure(url: str, c1: int, c8: int, sampled: int, tag: str) -> dict:
             if speed:
                 speeds.append(speed)
         c1_tps = tokens / (time.perf_counter() - t)
+        if not tag.endswith("llama-server"):
+            for i in range(c1):
+                speed = await ollama_decode(s, url, PROMPTS[i % len(PROMPTS)])
+                if speed:
+                    speeds.append(speed)
         rounds = []
         for _ in range(c8):
             t = time.perf_counter()
@@ -290,6 +308,10 @@ def main() -> None:
         n: {k: statistics.median(x[k] for x in results[n]) for k in ("c1_tps", "c8_tps", "ttft_s")}
         for n in results
     }
+    decode = {n: [x["decode_tps"] for x in results[n] if x["decode_tps"]] for n in results}
+    if decode["llmtop"] and decode["llama-server"]:
+        ratio = statistics.median(decode["llmtop"]) / statistics.median(decode["llama-server"])
+        print(f"own decode, llmtop serve / llama.cpp (each server's own timing): {ratio:.2f}x")
     print(
         f"llmtop / llama-server: c1 {med['llmtop']['c1_tps'] / med['llama-server']['c1_tps']:.2f}x, "
         f"c8 {med['llmtop']['c8_tps'] / med['llama-server']['c8_tps']:.2f}x, "
