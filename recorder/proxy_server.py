@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from llmtop.collectors.http import KEEPALIVE_S
-from llmtop.collectors.proxy_timing import ObservedState, error_body, observe, time_answer
+from llmtop.collectors.proxy_timing import AnswerTimer, ObservedState, error_body, observe
 from llmtop.core.requests import Emit
 from llmtop.recorder.proxy_http import ClientConnection, Request, response_bytes
-from llmtop.recorder.proxy_upstream import BodyReader, ConnectFailed, Exchange, UpstreamPool
+from llmtop.recorder.proxy_upstream import ConnectFailed, Exchange, UpstreamPool
 
 LOCAL_PREFIX = "/llmtop/"
 LocalHandler = Callable[[], tuple[int, str, bytes]]
@@ -203,12 +203,9 @@ class ProxyServer:
 
     async def _relay(self, req: Request, conn: ClientConnection, st: ObservedState | None) -> bool:
         head = _upstream_request(req, self._host, self._prefix, identity=st is not None)
-        reader: BodyReader | None = None
-        ex = Exchange(head, is_head=req.method == "HEAD", forward=conn.write,
-                      on_written=st.written if st is not None else None)  # fmt: skip
-        if st is not None:
-            reader = BodyReader(lambda on: ex.conn.hold("reader", on) if ex.conn else None)
-            ex.on_body, ex.on_end = reader.feed, reader.end
+        ex = Exchange(head, is_head=req.method == "HEAD", forward=conn.write)
+        if st is not None:  # timed in the upstream's protocol callback, as the bytes arrive
+            ex.timer, ex.on_written = AnswerTimer(st), st.written
         conn.on_pause = ex.pause
         try:
             try:
@@ -224,12 +221,9 @@ class ProxyServer:
                 conn.write(response_bytes(502, error_body(req.path, 502, message),
                                           "application/json", close=False))  # fmt: skip
                 return True
-            if st is not None and reader is not None:
-                ctype = (ex.header(b"content-type") or b"").decode("latin-1")
-                await time_answer(reader.readany, st, ex.status, ex.reason, ctype)
             await ex.done
         except BaseException:
-            if ex.conn is not None and ex.conn.transport is not None and not ex.done.done():
+            if ex.conn is not None and ex.conn.transport is not None and not ex.ended:
                 ex.conn.transport.abort()  # closes the upstream request: the server stops
             raise
         if ex.cut:
