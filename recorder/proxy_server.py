@@ -232,6 +232,8 @@ class ProxyServer:
                 st.fail("cancelled", f"{why} after {st.chunks} chunks")
             raise
         finally:
+            if timing is not None:  # (a cycle: refcounting frees the request's objects now,
+                timing.ex = None  # not a collector pass ms long on the relay's thread)
             self.in_flight -= 1
             if not self.in_flight:
                 self._idle.set()
