@@ -5,11 +5,11 @@ or generate), the model, whether it streams, its sampling settings, and its prom
 hash; the prompt itself only when the proxy was told to keep prompts. Headers are never read
 here, so an API key cannot reach an event.
 
-The answer is timed beside the relay (``time_answer``): its decoded body is read, each read
-stamped as it returns, by the same ``read_stream`` into the same ``NdjsonParser``/``SseParser``
-as ``record`` (so TTFT, ITL and the token counts mean exactly what they mean there). The bytes
-themselves reach the client without waiting for any of this; a parser that gives up records the
-request as failed and nothing else changes.
+The answer is timed beside the relay (``AnswerTimer``): its decoded body is pushed read by read,
+each stamped with the time it came off the upstream's socket, through the same ``LineFeed`` into
+the same ``NdjsonParser``/``SseParser`` as ``record`` (so TTFT, ITL and the token counts mean
+exactly what they mean there). The bytes themselves reach the client before any of this runs; a
+parser that gives up records the request as failed and nothing else changes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import codecs
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,10 +26,10 @@ from llmtop.collectors.ollama import NdjsonParser
 from llmtop.collectors.openai_compat import SseParser
 from llmtop.collectors.streaming import (
     MAX_ERROR_BODY,
+    LineFeed,
     RequestState,
     StreamError,
     StreamParser,
-    read_stream,
 )
 from llmtop.core.events import RequestStarted
 from llmtop.core.requests import Api, Emit, GenerationRequest
@@ -47,9 +46,6 @@ GENERATION_ENDPOINTS: dict[str, tuple[Wire, Api]] = {
 MAX_DOCUMENT = 32 << 20
 """The most of a non-streamed OpenAI answer kept to read its token count (it is relayed whole
 whatever its size; a larger one is recorded as a protocol error)."""
-
-Read = Callable[[], Awaitable[bytes]]
-"""One read of an answer's decoded body: ``b""`` at its end, ``ConnectionResetError`` if cut."""
 
 
 def endpoint(method: str, path: str) -> tuple[Wire, Api] | None:
@@ -216,81 +212,113 @@ def error_body(path: str, status: int, message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
-async def _drain(readany: Read) -> None:
-    while await readany():
-        pass
+class AnswerTimer:
+    """Times one answer from its decoded body as it arrives, pushed by the relay's protocol
+    callback with the time its bytes came off the socket: ``head`` once, ``body`` per read,
+    ``end`` once. The bytes reach the client before any of this runs; nothing here raises.
+    Records exactly one end of the request: finished, or failed (``http_status``,
+    ``protocol``: a cut, a stream the parser refuses)."""
 
+    __slots__ = ("_lines", "_mode", "_parser", "_parts", "_reason", "_size", "_status", "_t", "st")
 
-async def time_answer(
-    readany: Read, st: ObservedState, status: int, reason: str, content_type: str
-) -> None:
-    """Time one answer from its decoded body, as it arrives (its bytes reach the client on
-    their own; nothing here can hold them back). Ends with the body; records exactly one end
-    of the request: finished, failed (``http_status``, ``protocol``: a cut, a stream the
-    parser refuses), never an exception."""
-    try:
+    def __init__(self, st: ObservedState) -> None:
+        self.st = st
+        self._mode = ""
+        """``stream``, ``document``, ``error`` (HTTP >= 400), or ``""``: nothing more to read."""
+        self._status = 0
+        self._reason = ""
+        self._parser: StreamParser | None = None
+        self._lines: LineFeed | None = None
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._t = 0
+
+    def head(self, status: int, reason: str, content_type: str) -> None:
+        """The answer's status line and Content-Type arrived."""
+        st = self.st
+        self._status, self._reason = status, reason
         if status >= 400:
-            await _time_error(readany, st, status, reason)
+            self._mode = "error"
             return
         parser = st.parser()
         mode = parser.accepts(content_type.lower())
         if mode is None:
             st.fail("protocol", f"unexpected Content-Type {content_type!r} from POST {st.obs.path}")
-        elif mode == "document":
-            await _time_document(readany, st, parser)
-        else:
+            return
+        self._parser, self._mode = parser, mode
+        if mode == "stream":
+            self._lines = LineFeed(parser, st)
+
+    def body(self, data: bytes, t_ns: int) -> None:
+        """One read of the decoded body, arrived at ``t_ns``."""
+        mode = self._mode
+        if mode == "stream":
+            assert self._lines is not None
             try:
-                await read_stream(readany, parser, st)
+                if self._lines.push(data, t_ns):
+                    self._mode = ""
             except StreamError as e:
-                st.fail(e.kind, e.message, e.http_status)
-        await _drain(readany)
-        if not st.done:
+                self._mode = ""
+                self.st.fail(e.kind, e.message, e.http_status)
+        elif mode == "document":
+            self._t = t_ns
+            self._size += len(data)
+            if self._size <= MAX_DOCUMENT:
+                self._parts.append(data)
+        elif mode == "error":
+            room = MAX_ERROR_BODY - self._size
+            if room > 0:
+                self._parts.append(data[:room])
+                self._size += min(room, len(data))
+
+    def end(self, cut: bool, t_ns: int) -> None:
+        """The body ended at ``t_ns``, complete or ``cut`` (the upstream closed it early);
+        nothing when no answer began (``head`` never came: the relay records that itself)."""
+        st = self.st
+        if not self._status:
+            return
+        mode, self._mode = self._mode, ""
+        if mode == "error":
             st.fail(
-                "protocol", f"the answer ended without its final chunk after {st.chunks} chunks"
+                "http_status",
+                f"HTTP {self._status}{f' {self._reason}' if self._reason else ''} from POST "
+                f"{st.obs.path}: {error_from_body(b''.join(self._parts))}",
+                self._status,
             )
-    except ConnectionResetError:
-        if not st.done:
+            return
+        if st.done:
+            return
+        if cut:
             st.fail(
                 "protocol",
                 f"stream cut after {st.chunks} chunks: the upstream closed the connection "
                 "before the final chunk",
             )
+            return
+        try:
+            if mode == "stream":
+                assert self._lines is not None
+                self._lines.end(t_ns)
+            elif mode == "document":
+                self._document()
+        except StreamError as e:
+            st.fail(e.kind, e.message, e.http_status)
+        if not st.done:
+            st.fail(
+                "protocol", f"the answer ended without its final chunk after {st.chunks} chunks"
+            )
 
-
-async def _time_error(readany: Read, st: ObservedState, status: int, reason: str) -> None:
-    """An error answer (HTTP >= 400): ``http_status`` with the upstream's own message."""
-    head = b""
-    try:
-        while data := await readany():
-            if len(head) < MAX_ERROR_BODY:
-                head += data[: MAX_ERROR_BODY - len(head)]
-    finally:
-        st.fail(
-            "http_status",
-            f"HTTP {status}{f' {reason}' if reason else ''} from POST {st.obs.path}: "
-            f"{error_from_body(head)}",
-            status,
-        )
-
-
-async def _time_document(readany: Read, st: ObservedState, parser: StreamParser) -> None:
-    """A non-streamed OpenAI answer: one chunk when it has all arrived (TTFT = E2E), as
-    ``record`` counts a server that ignores ``stream``."""
-    parts: list[bytes] = []
-    size = 0
-    t = time.perf_counter_ns()
-    while data := await readany():
-        t = time.perf_counter_ns()
-        size += len(data)
-        if size <= MAX_DOCUMENT:
-            parts.append(data)
-    if size > MAX_DOCUMENT:
-        st.fail("protocol", f"an answer of {size:,} bytes, more than llmtop reads to time one")
-        return
-    try:
-        text = codecs.decode(b"".join(parts), "utf-8")
-        parser.feed_document(text, t)
-    except UnicodeDecodeError as e:
-        st.fail("protocol", f"the answer is not valid UTF-8: {one_line(e.reason)}")
-    except StreamError as e:
-        st.fail(e.kind, e.message, e.http_status)
+    def _document(self) -> None:
+        """A non-streamed OpenAI answer: one chunk when it has all arrived (TTFT = E2E), as
+        ``record`` counts a server that ignores ``stream``."""
+        st, parser = self.st, self._parser
+        assert parser is not None
+        if self._size > MAX_DOCUMENT:
+            size = f"{self._size:,} bytes"
+            st.fail("protocol", f"an answer of {size}, more than llmtop reads to time one")
+            return
+        try:
+            text = codecs.decode(b"".join(self._parts), "utf-8")
+            parser.feed_document(text, self._t or time.perf_counter_ns())
+        except UnicodeDecodeError as e:
+            st.fail("protocol", f"the answer is not valid UTF-8: {one_line(e.reason)}")

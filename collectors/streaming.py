@@ -3,8 +3,9 @@ read loop. Shared by the Ollama (NDJSON) and OpenAI (SSE) backends, which bring 
 
 How chunks are timestamped: one stamp per socket read, when the loop learned its bytes had
 arrived (core/arrival.py; ``perf_counter_ns()`` at the resume on loops that cannot say); every
-line in that read arrived together and shares it. A read is decoded once (incremental UTF-8, so a character split
-across reads is fine) and split into lines; per line there is only the JSON parse and the event.
+line in that read arrived together and shares it. A read is decoded once (incremental UTF-8, so
+a character split across reads is fine) and split into lines; per line there is only the JSON
+parse and the event.
 
 Timeouts: a watchdog timer per request, re-armed only when it fires, checks the time of the last
 read that completed a line; so the per-chunk cost of a sliding timeout is one attribute store.
@@ -523,57 +524,88 @@ def _undecodable(
     )
 
 
+class LineFeed:
+    """``read_stream``'s work on one read at a time: decode (incremental UTF-8), split into
+    lines, hand the complete ones to the parser with the read's time. ``push`` each read as it
+    arrives, ``end`` at the end of the body; both raise ``StreamError``. Pushed rather than
+    pulled so that the proxy can time an answer inside its protocol callback, with the time the
+    bytes came off the socket (collectors/proxy_timing.py)."""
+
+    __slots__ = ("_buf", "_decode", "_feed", "parser", "st")
+
+    def __init__(self, parser: StreamParser, st: RequestState) -> None:
+        self.parser = parser
+        self.st = st
+        self._feed = parser.feed
+        self._decode = codecs.getincrementaldecoder("utf-8")().decode
+        self._buf = ""
+
+    def push(self, data: bytes, t: int) -> bool:
+        """One read, arrived at ``t``; returns whether the request is done (its final chunk,
+        or a failure recorded)."""
+        st = self.st
+        try:
+            text = self._decode(data)
+        except UnicodeDecodeError as e:
+            _undecodable(e, self._buf, self.parser, st, t)
+            return True
+        if self._buf:
+            text = self._buf + text
+        if "\r" in text:
+            lines, buf = _lines(text)
+        else:  # the common case, inline
+            lines = text.split("\n")
+            buf = lines.pop()
+        self._buf = buf
+        # (a CR held back at the end of buf is a line end, not part of the line)
+        too_long = len(buf) > MAX_LINE_CHARS and len(buf.removesuffix("\r")) > MAX_LINE_CHARS
+        if len(text) > MAX_LINE_CHARS:  # rare: a big read; is one of its lines too long?
+            long = next((i for i, s in enumerate(lines) if len(s) > MAX_LINE_CHARS), None)
+            if long is not None:
+                lines, too_long = lines[:long], True
+        if lines:
+            st.last_ns = t
+            self._feed(lines, t)
+            if st.done:
+                return True
+        if too_long:
+            raise _too_long(st)
+        return False
+
+    def end(self, t: int) -> None:
+        """The body ended at ``t``: its unfinished last line, then the parser's end."""
+        st = self.st
+        try:
+            tail = self._decode(b"", True) + self._buf
+        except UnicodeDecodeError as e:
+            raise StreamError(
+                "protocol", f"the stream is not valid UTF-8 after {st.chunks} chunks: {e.reason}"
+            ) from None
+        if tail:
+            lines, _ = _lines(tail + "\n")
+            self._feed(lines, t)
+        if not st.done:
+            self.parser.feed_eof(t)
+
+
 async def read_stream(
     readany: Callable[[], Awaitable[bytes]], parser: StreamParser, st: RequestState
 ) -> None:
-    """The hot loop: one timestamp and one decode per socket read, the parser per line.
+    """The hot loop: one timestamp per socket read, then ``LineFeed`` (one decode per read,
+    the parser per line).
 
     ``readany`` returns the bytes of one socket read, ``b""`` at the end of the body (aiohttp's
     ``resp.content.readany``); taking it rather than the response lets tests feed byte chunks
     split wherever they like (tests/faults/test_faults_fuzz.py) at no cost per read.
     """
-    decode = codecs.getincrementaldecoder("utf-8")().decode
-    feed = parser.feed
+    lines = LineFeed(parser, st)
+    push = lines.push
     perf = arrival_clock()
-    buf = ""
-    try:
-        while True:
-            data = await readany()
-            t = perf()
-            if not data:
-                break
-            try:
-                text = decode(data)
-            except UnicodeDecodeError as e:
-                _undecodable(e, buf, parser, st, t)
-                return
-            if buf:
-                text = buf + text
-            if "\r" in text:
-                lines, buf = _lines(text)
-            else:  # the common case, inline
-                lines = text.split("\n")
-                buf = lines.pop()
-            # (a CR held back at the end of buf is a line end, not part of the line)
-            too_long = len(buf) > MAX_LINE_CHARS and len(buf.removesuffix("\r")) > MAX_LINE_CHARS
-            if len(text) > MAX_LINE_CHARS:  # rare: a big read; is one of its lines too long?
-                long = next((i for i, s in enumerate(lines) if len(s) > MAX_LINE_CHARS), None)
-                if long is not None:
-                    lines, too_long = lines[:long], True
-            if lines:
-                st.last_ns = t
-                feed(lines, t)
-                if st.done:
-                    return
-            if too_long:
-                raise _too_long(st)
-        tail = decode(b"", True) + buf
-    except UnicodeDecodeError as e:
-        raise StreamError(
-            "protocol", f"the stream is not valid UTF-8 after {st.chunks} chunks: {e.reason}"
-        ) from None
-    if tail:
-        lines, _ = _lines(tail + "\n")
-        feed(lines, t)
-    if not st.done:
-        parser.feed_eof(t)
+    while True:
+        data = await readany()
+        t = perf()
+        if not data:
+            break
+        if push(data, t):
+            return
+    lines.end(t)

@@ -23,6 +23,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from typing import cast
 
 import httptools
 
@@ -112,8 +113,7 @@ class ClientConnection(asyncio.Protocol):
     # --- the connection ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
         nodelay(transport)
         peer = transport.get_extra_info("peername")
         if peer:

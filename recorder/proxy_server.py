@@ -19,15 +19,16 @@ import asyncio
 import contextlib
 import ipaddress
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from llmtop.collectors.http import KEEPALIVE_S
-from llmtop.collectors.proxy_timing import ObservedState, error_body, observe, time_answer
+from llmtop.collectors.proxy_timing import AnswerTimer, ObservedState, endpoint, error_body, observe
 from llmtop.core.requests import Emit
 from llmtop.recorder.proxy_http import ClientConnection, Request, response_bytes
-from llmtop.recorder.proxy_upstream import BodyReader, ConnectFailed, Exchange, UpstreamPool
+from llmtop.recorder.proxy_upstream import ConnectFailed, Exchange, UpstreamPool
 
 LOCAL_PREFIX = "/llmtop/"
 LocalHandler = Callable[[], tuple[int, str, bytes]]
@@ -70,6 +71,40 @@ def _upstream_request(req: Request, host: bytes, prefix: bytes, identity: bool) 
     if identity:
         lines.append(b"Accept-Encoding: identity")
     return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+class _Timing:
+    """One generation's timing. What the request asks (its JSON body: model, prompt, settings)
+    is read once the request is on the upstream's socket, not before: reading it takes longer
+    than relaying it, and would otherwise be added to every TTFT the client sees."""
+
+    __slots__ = ("conn", "ex", "req", "server", "st", "t_begin_ns")
+
+    def __init__(self, server: ProxyServer, req: Request, conn: ClientConnection) -> None:
+        self.t_begin_ns = time.perf_counter_ns()
+        self.server = server
+        self.req = req
+        self.conn = conn
+        self.ex: Exchange | None = None
+        self.st: ObservedState | None = None
+
+    def state(self) -> ObservedState:
+        """The request's state (made at its first use), timing the exchange's answer."""
+        st = self.st
+        if st is None:
+            server, req = self.server, self.req
+            obs = observe(req.method, req.path, req.body, store_prompts=server.store_prompts)
+            assert obs is not None  # (a generation's path: see ProxyServer.handle)
+            st = self.st = ObservedState(server.run_id, next(server._ids), obs, self.conn.client,
+                                         server.emit)  # fmt: skip
+            st.t_begin_ns = st.last_ns = self.t_begin_ns  # (a failure to connect dates from here)
+            if self.ex is not None:
+                self.ex.timer = AnswerTimer(st)
+        return st
+
+    def written(self, t_ns: int) -> None:
+        """The request went onto the upstream's socket at ``t_ns`` (t0, as ``record``'s)."""
+        self.state().written(t_ns)
 
 
 class ProxyServer:
@@ -181,55 +216,51 @@ class ProxyServer:
                 status, ctype, body = local()
                 conn.write(response_bytes(status, body, ctype, close=False))
             return True
-        obs = observe(req.method, path, req.body, store_prompts=self.store_prompts)
-        if obs is not None and self.timing_allowed is not None and not self.timing_allowed():
-            obs = None
-        st = None
-        if obs is not None:
-            st = ObservedState(self.run_id, next(self._ids), obs, conn.client, self.emit)
+        timing = None
+        if endpoint(req.method, path) is not None and (
+            self.timing_allowed is None or self.timing_allowed()
+        ):
+            timing = _Timing(self, req, conn)
         self.in_flight += 1
         self._idle.clear()
         try:
-            return await self._relay(req, conn, st)
+            return await self._relay(req, conn, timing)
         except asyncio.CancelledError:
-            if st is not None:
+            if timing is not None:
+                st = timing.state()
                 why = "the proxy stopped" if self.stopping else "the client closed the connection"
                 st.fail("cancelled", f"{why} after {st.chunks} chunks")
             raise
         finally:
+            if timing is not None:  # (a cycle: refcounting frees the request's objects now,
+                timing.ex = None  # not a collector pass ms long on the relay's thread)
             self.in_flight -= 1
             if not self.in_flight:
                 self._idle.set()
 
-    async def _relay(self, req: Request, conn: ClientConnection, st: ObservedState | None) -> bool:
-        head = _upstream_request(req, self._host, self._prefix, identity=st is not None)
-        reader: BodyReader | None = None
-        ex = Exchange(head, is_head=req.method == "HEAD", forward=conn.write,
-                      on_written=st.written if st is not None else None)  # fmt: skip
-        if st is not None:
-            reader = BodyReader(lambda on: ex.conn.hold("reader", on) if ex.conn else None)
-            ex.on_body, ex.on_end = reader.feed, reader.end
+    async def _relay(self, req: Request, conn: ClientConnection, timing: _Timing | None) -> bool:
+        head = _upstream_request(req, self._host, self._prefix, identity=timing is not None)
+        ex = Exchange(head, is_head=req.method == "HEAD", forward=conn.write)
+        if timing is not None:  # timed in the upstream's protocol callback, as the bytes arrive
+            timing.ex, ex.on_written = ex, timing.written
         conn.on_pause = ex.pause
         try:
             try:
                 await self._pool.send(ex, req.body)
             except ConnectFailed as e:
-                return self._unreachable(req, conn, st, e)
+                return self._unreachable(req, conn, timing, e)
             if conn.write_paused:
                 ex.pause(True)
             if ex.cut and not ex.status:  # closed before any answer: nothing was relayed
                 message = f"llmtop proxy: the upstream {self.upstream} closed the connection before answering"  # fmt: skip
-                if st is not None:
-                    st.fail("protocol", message)
+                if timing is not None:
+                    timing.state().fail("protocol", message)
                 conn.write(response_bytes(502, error_body(req.path, 502, message),
                                           "application/json", close=False))  # fmt: skip
                 return True
-            if st is not None and reader is not None:
-                ctype = (ex.header(b"content-type") or b"").decode("latin-1")
-                await time_answer(reader.readany, st, ex.status, ex.reason, ctype)
             await ex.done
         except BaseException:
-            if ex.conn is not None and ex.conn.transport is not None and not ex.done.done():
+            if ex.conn is not None and ex.conn.transport is not None and not ex.ended:
                 ex.conn.transport.abort()  # closes the upstream request: the server stops
             raise
         if ex.cut:
@@ -238,7 +269,7 @@ class ProxyServer:
         return ex.keep_alive and not ex.close_delimited
 
     def _unreachable(
-        self, req: Request, conn: ClientConnection, st: ObservedState | None, e: ConnectFailed
+        self, req: Request, conn: ClientConnection, timing: _Timing | None, e: ConnectFailed
     ) -> bool:
         if e.kind == "timeout":
             status = 504
@@ -246,8 +277,8 @@ class ProxyServer:
         else:
             status = 502
             message = f"llmtop proxy: cannot connect to the upstream {self.upstream}: {e}"
-        if st is not None:
-            st.fail("timeout" if e.kind == "timeout" else "connect", message)
+        if timing is not None:
+            timing.state().fail("timeout" if e.kind == "timeout" else "connect", message)
         conn.write(response_bytes(status, error_body(req.path, status, message),
                                   "application/json", close=False))  # fmt: skip
         return True

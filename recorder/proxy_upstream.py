@@ -1,8 +1,10 @@
 """The proxy's upstream side: kept-alive connections to the model server, each carrying one
-``Exchange`` at a time, whose answer is handed to the client byte for byte as it arrives and, for
-timing, decoded (httptools' response parser) into a ``BodyReader``. Backpressure both ways: a
-client that stops reading, or a timing reader that falls behind, stops the upstream's reads.
-See recorder/proxy_http.py for why protocols and httptools rather than aiohttp.
+``Exchange`` at a time, whose answer is handed to the client byte for byte as it arrives and
+then, for timing, decoded (httptools' response parser) and pushed to the exchange's ``AnswerSink``
+in the same callback, stamped with the time the read came off the socket: a token's time is
+its wire time, not when a task got round to it, and no task wakes per chunk. Backpressure: a
+client that stops reading stops the upstream's reads. See recorder/proxy_http.py for why
+protocols and httptools rather than aiohttp.
 """
 
 from __future__ import annotations
@@ -14,12 +16,9 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 import httptools
-
-BODY_HIGH_WATER = 1 << 20
-"""Decoded body bytes a timing reader may hold before the upstream stops being read."""
 
 
 def nodelay(transport: asyncio.BaseTransport) -> None:
@@ -30,17 +29,27 @@ def nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+class AnswerSink(Protocol):
+    """Who times an answer (collectors/proxy_timing.py's ``AnswerTimer``): called from the
+    protocol, after the bytes went to the client; must not raise."""
+
+    def head(self, status: int, reason: str, content_type: str) -> None: ...
+    def body(self, data: bytes, t_ns: int) -> None: ...
+    def end(self, cut: bool, t_ns: int) -> None:
+        """The answer ended (``cut``: early); nothing when it never began (no ``head``)."""
+
+
 class Exchange:
     """One request sent upstream and its answer coming back.
 
-    ``forward`` gets every byte of the answer as it arrives (the client's ``write``);
-    ``on_body`` the decoded body (for timing), ``None`` when nobody times it.
+    ``forward`` gets every byte of the answer as it arrives (the client's ``write``); ``timer``
+    the answer's head, decoded body and end (for timing), ``None`` when nobody times it.
     """
 
     __slots__ = (
-        "close_delimited", "conn", "cut", "done", "forward", "head", "headers", "headers_done",
-        "informational", "is_head", "keep_alive", "on_body", "on_end", "on_written", "reason",
-        "retry", "status",
+        "close_delimited", "conn", "cut", "done", "ended", "forward", "head", "headers", "headers_done",
+        "informational", "is_head", "keep_alive", "on_written", "reason", "retry", "status",
+        "timer",
     )  # fmt: skip
 
     def __init__(
@@ -49,16 +58,14 @@ class Exchange:
         *,
         is_head: bool,
         forward: Callable[[bytes], None],
-        on_body: Callable[[bytes], None] | None = None,
-        on_end: Callable[[Exception | None], None] | None = None,
+        timer: AnswerSink | None = None,
         on_written: Callable[[int], None] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self.head = head
         self.is_head = is_head
         self.forward = forward
-        self.on_body = on_body
-        self.on_end = on_end
+        self.timer = timer
         self.on_written = on_written
         self.status = 0
         self.reason = ""
@@ -67,6 +74,8 @@ class Exchange:
         self.close_delimited = False
         self.informational = False
         self.cut = False
+        self.ended = False
+        """The answer ended (complete or cut); ``done`` may also be cancelled by its waiter."""
         self.retry = False
         """A reused connection closed before answering: send again on a new one."""
         self.conn: UpstreamConnection | None = None
@@ -79,15 +88,17 @@ class Exchange:
                 return v
         return None
 
-    def finish(self, cut: bool) -> None:
-        if self.done.done():
+    def finish(self, cut: bool, t_ns: int) -> None:
+        if self.ended:
             return
+        self.ended = True
         self.cut = cut
+        if self.timer is not None:
+            self.timer.end(cut, t_ns)
         if not self.headers_done.done():
             self.headers_done.set_result(None)
-        if self.on_end is not None:
-            self.on_end(ConnectionResetError("cut") if cut else None)
-        self.done.set_result(None)
+        if not self.done.done():
+            self.done.set_result(None)
 
     def pause(self, paused: bool) -> None:
         """The client stopped (or started again) taking bytes: stop (start) reading upstream."""
@@ -107,12 +118,15 @@ class UpstreamConnection(asyncio.Protocol):
         before answering is retried once, as ``record`` does)."""
         self.reused = False
         self._parser: Any = None
+        self._t = 0
+        """When the read being parsed came off the socket."""
+        self._body: list[bytes] = []
+        """The decoded body of that read, pushed to the timer at once (one push per read)."""
         self._holds: set[str] = set()
         self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
         nodelay(transport)
 
     def begin(self, ex: Exchange, body: bytes, *, reused: bool) -> None:
@@ -130,7 +144,7 @@ class UpstreamConnection(asyncio.Protocol):
             ex.on_written(time.perf_counter_ns())
 
     def hold(self, reason: str, on: bool) -> None:
-        """Stop reading while any reason holds (a slow client, a timing reader behind)."""
+        """Stop reading while any reason holds (a slow client)."""
         if self.transport is None:
             return
         was = bool(self._holds)
@@ -145,18 +159,22 @@ class UpstreamConnection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        self._t = time.perf_counter_ns()  # before anything else: the tokens' arrival
         ex = self.ex
         if ex is None:  # bytes nobody asked for: the connection is not fit for reuse
             if self.transport is not None:
                 self.transport.close()
             return
         self.answered = True
-        ex.forward(data)
+        ex.forward(data)  # the client's bytes first; parsing and timing after
         try:
             self._parser.feed_data(data)
+            if self._body:
+                self._push_body()
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self._push_body()
             self.ex = None
-            ex.finish(cut=True)  # the client got the same bytes; the answer ends here
+            ex.finish(True, self._t)  # the client got the same bytes; the answer ends here
             if self.transport is not None:
                 self.transport.close()
 
@@ -178,6 +196,9 @@ class UpstreamConnection(asyncio.Protocol):
         ex.keep_alive = self._parser.should_keep_alive()
         framed = ex.header(b"content-length") is not None or ex.header(b"transfer-encoding")
         ex.close_delimited = not framed and not ex.is_head and ex.status not in (204, 304)
+        if ex.timer is not None:
+            ctype = (ex.header(b"content-type") or b"").decode("latin-1")
+            ex.timer.head(ex.status, ex.reason, ctype)
         if not ex.headers_done.done():
             ex.headers_done.set_result(None)
         if ex.is_head:  # no body follows, whatever the headers say
@@ -185,20 +206,27 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         ex = self.ex
-        if ex is not None and ex.on_body is not None:
-            ex.on_body(body)
+        if ex is not None and ex.timer is not None:
+            self._body.append(body)
+
+    def _push_body(self) -> None:
+        parts, ex = self._body, self.ex
+        if parts and ex is not None and ex.timer is not None:
+            ex.timer.body(parts[0] if len(parts) == 1 else b"".join(parts), self._t)
+        parts.clear()
 
     def on_message_complete(self) -> None:
         ex = self.ex
         if ex is None:
             return
+        self._push_body()
         if ex.informational:
             ex.informational = False
             ex.headers.clear()
             return
         self.ex = None
         keep = ex.keep_alive and not self._holds
-        ex.finish(cut=False)
+        ex.finish(False, self._t)
         if keep:
             self.pool.release(self)
         elif self.transport is not None:
@@ -216,7 +244,7 @@ class UpstreamConnection(asyncio.Protocol):
             if not ex.headers_done.done():
                 ex.headers_done.set_result(None)
             return
-        ex.finish(cut=not (ex.close_delimited and ex.headers_done.done()))
+        ex.finish(not (ex.close_delimited and ex.headers_done.done()), time.perf_counter_ns())
 
     def expire_after(self, seconds: float) -> None:
         self._idle = asyncio.get_running_loop().call_later(seconds, self._expire)
@@ -297,54 +325,3 @@ class UpstreamPool:
         for conn in list(self._all):
             if conn.transport is not None:
                 conn.transport.abort()
-
-
-class BodyReader:
-    """An answer's decoded body for the timing coroutine: pushed by the protocol as it arrives,
-    read with ``readany`` (``read_stream``'s read: whatever arrived since the last one, ``b""``
-    at the end, ``ConnectionResetError`` when the upstream cut it). Holds the upstream while
-    more than ``BODY_HIGH_WATER`` bytes wait to be timed."""
-
-    __slots__ = ("_buf", "_end", "_held", "_hold", "_size", "_waiter")
-
-    def __init__(self, hold: Callable[[bool], None]) -> None:
-        self._buf: list[bytes] = []
-        self._size = 0
-        self._end: Exception | bool | None = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._hold = hold
-        self._held = False
-
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def feed(self, data: bytes) -> None:
-        self._buf.append(data)
-        self._size += len(data)
-        if self._size > BODY_HIGH_WATER and not self._held:
-            self._held = True
-            self._hold(True)
-        self._wake()
-
-    def end(self, error: Exception | None) -> None:
-        self._end = error if error is not None else True
-        self._wake()
-
-    async def readany(self) -> bytes:
-        while not self._buf:
-            if self._end is True:
-                return b""
-            if isinstance(self._end, Exception):
-                raise self._end
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-            self._waiter = None
-        data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
-        self._buf.clear()
-        self._size = 0
-        if self._held:
-            self._held = False
-            self._hold(False)
-        return data

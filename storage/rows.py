@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from typing import Any, assert_never
 
 from llmtop.core.events import (
@@ -212,10 +213,22 @@ class RowBuilder:
                 self.open_requests.pop(key, None)
 
 
-def write_batch(conn: sqlite3.Connection, b: Batch) -> None:
-    """Insert ``b``'s rows (the caller holds the transaction)."""
-    if b.tokens:
-        conn.executemany(INSERT_TOKEN, b.tokens)
+def write_batch(
+    conn: sqlite3.Connection,
+    b: Batch,
+    slice_rows: int = 0,
+    pause: Callable[[], object] | None = None,
+) -> None:
+    """Insert ``b``'s rows (the caller holds the transaction); ``pause()`` between each
+    ``slice_rows`` token rows (the writer thread lets others run)."""
+    tokens = b.tokens
+    if pause is not None and slice_rows and len(tokens) > slice_rows:
+        for i in range(0, len(tokens), slice_rows):
+            if i:
+                pause()
+            conn.executemany(INSERT_TOKEN, tokens[i : i + slice_rows])
+    elif tokens:
+        conn.executemany(INSERT_TOKEN, tokens)
     if b.requests:
         conn.executemany(
             UPSERT_REQUEST,

@@ -354,6 +354,10 @@ def fake():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_proxy_fault(fake, tmp_path, name: str):
+def test_proxy_fault(fake, tmp_path, monkeypatch, name: str, loop: str):
+    """Each fault on both event loops the proxy runs on (uvloop by default; see
+    app/commands/proxy.py): their transports differ."""
+    monkeypatch.setenv("LLMTOP_PROXY_LOOP", loop)
     CASES[name](fake, tmp_path)

@@ -19,6 +19,7 @@ from support.proxy import MODEL, TIMED, TTFT_MS, start_proxy
 from support.raw_upstream import free_port
 from support.servers import FakeServer
 
+from llmtop.app.commands.proxy import loop_factory
 from llmtop.storage.db import open_database
 
 SECRET = "sk-proxy-secret-4f1c9a77d2"
@@ -199,3 +200,11 @@ def test_an_address_in_use_is_one_line(fake: FakeServer, tmp_path):
                             "--listen", f"127.0.0.1:{port}")  # fmt: skip
         assert first.stop() == 0
     assert_one_line_error(second, 1, f"cannot listen on 127.0.0.1:{port}", "address already in use")
+
+
+def test_the_proxy_runs_on_uvloop_unless_told_otherwise(monkeypatch):
+    uvloop = pytest.importorskip("uvloop")
+    monkeypatch.delenv("LLMTOP_PROXY_LOOP", raising=False)
+    assert loop_factory() is uvloop.new_event_loop
+    monkeypatch.setenv("LLMTOP_PROXY_LOOP", "asyncio")
+    assert loop_factory() is None

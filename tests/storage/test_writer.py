@@ -10,6 +10,7 @@ from support.runs import MS, FakeRequest, request_events
 
 from llmtop.core.errors import StorageError
 from llmtop.core.events import ServerTimings, TokenReceived
+from llmtop.storage.rows import Batch, write_batch
 from llmtop.storage.writer import EventWriter, RunInfo
 
 
@@ -28,6 +29,21 @@ async def test_flushes_by_size(tmp_path):
         assert count(path, "tokens") == 20  # two full batches; five wait in the buffer
         assert w.stats.flushes == 2
     assert count(path, "tokens") == 25  # close flushes the rest
+
+
+async def test_a_big_batch_is_written_in_slices_with_the_core_given_up_between(tmp_path):
+    """One transaction, every row, and ``pause`` (the writer thread's ``os.sched_yield``)
+    between each slice of token rows, so a flush never holds a core for milliseconds."""
+    path = tmp_path / "t.db"
+    async with EventWriter(path, flush_rows=10**6, flush_interval_s=3600) as w:
+        run_id, t0 = await w.create_run(RunInfo())
+    b = Batch()
+    b.tokens = [TokenReceived(run_id, 1, i, t0 + i) for i in range(1000)]
+    pauses: list[int] = []
+    with sqlite3.connect(path) as conn:
+        write_batch(conn, b, 256, lambda: pauses.append(conn.in_transaction))
+    assert pauses == [True, True, True]  # 256 + 256 + 256 + 232, inside the one transaction
+    assert count(path, "tokens") == 1000
 
 
 async def test_put_waits_while_the_disk_is_behind(tmp_path):
