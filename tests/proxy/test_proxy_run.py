@@ -101,24 +101,46 @@ def test_store_prompts_keeps_them_and_the_hash_is_the_same(fake: FakeServer, tmp
     assert row["prompt_chars"] == len("be brief") + len("hello é")
 
 
+WRITE_MS = 5.0
+"""Room for the write call between the server's arrival stamp and the proxy's t0: microseconds,
+unless the OS preempts the proxy in that window."""
+
+
 def test_ttft_stored_is_the_servers_own(fake: FakeServer, tmp_path):
-    """TTFT 200 ms at the fake server: each stored TTFT matches the server's own log of when the
-    request arrived and when it sent the first token (the 1 ms precision goal is bench/proxy.py's;
-    here a bound that holds on a busy machine)."""
+    """TTFT 200 ms at the fake server: each stored TTFT lies between the server's own (its log of
+    when the request arrived and when it wrote the first token) and the client's (from before it
+    sent to its first chunk with text). The client's bound is causal (it sent before the proxy
+    did and read after it), so it holds on a busy machine; the server's allows the proxy's t0 its
+    definition, taken as the write returns (as record's), which the server may beat by the
+    write's own microseconds (the 1 ms precision goal is bench/proxy.py's)."""
     db = tmp_path / "llmtop.db"
     fake.log(clear=True)
-    with start_proxy(fake.url, db) as pp:
+    clients = []
+    with start_proxy(fake.url, db) as pp, httpx.Client(timeout=30) as http:
+        warm = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+        assert http.post(f"{pp.url}/api/chat", json=warm).status_code == 200  # connected
         for i in range(6):
             body = {"model": TIMED, "messages": [{"role": "user", "content": f"Request {i}"}]}
-            assert httpx.post(f"{pp.url}/api/chat", json=body, timeout=30).status_code == 200
+            t_sent = time.perf_counter_ns()
+            with http.stream("POST", f"{pp.url}/api/chat", json=body) as r:
+                assert r.status_code == 200
+                for line in r.iter_lines():  # read to the end: the request is then done
+                    first = len(clients) == i
+                    if first and line and json.loads(line).get("message", {}).get("content"):
+                        clients.append((time.perf_counter_ns() - t_sent) / 1e6)
         assert pp.stop() == 0
     logs = [x for x in fake.log() if x.model == TIMED]
-    rows = _rows(db, "select ttft_ms from requests where run_id = ? order by id", pp.run_id)
-    assert len(rows) == len(logs) == 6
-    for row, log in zip(rows, logs, strict=True):
+    rows = _rows(
+        db, "select ttft_ms from requests where run_id = ? and model = ? order by id", pp.run_id,
+        TIMED,
+    )  # fmt: skip
+    assert len(rows) == len(logs) == len(clients) == 6
+    for row, log, client in zip(rows, logs, clients, strict=True):
         server_ttft = (log.sends[0][0] - log.t_recv_ns) / 1e6
         assert server_ttft >= TTFT_MS - 1
-        assert abs(row["ttft_ms"] - server_ttft) < 25, (row["ttft_ms"], server_ttft)
+        assert server_ttft - WRITE_MS <= row["ttft_ms"] <= client + 0.01, (
+            server_ttft, row["ttft_ms"], client
+        )  # fmt: skip
 
 
 def _wait(cond, timeout: float = 20.0) -> None:
