@@ -5,7 +5,8 @@ Whole-process: the proxy is the real ``llmtop proxy`` (storing every token in SQ
 threads, shares the other with this process's minimal aiohttp client, so the direct requests are
 measured on an otherwise idle pair and the proxy's CPU lands in the proxied numbers. During the
 TTFT rounds all three run at real-time priority (SCHED_FIFO) when allowed, so that the other
-load of a shared machine does not land in sub-ms differences. Same run, interleaved rounds:
+load of a shared machine does not land in sub-ms differences; of the proxy, its relay thread only
+(its writer and samplers at real-time priority would hold the relay off for whole flushes). Same run, interleaved rounds:
 
 - TTFT: 64 streams (started spread out, a short random pause between requests, as independent
   clients; in lockstep 64 requests land in one millisecond and the numbers measure that burst's
@@ -71,11 +72,15 @@ def pin_all_threads(pid: int, cores: set[int]) -> None:
         os.sched_setaffinity(int(tid), cores)
 
 
-def set_realtime(pid: int, on: bool) -> bool:
-    """SCHED_FIFO (or back to normal) for every thread of ``pid``; ``False`` if not allowed."""
+def set_realtime(pid: int, on: bool, threads: str = "relay") -> bool:
+    """SCHED_FIFO (or back to normal) for the proxy's relay thread, its main one (``threads=
+    "all"``: every thread); ``False`` if not allowed. Only the relay: at real-time priority its
+    writer thread could not be preempted by the relay for a whole ~2 ms flush, an inversion no
+    proxy at normal priority has (there the woken relay preempts the writer)."""
     policy, prio = (os.SCHED_FIFO, 1) if on else (os.SCHED_OTHER, 0)
+    tids = os.listdir(f"/proc/{pid}/task") if threads == "all" else [str(pid)]
     try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
+        for tid in tids:
             os.sched_setscheduler(int(tid), policy, os.sched_param(prio))
     except OSError:
         return False
