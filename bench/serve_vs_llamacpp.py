@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -43,7 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -153,7 +154,7 @@ async def complete(s: aiohttp.ClientSession, url: str, prompt: str) -> tuple[int
 
 async def ollama_decode(s: aiohttp.ClientSession, url: str, prompt: str) -> float | None:
     """``llmtop serve``'s own decode tok/s for one greedy request on its Ollama API."""
-    req = {"model": "smollm2", "prompt": prompt, "stream": False, "raw": True,
+    req = {"model": "smollm2", "prompt": prompt, "stream": False,
            "options": {"num_predict": NEW_TOKENS, "temperature": 0.0}}  # fmt: skip
     async with s.post(url + "/api/generate", json=req) as r:
         r.raise_for_status()
@@ -162,36 +163,29 @@ async def ollama_decode(s: aiohttp.ClientSession, url: str, prompt: str) -> floa
     return n / (ns / 1e9) if n and ns and n > 1 else None
 
 
-async def ttft(s: aiohttp.ClientSession, url: str, first_line: str) -> float:
-    t = time.perf_counter()
-    async with s.post(url + "/v1/completions", json=body(first_line + LONG * 8, 8, True)) as r:
+async def text_times(s: aiohttp.ClientSession, url: str, req: dict) -> AsyncIterator[float]:
+    """``perf_counter()`` at each streamed chunk that carries text."""
+    async with s.post(url + "/v1/completions", json=req) as r:
         r.raise_for_status()
         async for raw in r.content:
             line = raw.decode().strip()
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            if json.loads(line[6:])["choices"][0].get("text"):
-                return time.perf_counter() - t
+            data = line[6:] if line.startswith("data: ") and line != "data: [DONE]" else None
+            if data and json.loads(data)["choices"][0].get("text"):
+                yield time.perf_counter()
+
+
+async def ttft(s: aiohttp.ClientSession, url: str, first_line: str) -> float:
+    t = time.perf_counter()
+    async with contextlib.aclosing(text_times(s, url, body(first_line + LONG * 8, 8, True))) as ts:
+        async for first in ts:
+            return first - t
     raise RuntimeError("no text streamed")
 
 
 async def tpot(s: aiohttp.ClientSession, url: str, prompt: str, sampled: bool) -> float | None:
     """One streamed request: seconds per chunk with text after the first (None: fewer than 2)."""
-    first = last = None
-    n = 0
-    async with s.post(url + "/v1/completions", json=body(prompt, NEW_TOKENS, True, sampled)) as r:
-        r.raise_for_status()
-        async for raw in r.content:
-            line = raw.decode().strip()
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            if json.loads(line[6:])["choices"][0].get("text"):
-                last = time.perf_counter()
-                if first is None:
-                    first = last
-                else:
-                    n += 1
-    return (last - first) / n if first is not None and last is not None and n else None
+    times = [t async for t in text_times(s, url, body(prompt, NEW_TOKENS, True, sampled))]
+    return (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else None
 
 
 async def measure(url: str, c1: int, c8: int, sampled: int, tag: str) -> dict:
