@@ -103,7 +103,7 @@ class Exchange:
     def pause(self, paused: bool) -> None:
         """The client stopped (or started again) taking bytes: stop (start) reading upstream."""
         if self.conn is not None:
-            self.conn.hold("client", paused)
+            self.conn.hold(paused)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -122,7 +122,8 @@ class UpstreamConnection(asyncio.Protocol):
         """When the read being parsed came off the socket."""
         self._body: list[bytes] = []
         """The decoded body of that read, pushed to the timer at once (one push per read)."""
-        self._holds: set[str] = set()
+        self._held = False
+        """Reads paused: the client stopped taking the answer's bytes."""
         self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -143,20 +144,15 @@ class UpstreamConnection(asyncio.Protocol):
         if ex.on_written is not None:  # t0: the request is on the socket (as record's)
             ex.on_written(time.perf_counter_ns())
 
-    def hold(self, reason: str, on: bool) -> None:
-        """Stop reading while any reason holds (a slow client)."""
-        if self.transport is None:
+    def hold(self, on: bool) -> None:
+        """Stop (start again) reading while the client does not take the bytes."""
+        if self.transport is None or on == self._held:
             return
-        was = bool(self._holds)
+        self._held = on
         if on:
-            self._holds.add(reason)
+            self.transport.pause_reading()
         else:
-            self._holds.discard(reason)
-        if bool(self._holds) != was:
-            if self._holds:
-                self.transport.pause_reading()
-            else:
-                self.transport.resume_reading()
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         self._t = time.perf_counter_ns()  # before anything else: the tokens' arrival
@@ -225,7 +221,7 @@ class UpstreamConnection(asyncio.Protocol):
             ex.headers.clear()
             return
         self.ex = None
-        keep = ex.keep_alive and not self._holds
+        keep = ex.keep_alive and not self._held
         ex.finish(False, self._t)
         if keep:
             self.pool.release(self)

@@ -222,13 +222,11 @@ def write_batch(
     """Insert ``b``'s rows (the caller holds the transaction); ``pause()`` between each
     ``slice_rows`` token rows (the writer thread lets others run)."""
     tokens = b.tokens
-    if pause is not None and slice_rows and len(tokens) > slice_rows:
-        for i in range(0, len(tokens), slice_rows):
-            if i:
-                pause()
-            conn.executemany(INSERT_TOKEN, tokens[i : i + slice_rows])
-    elif tokens:
-        conn.executemany(INSERT_TOKEN, tokens)
+    step = slice_rows if pause is not None and slice_rows else len(tokens)
+    for i in range(0, len(tokens), step or 1):
+        if i and pause is not None:
+            pause()
+        conn.executemany(INSERT_TOKEN, tokens if step == len(tokens) else tokens[i : i + step])
     if b.requests:
         conn.executemany(
             UPSERT_REQUEST,
