@@ -5,7 +5,8 @@ the launcher and the runs screen, each in the dark and the light theme, and the 
 A screen that fills itself from a worker (the runs list, the launcher's model list) is shot once
 what the worker brings is on it: waiting for the workers alone raced with the screen starting
 them, and on a busy machine the shot caught the runs table empty (its columns as wide as their
-headers) or the model list still asking."""
+headers) or the model list still asking. A DataTable measures its columns on its next idle, after
+its rows are drawn: the runs screen is shot once its columns are as wide as the rows say."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from textual.widgets import Select
 
 from llmtop.app.screens.launcher import LauncherScreen
 from llmtop.app.screens.runs import RunsScreen
-from llmtop.app.widgets.runs_table import RunsTable
+from llmtop.app.widgets.runs_table import COLUMNS, RunsTable
 from llmtop.storage.db import open_database
 from llmtop.storage.writer import RunInfo
 
@@ -115,7 +116,12 @@ def test_runs_screen(snap_compare, theme, tmp_path, history_db):
             if not isinstance(screen, RunsScreen) or not screen.query(RunsTable):
                 return False
             table = screen.query_one(RunsTable)
-            return len(table.runs) == 3 and drawn_at(app, table, (10, 4), row=2)
+            started = table.ordered_columns[COLUMNS.index("started")]
+            return (
+                len(table.runs) == 3
+                and started.content_width == len("2026-05-03 09:13:00")  # measured on idle
+                and drawn_at(app, table, (10, 4), row=2)
+            )
 
         await wait_for(pilot, listed)
         await settle(pilot)
