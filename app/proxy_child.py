@@ -29,7 +29,7 @@ def proxy_command() -> list[str]:
     exe = Path(sys.executable).parent / "llmtop"
     if exe.exists():
         return [str(exe), "proxy"]
-    return [sys.executable, "-c", "from llmtop.app.cli import main; main()", "proxy"]
+    return [sys.executable, "-c", "from llmtop.app.cli import run; run()", "proxy"]
 
 
 class ProxyChild:

@@ -56,7 +56,7 @@ def default_command(model: str | None = None) -> list[str]:
     elif found := shutil.which("llmtop"):
         base = [found]
     else:
-        base = [sys.executable, "-c", "from llmtop.app.cli import main; main()"]
+        base = [sys.executable, "-c", "from llmtop.app.cli import run; run()"]
     cmd = [*base, "serve", "--host", "127.0.0.1", "--port", "{port}"]
     return [*cmd, "--model", model] if model else cmd
 
