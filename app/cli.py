@@ -165,7 +165,7 @@ def run() -> NoReturn:
     """
     try:
         main()  # click's standalone mode ends in SystemExit, whatever happened
-        code: object = 0
+        code: str | int | None = 0
     except SystemExit as e:
         code = e.code
     main_thread = threading.main_thread()

@@ -20,6 +20,11 @@ The server is identified once (``ServerIdentified``): its kind from its metric n
 the recording calls it at each step's boundaries. A source that is missing (404, or llama.cpp's
 501 without ``--metrics``), down or unreadable is reported once as ``SourceDown``, naming the
 flag that turns metrics on; a missing one is not asked again.
+
+The plain GETs (``/metrics``, version documents) go through aiohttp, the library the recording's
+streams already load: httpx would add itself, its command-line parts (click, pygments) and
+anyio, ~40 ms of every run's start. Ollama's ``/api/ps`` goes through the official ``ollama``
+client, which is httpx's, loaded only where an Ollama endpoint is polled.
 """
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from llmtop.collectors.http import one_line
 from llmtop.core.events import ServerIdentified, ServerSampled, SourceDown
 from llmtop.core.metrics import NS_PER_MS
 from llmtop.core.requests import Emit
@@ -51,6 +57,7 @@ from llmtop.core.server_series import (
 )
 
 if TYPE_CHECKING:
+    import httpx
     import ollama  # imported where an Ollama endpoint is polled: 0.1 s of every start otherwise
 
 DEFAULT_HZ = 1.0
@@ -205,17 +212,73 @@ def version_of(kind: str, payload: Any) -> str | None:
     return None
 
 
-async def fetch_version(client: httpx.AsyncClient, root: str, kind: str) -> str | None:
+# --- plain GETs ---------------------------------------------------------------------------------
+
+
+class Unreachable(Exception):
+    """A GET that got no HTTP answer; the message says why, in the panel's words."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One answer to a GET: what the sampler reads of it."""
+
+    status: int
+    server: str | None
+    """The ``Server:`` header (it names llama.cpp and others when ``/metrics`` is off)."""
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class PlainGet:
+    """GETs on one aiohttp session (opened at the first, inside the running loop)."""
+
+    def __init__(self, timeout_s: float = 2.0) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 2.0))
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __call__(self, url: str) -> Reply:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            async with self._session.get(url) as r:
+                return Reply(r.status, r.headers.get("Server"), await r.read())
+        except aiohttp.ClientConnectorError as e:
+            raise Unreachable("nothing answers (connection refused)") from e
+        except TimeoutError as e:
+            raise Unreachable("no answer in time") from e
+        except aiohttp.ClientError as e:
+            raise Unreachable(one_line(e) or type(e).__name__) from e
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> PlainGet:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def fetch_version(get: PlainGet, root: str, kind: str) -> str | None:
     """Ask a server of ``kind`` its version; ``None`` when it does not say."""
     k = KINDS.get(kind)
     if k is None or k.version_path is None:
         return None
     try:
-        r = await client.get(root + k.version_path)
-        if r.status_code != 200:
+        r = await get(root + k.version_path)
+        if r.status != 200:
             return None
         return version_of(kind, r.json())
-    except (httpx.HTTPError, ValueError):
+    except (Unreachable, ValueError):
         return None
 
 
@@ -232,19 +295,19 @@ class Probe:
     """Why no series are read, with what to do about it."""
 
 
-async def probe(client: httpx.AsyncClient, base_url: str) -> Probe:
+async def probe(get: PlainGet, base_url: str) -> Probe:
     """Look once at the server under ``base_url``: kind, version, series read, or why not."""
     root = server_root(base_url)
     url = f"{root}/metrics"
     try:
-        r = await client.get(url)
-    except httpx.HTTPError as e:
-        return Probe(None, None, (), None, f"{url} unreachable: {_why(e)}")
-    header_kind = kind_of_header(r.headers.get("server"))
-    if r.status_code != 200:
+        r = await get(url)
+    except Unreachable as e:
+        return Probe(None, None, (), None, f"{url} unreachable: {e}")
+    header_kind = kind_of_header(r.server)
+    if r.status != 200:
         kind = header_kind
-        version = await fetch_version(client, root, kind) if kind else None
-        return Probe(kind, version, (), r.status_code, _not_served(url, r.status_code, kind))
+        version = await fetch_version(get, root, kind) if kind else None
+        return Probe(kind, version, (), r.status, _not_served(url, r.status, kind))
     try:
         scrape = parse_prometheus(r.text)
     except ValueError as e:
@@ -252,8 +315,8 @@ async def probe(client: httpx.AsyncClient, base_url: str) -> Probe:
     values = dict(scrape.values)
     for name, state in scrape.histograms.items():
         values.update(histogram_values(name, state, None))
-    kind = server_kind([*values, *scrape.histograms], r.headers.get("server"))
-    version = await fetch_version(client, root, kind)
+    kind = server_kind([*values, *scrape.histograms], r.server)
+    version = await fetch_version(get, root, kind)
     series = series_read(values, kind)
     problem = None if series else f"{url} has no metrics llmtop knows"
     return Probe(kind, version, series, 200, problem)
@@ -303,7 +366,6 @@ class ServerMetricsSampler:
         hz: float = DEFAULT_HZ,
         timeout_s: float = 2.0,
         clock: Callable[[], int] = time.perf_counter_ns,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         root = server_root(base_url)
         self.root = root
@@ -311,7 +373,6 @@ class ServerMetricsSampler:
         self.hz = hz
         self.clock = clock
         self.timeout_s = timeout_s
-        self.transport = transport
         self.ready = asyncio.Event()
         """Set after the first round of polls (the client's setup is the costly part)."""
         self.endpoints: list[_Endpoint] = []
@@ -320,7 +381,7 @@ class ServerMetricsSampler:
         if kind != "ollama":
             self.endpoints.append(_Endpoint("metrics", f"{root}/metrics"))
         self.identified: ServerIdentified | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._client: PlainGet | None = None
         self._ollama: ollama.AsyncClient | None = None
         """The official client, for Ollama's own API (``/api/ps``); ``/metrics`` is plain HTTP."""
         self._emit: Emit | None = None
@@ -328,6 +389,7 @@ class ServerMetricsSampler:
 
     async def _poll_ollama(self, ep: _Endpoint, emit: Emit) -> None:
         """``/api/ps`` through the official ``ollama`` client (its models and memory)."""
+        import httpx
         import ollama
 
         assert self._ollama is not None
@@ -342,11 +404,11 @@ class ServerMetricsSampler:
             return
         except ConnectionError as e:  # the client's own, raised from httpx's
             cause = e.__cause__
-            why = _why(cause) if isinstance(cause, httpx.HTTPError) else "nothing answers"
+            why = _httpx_why(cause) if isinstance(cause, httpx.HTTPError) else "nothing answers"
             self._down(ep, emit, f"{ep.url} unreachable: {why}", retry=True)
             return
         except httpx.HTTPError as e:
-            self._down(ep, emit, f"{ep.url} unreachable: {_why(e)}", retry=True)
+            self._down(ep, emit, f"{ep.url} unreachable: {_httpx_why(e)}", retry=True)
             return
         except (ValueError, TypeError) as e:  # a reply the client could not read as /api/ps
             self._down(ep, emit, f"{ep.url} unreadable: {e}", retry=True)
@@ -359,26 +421,26 @@ class ServerMetricsSampler:
         ep.last = canonical_values(values, "ollama")
         emit(ServerSampled(self.run_id, t_ns, "ollama", values))
 
-    async def poll(self, client: httpx.AsyncClient, ep: _Endpoint, emit: Emit) -> None:
+    async def poll(self, client: PlainGet, ep: _Endpoint, emit: Emit) -> None:
         """Read one endpoint once, emitting its values or, on a change of state, why not."""
         if ep.name == "ollama" and self._ollama is not None:
             await self._poll_ollama(ep, emit)
             return
         t_sent = self.clock()
         try:
-            resp = await client.get(ep.url)
-        except httpx.HTTPError as e:
-            self._down(ep, emit, f"{ep.url} unreachable: {_why(e)}", retry=True)
+            resp = await client(ep.url)
+        except Unreachable as e:
+            self._down(ep, emit, f"{ep.url} unreachable: {e}", retry=True)
             return
         t_ns = self.clock()
-        if resp.status_code in (404, 405, 501):
-            kind = kind_of_header(resp.headers.get("server")) if ep.name == "metrics" else None
+        if resp.status in (404, 405, 501):
+            kind = kind_of_header(resp.server) if ep.name == "metrics" else None
             if kind is not None:
                 await self._identify(client, ep, emit, kind, t_ns, {})
-            self._down(ep, emit, _not_served(ep.url, resp.status_code, kind), retry=False)
+            self._down(ep, emit, _not_served(ep.url, resp.status, kind), retry=False)
             return
-        if resp.status_code != 200:
-            self._down(ep, emit, f"{ep.url} answered HTTP {resp.status_code}", retry=True)
+        if resp.status != 200:
+            self._down(ep, emit, f"{ep.url} answered HTTP {resp.status}", retry=True)
             return
         try:
             if ep.name == "ollama":
@@ -389,9 +451,7 @@ class ServerMetricsSampler:
                 for name, state in scrape.histograms.items():
                     values.update(histogram_values(name, state, ep.hist.get(name)))
                 ep.hist = scrape.histograms
-                source = ep.kind or server_kind(
-                    [*values, *scrape.histograms], resp.headers.get("server")
-                )
+                source = ep.kind or server_kind([*values, *scrape.histograms], resp.server)
         except (ValueError, json.JSONDecodeError, AttributeError, KeyError, TypeError) as e:
             self._down(ep, emit, f"{ep.url} unreadable: {e}", retry=True)
             return
@@ -408,7 +468,7 @@ class ServerMetricsSampler:
 
     async def _identify(
         self,
-        client: httpx.AsyncClient,
+        client: PlainGet,
         ep: _Endpoint,
         emit: Emit,
         kind: str,
@@ -423,7 +483,7 @@ class ServerMetricsSampler:
         self.identified = ev
         emit(ev)
 
-    async def _identify_ollama(self, client: httpx.AsyncClient, emit: Emit) -> None:
+    async def _identify_ollama(self, client: PlainGet, emit: Emit) -> None:
         """A server that answers ``/api/ps`` and has no ``/metrics`` is Ollama."""
         ps = next((ep for ep in self.endpoints if ep.name == "ollama"), None)
         if self.identified is not None or ps is None or ps.down is not None or ps.kind:
@@ -442,7 +502,7 @@ class ServerMetricsSampler:
         ep.next_try = time.monotonic() + ep.backoff
         ep.backoff = min(ep.backoff * 2, MAX_BACKOFF_S)
 
-    async def _round(self, client: httpx.AsyncClient, emit: Emit, eps: list[_Endpoint]) -> None:
+    async def _round(self, client: PlainGet, emit: Emit, eps: list[_Endpoint]) -> None:
         async with self._lock:  # a boundary scrape and a periodic poll never overlap
             await asyncio.gather(*(self.poll(client, ep, emit) for ep in eps))
             await self._identify_ollama(client, emit)
@@ -466,21 +526,20 @@ class ServerMetricsSampler:
         """Poll until cancelled, or until no endpoint is left to ask."""
         loop = asyncio.get_running_loop()
         period = 1.0 / self.hz
-        timeout = httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 2.0))
-        # A TLS context costs ~20-40 ms to build; plain-HTTP servers (the usual local case)
-        # need none, and that time would be taken from the event loop that times tokens.
-        verify = any(ep.url.startswith("https:") for ep in self.endpoints)
-        try:
-            client = httpx.AsyncClient(timeout=timeout, transport=self.transport, verify=verify)
-            if any(ep.name == "ollama" for ep in self.endpoints):
+        client = PlainGet(self.timeout_s)
+        if any(ep.name == "ollama" for ep in self.endpoints):
+            try:
+                import httpx
                 import ollama  # before ``ready``: no request is in flight yet
 
-                self._ollama = ollama.AsyncClient(
-                    host=self.root, timeout=timeout, transport=self.transport, verify=verify
-                )
-        except Exception:
-            self.ready.set()
-            raise
+                # A TLS context costs ~20-40 ms to build; plain-HTTP servers (the usual local
+                # case) need none, and that time would be taken from the loop that times tokens.
+                verify = self.root.startswith("https:")
+                timeout = httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 2.0))
+                self._ollama = ollama.AsyncClient(host=self.root, timeout=timeout, verify=verify)
+            except Exception:
+                self.ready.set()
+                raise
         async with client:
             self._client, self._emit = client, emit
             try:
@@ -506,8 +565,10 @@ class ServerMetricsSampler:
                     self._ollama = None
 
 
-def _why(e: httpx.HTTPError) -> str:
-    """Words for the panel rather than httpx's class names."""
+def _httpx_why(e: httpx.HTTPError) -> str:
+    """Words for the panel rather than httpx's class names (the ``ollama`` client's errors)."""
+    import httpx
+
     if isinstance(e, httpx.ConnectError):
         return "nothing answers (connection refused)"
     if isinstance(e, httpx.TimeoutException):

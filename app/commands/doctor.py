@@ -32,7 +32,7 @@ from llmtop.collectors.backends import detect_api
 from llmtop.collectors.gpu import inventory
 from llmtop.collectors.ollama import ollama_base_url
 from llmtop.collectors.openai_compat import openai_base_url
-from llmtop.collectors.server_metrics import Probe, probe
+from llmtop.collectors.server_metrics import PlainGet, Probe, probe
 from llmtop.collectors.system import host_info
 from llmtop.core.errors import LlmtopError, StorageError
 from llmtop.storage.db import ENV_DB, applied_migrations, open_readonly, resolve_db_path
@@ -128,8 +128,8 @@ def check_metrics(url: str) -> Check:
     or why none (with the flag that turns them on)."""
 
     async def look() -> Probe:
-        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-            return await probe(client, url)
+        async with PlainGet(TIMEOUT.read or 3.0) as get:
+            return await probe(get, url)
 
     p = asyncio.run(look())
     who = p.kind or "unknown server"

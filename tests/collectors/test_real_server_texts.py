@@ -16,6 +16,7 @@ from support.servers import Behavior, FakeServer, Persona
 
 from llmtop.collectors.openai_compat import OpenAIBackend
 from llmtop.collectors.server_metrics import (
+    PlainGet,
     ServerMetricsSampler,
     histogram_values,
     parse_prometheus,
@@ -111,8 +112,8 @@ async def _run_to_end(sampler):
 
 async def test_probe_and_doctor_say_kind_version_and_series():
     with FakeServer(persona=Persona("vllm")) as srv:
-        async with httpx.AsyncClient() as client:
-            p = await probe(client, srv.openai_url)
+        async with PlainGet() as get:
+            p = await probe(get, srv.openai_url)
         assert (p.kind, p.version, p.status) == ("vllm", "0.32.0", 200)
         assert "tpot_s" in p.series and "kv_cache_usage" in p.series
         proc = await asyncio.to_thread(run_llmtop, "doctor", "--url", srv.openai_url, "--json")

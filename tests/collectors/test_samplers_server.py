@@ -6,12 +6,12 @@ import asyncio
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 from support.collect import collect_events
 from support.servers import FakeServer, refused_url
 
 from llmtop.collectors.server_metrics import (
+    PlainGet,
     ServerMetricsSampler,
     histogram_values,
     parse_ollama_ps,
@@ -181,7 +181,7 @@ async def test_unreadable_and_unreachable_sources_are_said_once(plain_server, pa
     sampler = ServerMetricsSampler(1, base, "openai")
     ep = sampler.endpoints[0]
     got = []
-    async with httpx.AsyncClient() as client:
+    async with PlainGet() as client:
         for _ in range(3):
             await sampler.poll(client, ep, got.append)
     assert len(got) == 1 and fragment in got[0].reason, got
