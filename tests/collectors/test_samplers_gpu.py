@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import types
 
 import pytest
@@ -107,6 +109,21 @@ def test_the_real_nvml_here_reports_why_there_is_no_gpu():
     got = []
     asyncio.run(asyncio.wait_for(GpuSampler(1).run(got.append), 5))
     assert [type(e) for e in got] == [SourceDown] and got[0].reason == why
+
+
+def test_without_the_driver_library_nvidia_ml_py_is_not_loaded():
+    """Where libnvidia-ml does not load, the answer comes without importing the bindings (~7 ms
+    of every start); where it loads, they are imported and asked."""
+    code = (
+        "import sys; from llmtop.collectors.gpu import inventory, nvml_library_present; "
+        "gpus, _, why = inventory(); "
+        "print(nvml_library_present(), 'pynvml' in sys.modules, why)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    present, loaded, why = out.stdout.split(" ", 2)
+    assert loaded == present  # the bindings loaded exactly when the library is there
+    if present == "False":
+        assert why.strip() == "no NVIDIA driver (NVML library not found)"
 
 
 def test_inventory_through_the_seam():
