@@ -18,7 +18,7 @@ import click
 from rich.console import Console
 
 from llmtop.app.commands.common import db_option, db_path_of
-from llmtop.app.commands.record_view import ProgressView, print_summary, summary_json
+from llmtop.app.commands.record_view import print_summary, summary_json
 from llmtop.app.commands.run_options import (
     OneLineErrors,
     backend_options,
@@ -105,7 +105,11 @@ async def _record(recording: Recording, show_progress: bool, err: Console) -> Re
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal)
-    view = asyncio.create_task(ProgressView(recording, err).run()) if show_progress else None
+    view = None
+    if show_progress:
+        from llmtop.app.commands.record_progress import ProgressView
+
+        view = asyncio.create_task(ProgressView(recording, err).run())
     try:
         return await recording.run()
     finally:
