@@ -88,8 +88,10 @@ def compare(
     elif as_markdown:
         click.echo(comparison_markdown(comparisons), nl=False)
     else:
-        console = Console()
+        console = Console(emoji=False)
         if not console.is_terminal:
-            console = Console(width=1000)  # a file or a pipe gets whole cells, unwrapped
+            console = Console(
+                width=1000, emoji=False
+            )  # a file or a pipe gets whole cells, unwrapped
         for item in comparison_renderables(comparisons):
             console.print(item)

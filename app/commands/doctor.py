@@ -328,7 +328,7 @@ def doctor(
         table.add_column(col, overflow="fold")
     for c in checks:
         table.add_row(MARK[c.state], c.area, c.name, c.detail)
-    Console().print(table)
+    Console(emoji=False).print(table)
     if problems:
         click.echo(f"llmtop: doctor found {problems} problem(s) (marked ✗)", err=True)
         ctx.exit(1)

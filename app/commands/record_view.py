@@ -78,7 +78,7 @@ def summary_table(summary: RunSummary) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("")
     for s in columns:
-        table.add_column(s.step or "all", justify="right")
+        table.add_column(Text(s.step or "all"), justify="right")  # a name, not markup
     for label, cell in _rows(summary):
         table.add_row(label, *(cell(s) for s in columns))
     return table

@@ -95,4 +95,4 @@ def report(
     elif not files:
         from llmtop.app.report.document import print_report
 
-        print_report(Console(width=width), data)
+        print_report(Console(width=width, emoji=False), data)

@@ -220,9 +220,9 @@ def runs(
         ("errs", "right"), ("TTFT p50 ms", "right"), ("E2E p95 ms", "right"),
         ("decode tok/s", "right"), ("out tok/s", "right"),
     ]  # fmt: skip
-    console = Console()
+    console = Console(emoji=False)
     if not console.is_terminal:
-        console = Console(width=1000)  # a file or a pipe gets every column, unwrapped
+        console = Console(width=1000, emoji=False)  # a file or a pipe gets every column, unwrapped
     shown = fitting_columns([c for c, _ in columns], cells, console.width)
     table = Table(box=None, header_style="bold")
     for i, (col, justify) in enumerate(columns):
@@ -230,8 +230,8 @@ def runs(
             table.add_column(col, justify=justify, no_wrap=True, overflow="ellipsis",
                              max_width=NAME_WIDTH)  # fmt: skip
     cells = [[c for i, c in enumerate(row) if i in shown] for row in cells]
-    for row in cells:
-        table.add_row(*row)
+    for row in cells:  # names are text: "[x]" is not markup
+        table.add_row(*(Text(c) if isinstance(c, str) else c for c in row))
     console.print(table)
     hidden = [c for i, (c, _) in enumerate(columns) if i not in shown]
     if hidden:

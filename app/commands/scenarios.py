@@ -74,7 +74,7 @@ def scenarios(scenario: str | None, as_toml: bool, as_json: bool) -> None:
       llmtop scenarios basic --toml > mine.toml # start your own from a built-in
       llmtop scenarios mine.toml                # check a file: errors name the line
     """
-    console = Console()
+    console = Console(emoji=False)
     if as_toml:
         if scenario is None:
             raise UsageError("--toml needs a built-in NAME (see 'llmtop scenarios')")

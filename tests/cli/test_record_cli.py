@@ -266,3 +266,12 @@ def test_fewer_requests_than_workers_is_a_warning_not_an_error(server, tmp_path)
         "llmtop: warning: step 'default' sends 2 requests with concurrency 4: never more than 2 "
         "in flight (give --requests 4 or more)"
     ]
+
+
+def test_the_summary_shows_step_names_as_written(server, tmp_path):
+    """A step's name is text: brackets are not rich markup, ``:fire:`` is not an emoji."""
+    scenario = tmp_path / "names.toml"
+    scenario.write_text('name = "n"\nwarmup = 0\n[[steps]]\nname = "[fast] :fire:"\nrequests = 1\n')
+    proc = record(server, tmp_path / "n.db", "--scenario", str(scenario))
+    assert proc.returncode == 0, proc.stderr
+    assert "[fast] :fire:" in proc.stdout

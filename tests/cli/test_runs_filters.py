@@ -144,3 +144,12 @@ def test_runs_that_failed_before_a_request_are_hidden_unless_all(dbfile, tmp_pat
     assert ids("--limit", "1", db=dbfile) == [3]  # the limit counts the runs shown
     table = run_llmtop("runs", "--db", dbfile)
     assert "1 run that failed before a request not shown; --all shows them" in table.stderr
+
+
+def test_names_are_shown_as_written(tmp_path):
+    """A run's name is text: "[red]x[/red]" is not rich markup, ":fire:" not an emoji."""
+    path = tmp_path / "names.db"
+    write_run(path, [FakeRequest(0, [100, 120])], info=RunInfo(name="[red]x[/red] :fire:"))
+    result = CliRunner().invoke(main, ["runs", "--db", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "[red]x[/red] :fire:" in result.stdout
