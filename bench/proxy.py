@@ -20,8 +20,8 @@ load of a shared machine does not land in sub-ms differences; of the proxy, its 
 - Throughput: 64 streams of a server that floods tokens as fast as the sockets take them,
   through the proxy. Tokens/s as the client receives them (wall), and the proxy's CPU per token
   (psutil, all its threads: relay, parsers, events, the SQLite writer), whose inverse is what
-  one core passes when the proxy is the bottleneck; the median round (the best one once paired
-  a tokens/s with another round's CPU reading, 0.7 us per token for the usual 3-3.7).
+  one core passes when the proxy is the bottleneck; the median round (the fastest one once read
+  0.7 us per token, unexplained, where every other round reads 3-3.7).
 
 Prints one line; the goals (issue 18): added TTFT <= 0.3 ms at p50 and <= 1 ms at p99, and
 >= 50,000 tokens/s on one core. On the 2-core machine these were written on (shared with other
