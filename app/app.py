@@ -172,6 +172,7 @@ class LlmtopApp(App[None]):
         snap = self.aggregator.snapshot()
         if snap is not self._snap:
             self._snap = snap
+            self.dashboard.default_watch = self.session.default_watched
             self.dashboard.snapshot = snap
         if self.session.recording is not None:
             self._follow_run()

@@ -37,6 +37,15 @@ class LiveSession:
     def running(self) -> bool:
         return self.recording is not None and self.recording.is_alive()
 
+    @property
+    def default_watched(self) -> str | None:
+        """The address watched only because it is the default (the ``auto`` backend, no URL:
+        Ollama's), while the watcher runs; ``None`` otherwise."""
+        backend, url = self._target
+        if self.watcher is None or backend != "auto" or url is not None:
+            return None
+        return self.watcher.url
+
     def watch(self, backend: str, url: str | None) -> None:
         """(Re)start watching the server at ``url`` and looking for a proxy's run to follow
         (unless a run of ours is going, or either is turned off)."""

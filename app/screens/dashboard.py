@@ -18,7 +18,7 @@ from llmtop.app.widgets.metric_trend import MetricTrend
 from llmtop.app.widgets.percentile_table import PercentileTable
 from llmtop.app.widgets.requests_table import RequestsTable
 from llmtop.app.widgets.resources_panel import ResourcesPanel
-from llmtop.app.widgets.server_panel import ServerPanel, server_activity
+from llmtop.app.widgets.server_panel import ServerPanel, absent_default, server_activity
 from llmtop.app.widgets.status_line import RunStatus, StatusLine
 from llmtop.core import fmt
 from llmtop.live.snapshot import EMPTY_SNAPSHOT, Snapshot
@@ -51,6 +51,9 @@ class DashboardScreen(Screen[None]):
     """The aggregator's newest snapshot (set by the app's UI tick)."""
     status: reactive[RunStatus] = reactive(RunStatus)
     """What the status line shows (set by the app)."""
+    default_watch: reactive[str | None] = reactive(None)
+    """The server address watched only because it is the default (set by the app): where
+    nothing answers, the server panel says so calmly (``absent_default``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -122,8 +125,10 @@ class DashboardScreen(Screen[None]):
         server.servers = snap.servers
         server.now_ns = snap.t_ns
         self.query_one(StatusLine).server = server_activity(snap.servers)
-        server.down = tuple(
-            (s, r) for s, r in snap.down if s not in GPU_SOURCES and s not in SYSTEM_SOURCES
+        server.down, server.note = absent_default(
+            tuple((s, r) for s, r in snap.down if s not in GPU_SOURCES and s not in SYSTEM_SOURCES),
+            snap.servers,
+            self.default_watch,
         )
         self.query_one(RequestsTable).rows_data = snap.in_flight + snap.finished
 

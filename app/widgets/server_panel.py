@@ -81,6 +81,19 @@ def stale_age_s(t_ns: int, now_ns: int | None) -> float | None:
     return age if age > STALE_S else None
 
 
+def absent_default(
+    down: tuple[tuple[str, str], ...], servers: tuple[ServerView, ...], watched: str | None
+) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    """``(down, note)``: when the address watched is only the default one (no ``--url``, the
+    ``auto`` backend) and nothing answers there, one calm line instead of each source's
+    complaint. Most fresh machines have no Ollama, and a run then uses the in-repo engine: a
+    panel of unreachable endpoints in warning colours would say something is broken."""
+    if watched is None or servers or not down or not all(s.startswith("server") for s, _ in down):
+        return down, None
+    where = watched.split("://", 1)[-1]
+    return (), f"no Ollama at {where}: a run launched now (l) uses the in-repo engine"
+
+
 class ServerPanel(Widget):
     """Every server source read, newest sample first, or why it cannot be read."""
 
@@ -94,6 +107,8 @@ class ServerPanel(Widget):
     servers: reactive[tuple[ServerView, ...]] = reactive(tuple)
     down: reactive[tuple[tuple[str, str], ...]] = reactive(tuple)
     """``(source, reason)`` of server sources that cannot be read right now."""
+    note: reactive[str | None] = reactive(None)
+    """A calm line in place of ``down`` (``absent_default``)."""
     now_ns: reactive[int | None] = reactive(None)
     """The newest event's time (any source): a server sample much older than it is stale."""
 
@@ -105,6 +120,8 @@ class ServerPanel(Widget):
         low = self.background_colors[1].blend(high, 0.35)
         bar_w = max(0, self.size.width - LABEL_W - VALUE_W - 2)
         parts: list[RenderableType] = []
+        if self.note:
+            parts.append(Text(self.note, style=muted, overflow="fold"))
         for source, reason in self.down:
             # wrapped, not cut: the reason is what the user needs to read to fix it
             parts.append(Text(f"{source}: {reason}", style=down_style, overflow="fold"))
