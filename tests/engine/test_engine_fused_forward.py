@@ -3,9 +3,11 @@ prompt rows on the C kernels, one call per decode step.
 
 Its arithmetic rounds less often than the per-layer torch forward (silu(gate) * up once instead
 of twice, the attention output straight to the next matmul), so the two agree within bf16
-rounding, not bit for bit: measured 0.5 at most and 0.068 on average over two prompts fed
-through the KV cache, with the same next token everywhere. The bounds below leave room above
-that; the tests of exactness alone / batched / beside a prompt (test_engine_model.py,
+rounding, not bit for bit: measured 0.5-0.56 at most and 0.066-0.078 on average over two prompts
+fed through the KV cache, with the same next token wherever the best two logits are not tied
+within one bf16 step (on one CPU the fused forward rounded tokens 357 and 260 both to 18.875,
+the per-layer one to 19.0 and 18.875: argmax then takes the lower id). The bounds below leave
+room above that; the tests of exactness alone / batched / beside a prompt (test_engine_model.py,
 tests/serve/test_scheduler.py) run on this path wherever the kernels are built.
 """
 
@@ -64,7 +66,13 @@ def test_fused_and_per_layer_forwards_agree_within_bf16_rounding(smollm, kernels
         fused, layers = through_cache(smollm, ids, True), through_cache(smollm, ids, False)
         diff = (fused - layers).abs()
         assert diff.max() <= FUSED_MAX and diff.mean() <= FUSED_MEAN, (diff.max(), diff.mean())
-        assert torch.equal(fused.argmax(-1), layers.argmax(-1)), text
+        picked_f, picked_l = fused.argmax(-1), layers.argmax(-1)
+        differ = (picked_f != picked_l).nonzero().flatten().tolist()
+        assert len(differ) <= 1, (text, differ)  # a tie is rare: never a run of them
+        for p in differ:  # only where the two best are tied within one bf16 step in both
+            for logits, other in ((fused[p], picked_l[p]), (layers[p], picked_f[p])):
+                step = torch.finfo(torch.bfloat16).eps * logits.max().abs()
+                assert logits.max() - logits[other] <= step, (text, p, logits.topk(2))
 
 
 def test_a_bad_slot_or_position_is_refused_before_any_work(smollm, kernels):
