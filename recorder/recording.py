@@ -41,6 +41,7 @@ from llmtop.recorder.plan import (
     default_backend_factory,
 )
 from llmtop.recorder.runner import Runner
+from llmtop.recorder.short_slice import request_short_slice
 from llmtop.recorder.tally import LiveTally
 from llmtop.recorder.workers import WorkerPool
 from llmtop.storage.db import resolve_db_path
@@ -337,6 +338,7 @@ class Recording:
                 # What exists now (imports, setup) lives as long as the run: out of the
                 # collector's way, a full collection stops the loop for 12-17 ms instead of <1.
                 gc.freeze()
+                request_short_slice()  # this thread stamps: first on its core when it wakes
                 self.status = ""  # requests go out now: the progress is theirs
                 await runner.warmup(scenario)
                 if server is not None:

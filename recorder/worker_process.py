@@ -23,6 +23,7 @@ from llmtop.recorder.fd_room import make_room_for_sockets
 from llmtop.recorder.loop_probe import LoopProbe, new_event_loop
 from llmtop.recorder.plan import RecordPlan
 from llmtop.recorder.runner import Runner, Share, StepOutcome
+from llmtop.recorder.short_slice import request_short_slice
 
 FLUSH_S = 0.02
 """Events go to the recording every 20 ms (the live view draws at 4-10 Hz)."""
@@ -51,6 +52,7 @@ def worker_entry(fd: int) -> None:
     setup: WorkerSetup = conn.recv()
     make_room_for_sockets(0)  # its streams' share is not known yet: the table's usual minimum
     gc.freeze()  # its imports live as long as it does: out of the collector's way (recording.py)
+    request_short_slice()  # its loop stamps tokens (short_slice.py)
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(Worker(conn, setup).serve())
 

@@ -36,6 +36,7 @@ from llmtop.recorder.proxy_run import (
     upstream_origin,
 )
 from llmtop.recorder.proxy_server import ProxyLimits
+from llmtop.recorder.short_slice import request_short_slice
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -161,6 +162,7 @@ async def _serve(run: ProxyRun) -> tuple[ProxyResult, int]:
         # it out of the collector's full passes, which otherwise stall the relay for tens of ms
         # at a time (40 ms here, measured) and land in the TTFT of every stream in flight.
         gc.freeze()
+        request_short_slice()  # the relay stamps tokens: first on its core when bytes arrive
 
     try:
         return await run.run(stop, ready), shown
