@@ -4,10 +4,11 @@ Since Linux 6.6 the fair scheduler is EEVDF: a thread that wakes (a token's byte
 when its virtual deadline is the earliest, and a thread's deadline is its slice away. With the
 default slice (here 1.4 ms) a waking event loop waits for a CPU-bound thread on its core to use
 up its own slice first: the bundled engine llmtop starts on a 2-core laptop keeps both cores
-busy, and ``llmtop record`` against it measured its own loop 2.6-3.6 ms late at p99 (TTFT p50
-~15 ms), its stamps late by as much. Since 6.12 a thread may ask for a shorter slice (the
-``sched_runtime`` of ``sched_setattr``, no privilege needed): at 0.1 ms the same runs measured
-0.96-1.4 ms at p99, the engine's speed unchanged, and the collector bench's throughput too.
+busy, and ``llmtop record`` against it measured its own loop 3.3 ms late at p99 (median of seven
+runs; TTFT p50 ~15 ms), its stamps late by as much. Since 6.12 a thread may ask for a shorter
+slice (the ``sched_runtime`` of ``sched_setattr``, no privilege needed): at 0.1 ms the same runs
+measured 1.25 ms (median of eight), the engine's decode speed unchanged, and the collector
+bench's throughput too.
 It changes who goes first when both want the core, not how much CPU either gets.
 
 Only ``SCHED_OTHER`` threads are asked (a real-time or batch policy set by the user stays), the
