@@ -39,6 +39,8 @@ def test_the_verdict_names_the_cause_and_by_how_much():
     assert lagging is not None and WARNING in lagging
     assert "30 ms late (p99), 30% of the TTFT p50 of 100 ms (limit 5%)" in lagging
     assert "--workers 2" in lagging
+    near = bottleneck(ClientCheck(loop_lag_ms_p99=0.613), ttft_ms_p50=11.33)
+    assert near is not None and "5.4% of the TTFT p50 of 11.33 ms (limit 5%)" in near
     busy = bottleneck(ClientCheck(loop_cpu_pct=93.0, workers=2), ttft_ms_p50=None, cores=8)
     assert busy is not None and "93% of a core busy (limit 85%)" in busy and "--workers 4" in busy
     full = bottleneck(ClientCheck(loop_cpu_pct=93.0, workers=2), ttft_ms_p50=None, cores=2)
