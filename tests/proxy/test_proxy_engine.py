@@ -80,15 +80,15 @@ def test_the_openai_client_through_the_proxy(engine, front):
 ROWS = "select model, path, status from requests where run_id = ? order by id"
 
 
-def test_each_one_is_in_the_observed_run(engine, front):
-    """It sends its own requests (the tests before it may have run elsewhere or not at all)."""
-    done = lambda rows: all(r[2] != "running" for r in rows)  # noqa: E731
-    before = len(front.wait_rows(ROWS, front.run_id, until=done))
-    _chat(front.url, stream=True)
-    _count(front.url)
-    rows = front.wait_rows(
-        ROWS, front.run_id, until=lambda rows: len(rows) == before + 2 and done(rows)
-    )
-    assert [tuple(r) for r in rows[before:]] == [
-        ("smollm2", "/api/chat", "ok"), ("smollm2", "/v1/chat/completions", "ok")
-    ]  # fmt: skip
+def test_each_one_is_in_the_observed_run(engine, tmp_path):
+    """A proxy of its own, so its run holds exactly these requests: counting the shared proxy's
+    rows before sending raced with the writer still storing an earlier test's request."""
+    with start_proxy(engine.url, tmp_path / "own.db") as pp:
+        _chat(pp.url, stream=True)
+        _count(pp.url)
+        done = lambda rows: len(rows) == 2 and all(r[2] != "running" for r in rows)  # noqa: E731
+        rows = pp.wait_rows(ROWS, pp.run_id, until=done)
+        assert [tuple(r) for r in rows] == [
+            ("smollm2", "/api/chat", "ok"), ("smollm2", "/v1/chat/completions", "ok")
+        ]  # fmt: skip
+        assert pp.stop() == 0, pp.stderr
