@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import click
-from rich.console import Console
 
 from llmtop.app.commands.common import db_option, db_path_of
+from llmtop.app.commands.consoles import table_console
 from llmtop.core.errors import UsageError
 from llmtop.storage.db import open_readonly
 
@@ -88,10 +88,6 @@ def compare(
     elif as_markdown:
         click.echo(comparison_markdown(comparisons), nl=False)
     else:
-        console = Console(emoji=False)
-        if not console.is_terminal:
-            console = Console(
-                width=1000, emoji=False
-            )  # a file or a pipe gets whole cells, unwrapped
+        console = table_console()
         for item in comparison_renderables(comparisons):
             console.print(item)

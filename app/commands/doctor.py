@@ -23,10 +23,10 @@ import click
 import httpx
 import ollama
 import psutil
-from rich.console import Console
 from rich.table import Table
 
 from llmtop.app.commands.common import db_option, db_path_of
+from llmtop.app.commands.consoles import cli_console
 from llmtop.app.commands.run_options import OneLineErrors, backend_options
 from llmtop.collectors.backends import detect_api
 from llmtop.collectors.gpu import inventory
@@ -328,7 +328,7 @@ def doctor(
         table.add_column(col, overflow="fold")
     for c in checks:
         table.add_row(MARK[c.state], c.area, c.name, c.detail)
-    Console(emoji=False).print(table)
+    cli_console().print(table)
     if problems:
         click.echo(f"llmtop: doctor found {problems} problem(s) (marked ✗)", err=True)
         ctx.exit(1)

@@ -18,6 +18,7 @@ import click
 from rich.console import Console
 
 from llmtop.app.commands.common import db_option, db_path_of
+from llmtop.app.commands.consoles import cli_console
 from llmtop.app.commands.record_view import print_summary, summary_json
 from llmtop.app.commands.run_options import (
     OneLineErrors,
@@ -63,7 +64,7 @@ def record(ctx: click.Context, db_path: str | None, quiet: bool, as_json: bool, 
     path = db_path_of(ctx, db_path)
     plan = plan_from_flags(RunFlags.from_options(kw), path)
     show_progress = not quiet and sys.stderr.isatty()
-    err = Console(stderr=True, emoji=False)
+    err = cli_console(stderr=True)
     for warning in plan_warnings(plan):
         err.print(f"llmtop: warning: {warning}", markup=False, highlight=False, soft_wrap=True)
 
@@ -83,7 +84,7 @@ def record(ctx: click.Context, db_path: str | None, quiet: bool, as_json: bool, 
     if as_json:
         click.echo(json.dumps(summary_json(summary, result), indent=2, default=str))
     elif summary is not None and not quiet and summary.overall.n + summary.overall.warmup > 0:
-        print_summary(Console(emoji=False), summary, result, examples)
+        print_summary(cli_console(), summary, result, examples)
     _exit_for(result)
 
 

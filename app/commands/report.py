@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import click
-from rich.console import Console
 
 from llmtop.app.commands.common import db_option, db_path_of
+from llmtop.app.commands.consoles import cli_console
 from llmtop.core.errors import UsageError
 from llmtop.storage.db import open_readonly
 
@@ -95,4 +95,4 @@ def report(
     elif not files:
         from llmtop.app.report.document import print_report
 
-        print_report(Console(width=width, emoji=False), data)
+        print_report(cli_console(width=width), data)

@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import click
-from rich.console import Console, JustifyMethod
+from rich.console import JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
 from llmtop.app.commands.common import db_option, open_db
+from llmtop.app.commands.consoles import table_console
 from llmtop.core import fmt
 from llmtop.core.errors import UsageError
 from llmtop.core.fmt import local_time
@@ -220,9 +221,7 @@ def runs(
         ("errs", "right"), ("TTFT p50 ms", "right"), ("E2E p95 ms", "right"),
         ("decode tok/s", "right"), ("out tok/s", "right"),
     ]  # fmt: skip
-    console = Console(emoji=False)
-    if not console.is_terminal:
-        console = Console(width=1000, emoji=False)  # a file or a pipe gets every column, unwrapped
+    console = table_console()
     shown = fitting_columns([c for c, _ in columns], cells, console.width)
     table = Table(box=None, header_style="bold")
     for i, (col, justify) in enumerate(columns):

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from llmtop.app.commands.consoles import cli_console
 from llmtop.app.commands.run_options import OneLineErrors
 from llmtop.core.errors import UsageError
 from llmtop.scenarios.loader import builtin_names, builtin_text, load_scenario
@@ -74,7 +75,7 @@ def scenarios(scenario: str | None, as_toml: bool, as_json: bool) -> None:
       llmtop scenarios basic --toml > mine.toml # start your own from a built-in
       llmtop scenarios mine.toml                # check a file: errors name the line
     """
-    console = Console(emoji=False)
+    console = cli_console()
     if as_toml:
         if scenario is None:
             raise UsageError("--toml needs a built-in NAME (see 'llmtop scenarios')")
