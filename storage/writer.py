@@ -46,7 +46,7 @@ from llmtop.core.errors import StorageError
 from llmtop.core.events import (
     Event,
 )
-from llmtop.storage.db import open_database, resolve_db_path
+from llmtop.storage.db import open_database, resolve_db_path, write_transaction
 from llmtop.storage.rows import RowBuilder, write_batch
 
 T = TypeVar("T")
@@ -200,7 +200,7 @@ class EventWriter:
 
         def insert() -> int:
             assert self._db is not None
-            with self._db.atomic():
+            with write_transaction(self._db):
                 pk = self._db.table("runs").insert(row).last_pk
                 assert pk is not None
                 return int(pk)
@@ -217,7 +217,7 @@ class EventWriter:
 
         def update() -> None:
             assert self._db is not None
-            with self._db.atomic():
+            with write_transaction(self._db):
                 self._db.execute(
                     "update runs set status = ?, ended_at = ?, error = ? where id = ?",
                     [status, ended, error, run_id],
@@ -248,7 +248,7 @@ class EventWriter:
 
         def update() -> None:
             assert self._db is not None
-            with self._db.atomic():
+            with write_transaction(self._db):
                 self._db.execute(
                     "update runs set client_json = ? where id = ?", [json.dumps(check), run_id]
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import sqlite3
 
 import pytest
@@ -10,6 +11,7 @@ from support.runs import MS, FakeRequest, request_events
 
 from llmtop.core.errors import StorageError
 from llmtop.core.events import ServerTimings, TokenReceived
+from llmtop.storage.db import open_database
 from llmtop.storage.rows import Batch, write_batch
 from llmtop.storage.writer import EventWriter, RunInfo
 
@@ -163,3 +165,40 @@ async def test_disk_full_is_one_storage_error_and_keeps_earlier_rows(tmp_path):
     assert conn.execute("select status, error from runs").fetchone() == ("failed", "disk full")
     assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
     assert conn.execute("select count(*) from tokens").fetchone()[0] >= 500
+
+
+def _create_runs(db: str, n: int, out: multiprocessing.Queue) -> None:
+    async def main() -> list[str]:
+        errors = []
+        for i in range(n):
+            try:
+                async with EventWriter(db) as w:
+                    run_id, _ = await w.create_run(RunInfo(name=f"r{i}", backend="openai"))
+                    await w.finish_run(run_id, "finished")
+            except StorageError as e:
+                errors.append(str(e))
+        return errors
+
+    out.put(asyncio.run(main()))
+
+
+def test_processes_creating_runs_at_once_wait_their_turn(tmp_path):
+    """Recorders starting together on one database: a transaction that read before writing
+    (sqlite-utils' insert looks at the table first) was refused "database is locked" at once,
+    without waiting, when another process committed in between (5-9 of 40 here). Each write
+    transaction now takes the lock as it begins and waits for it."""
+    db = str(tmp_path / "shared.db")
+    open_database(db).close()
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_create_runs, args=(db, 10, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    errors = [e for _ in procs for e in out.get(timeout=120)]
+    for p in procs:
+        p.join(30)
+    assert errors == []
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select count(*) from runs where status = 'finished'").fetchone() == (
+            40,
+        )
